@@ -1,0 +1,473 @@
+/**
+ * The checkpoint store: run records and run locks, in Redis (REDIS_URL) or in a table of the database.
+ *
+ * Both adapters implement a handful of atomic primitives (`Store`); the run logic on top is written once.
+ * Records are written only through a held lock and the write checks the lock in the same atomic step
+ * (fencing), so a runner that lost its lock can never move another runner's checkpoint.
+ */
+import { SqlClient } from "@effect/sql"
+import { Clock, Context, Duration, Effect, Layer, Option, ParseResult, Redacted, Ref, Schedule, Schema } from "effect"
+import type { Scope as EffectScope } from "effect/Scope"
+import { Redis } from "ioredis"
+import { createHash, randomBytes } from "node:crypto"
+import * as Os from "node:os"
+import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
+import { affectedRows, Db, describe } from "./Db.js"
+import {
+  type BadRedisUrl,
+  CheckpointCorrupt,
+  CheckpointUnavailable,
+  ForeignCheckpoint,
+  LockHeld,
+  LockHolder,
+  LockLost,
+  RedisUnavailable,
+  RunRecord,
+  type Scope
+} from "./Domain.js"
+
+// ---------------------------------------------------------------------------------------------------------
+// Store primitives
+
+export interface LockValue {
+  readonly value: string
+  readonly expiresInMillis: number
+}
+
+/** Atomic operations a checkpoint backend provides. Keys are plain strings; values are JSON text. */
+export interface Store {
+  readonly name: string
+  readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable>
+  readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
+  /** Sets `key` only while `lockKey` holds `holder`, atomically; false when it does not. */
+  readonly setFenced: (
+    key: string,
+    value: string,
+    lockKey: string,
+    holder: string
+  ) => Effect.Effect<boolean, CheckpointUnavailable>
+  /** Takes `lockKey` for `ttl` if it is free or expired. */
+  readonly acquire: (lockKey: string, holder: string, ttl: number) => Effect.Effect<boolean, CheckpointUnavailable>
+  /** Replaces `expected` by `holder` on `lockKey`, atomically. */
+  readonly swap: (
+    lockKey: string,
+    expected: string,
+    holder: string,
+    ttl: number
+  ) => Effect.Effect<boolean, CheckpointUnavailable>
+  /** Extends the lease while `holder` still holds the lock. */
+  readonly renew: (lockKey: string, holder: string, ttl: number) => Effect.Effect<boolean, CheckpointUnavailable>
+  readonly release: (lockKey: string, holder: string) => Effect.Effect<void, CheckpointUnavailable>
+  /** The live (unexpired) holder of a lock. */
+  readonly inspect: (lockKey: string) => Effect.Effect<Option.Option<LockValue>, CheckpointUnavailable>
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The service
+
+/** The process that takes locks: a lock of this host whose pid is gone is stale. */
+export interface Host {
+  readonly hostname: string
+  readonly pid: number
+  readonly isAlive: (pid: number) => boolean
+}
+
+export const systemHost: Host = {
+  hostname: Os.hostname(),
+  pid: process.pid,
+  isAlive: (pid) => {
+    try {
+      process.kill(pid, 0)
+      return true
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code === "EPERM"
+    }
+  }
+}
+
+/** How long a lock lives without renewal (another host's crashed run blocks at most this long). */
+export const leaseMillis = 30_000
+const renewEvery = Duration.millis(leaseMillis / 3)
+
+/** Identifies one run slot: a database and a scope. */
+export interface RunKey {
+  readonly database: string
+  readonly scope: Scope
+}
+
+const hash = (text: string, length: number) => createHash("sha256").update(text).digest("hex").slice(0, length)
+
+export const fingerprint = (key: RunKey): string => hash(JSON.stringify([key.database, key.scope]), 16)
+const scopeHash = (scope: Scope) => hash(JSON.stringify(scope), 12)
+const databaseHash = (database: string) => hash(database, 12)
+
+/** Points to the record of the run most recently started on a database. */
+const latestKey = (database: string) => `latest:${databaseHash(database)}`
+
+export const keys = (key: RunKey) => {
+  const slot = `${databaseHash(key.database)}:${scopeHash(key.scope)}`
+  return { record: `run:${slot}`, lock: `lock:${slot}`, latest: latestKey(key.database) }
+}
+
+export interface RunLock {
+  readonly holder: LockHolder
+  /** Writes the run record, only while this lock is held (else `LockLost`). */
+  readonly save: (record: RunRecord) => Effect.Effect<void, CheckpointUnavailable | LockLost>
+}
+
+export interface HeldLock {
+  readonly holder: LockHolder
+  readonly expiresInMillis: number
+  /** True when the holder is a process of this host that no longer runs. */
+  readonly stale: boolean
+}
+
+export interface CheckpointService {
+  /** Where checkpoints live, for messages. */
+  readonly store: string
+  /** The run record of a slot; `CheckpointCorrupt` when unreadable, `ForeignCheckpoint` when not this slot's. */
+  readonly load: (
+    key: RunKey
+  ) => Effect.Effect<Option.Option<RunRecord>, CheckpointUnavailable | CheckpointCorrupt | ForeignCheckpoint>
+  /** The record of the run most recently started on `database` (any scope). */
+  readonly latest: (
+    database: string
+  ) => Effect.Effect<Option.Option<RunRecord>, CheckpointUnavailable | CheckpointCorrupt>
+  /** Takes the slot's lock for the enclosing scope: renewed while held, released on close. */
+  readonly lock: (key: RunKey) => Effect.Effect<RunLock, LockHeld | CheckpointUnavailable, EffectScope>
+  /** Who holds the slot's lock, if anyone. */
+  readonly holder: (key: RunKey) => Effect.Effect<Option.Option<HeldLock>, CheckpointUnavailable>
+}
+
+export class Checkpoint extends Context.Tag("Checkpoint")<Checkpoint, CheckpointService>() {}
+
+const RecordJson = Schema.parseJson(RunRecord)
+const HolderJson = Schema.parseJson(LockHolder)
+const encodeRecord = Schema.encodeSync(RecordJson)
+const encodeHolder = Schema.encodeSync(HolderJson)
+const decodeHolder = Schema.decodeUnknownOption(HolderJson)
+
+const decodeRecord = (key: string, text: string) =>
+  Schema.decodeUnknown(RecordJson)(text).pipe(
+    Effect.mapError((error) =>
+      new CheckpointCorrupt({ key, detail: ParseResult.TreeFormatter.formatErrorSync(error).split("\n")[0] ?? "" })
+    )
+  )
+
+const unknownHolder = (value: string) =>
+  new LockHolder({ host: "unknown", pid: 0, token: hash(value, 8), since: new Date(0) })
+
+export const make = (store: Store, host: Host = systemHost): CheckpointService => {
+  const load = (key: RunKey) =>
+    Effect.gen(function*() {
+      const k = keys(key).record
+      const text = yield* store.get(k)
+      if (Option.isNone(text)) return Option.none()
+      const record = yield* decodeRecord(k, text.value)
+      if (record.fingerprint !== fingerprint(key)) return yield* new ForeignCheckpoint({ key: k, run: record })
+      return Option.some(record)
+    })
+
+  const latest = (database: string) =>
+    Effect.gen(function*() {
+      const pointer = yield* store.get(latestKey(database))
+      if (Option.isNone(pointer)) return Option.none()
+      const text = yield* store.get(pointer.value)
+      return Option.isNone(text) ? Option.none() : Option.some(yield* decodeRecord(pointer.value, text.value))
+    })
+
+  const inspectHolder = (lockKey: string) =>
+    Effect.map(
+      store.inspect(lockKey),
+      Option.map((held) => {
+        const holder = Option.getOrElse(decodeHolder(held.value), () => unknownHolder(held.value))
+        return {
+          value: held.value,
+          held: {
+            holder,
+            expiresInMillis: held.expiresInMillis,
+            stale: holder.host === host.hostname && holder.pid !== host.pid && !host.isAlive(holder.pid)
+          } satisfies HeldLock
+        }
+      })
+    )
+
+  const lock = (key: RunKey) =>
+    Effect.gen(function*() {
+      const k = keys(key)
+      const now = yield* Clock.currentTimeMillis
+      const holder = new LockHolder({
+        host: host.hostname,
+        pid: host.pid,
+        token: randomBytes(8).toString("hex"),
+        since: new Date(now)
+      })
+      const value = encodeHolder(holder)
+      const take: Effect.Effect<void, LockHeld | CheckpointUnavailable> = Effect.gen(function*() {
+        if (yield* store.acquire(k.lock, value, leaseMillis)) return
+        const current = yield* inspectHolder(k.lock)
+        // Gone between the two calls: try again.
+        if (Option.isNone(current)) return yield* take
+        if (current.value.held.stale && (yield* store.swap(k.lock, current.value.value, value, leaseMillis))) return
+        return yield* new LockHeld({ holder: current.value.held.holder, scope: key.scope })
+      })
+      yield* Effect.acquireRelease(take, () => Effect.ignore(store.release(k.lock, value)))
+      yield* store.renew(k.lock, value, leaseMillis).pipe(
+        Effect.catchAll(() => Effect.succeed(true)),
+        Effect.repeat(Schedule.spaced(renewEvery)),
+        Effect.delay(renewEvery),
+        Effect.forkScoped
+      )
+      const pointed = yield* Ref.make(false)
+      const save = (record: RunRecord) =>
+        Effect.gen(function*() {
+          const ok = yield* store.setFenced(k.record, encodeRecord(record), k.lock, value)
+          if (!ok) return yield* new LockLost({ detail: `the lock ${k.lock} is no longer held by this process` })
+          if (!(yield* Ref.get(pointed))) {
+            yield* store.set(k.latest, k.record)
+            yield* Ref.set(pointed, true)
+          }
+        })
+      return { holder, save } satisfies RunLock
+    })
+
+  const holder = (key: RunKey) => Effect.map(inspectHolder(keys(key).lock), Option.map((h) => h.held))
+
+  return { store: store.name, load, latest, lock, holder }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Redis
+
+const scripts = {
+  setFenced: {
+    numberOfKeys: 2,
+    lua: `if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1]) return 1 else return 0 end`
+  },
+  swap: {
+    numberOfKeys: 1,
+    lua:
+      `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end`
+  },
+  renew: {
+    numberOfKeys: 1,
+    lua:
+      `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`
+  },
+  release: {
+    numberOfKeys: 1,
+    lua: `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`
+  },
+  inspect: {
+    numberOfKeys: 1,
+    lua: `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`
+  }
+} as const
+
+type ScriptClient = Redis & { [K in keyof typeof scripts]: (...args: Array<string | number>) => Promise<unknown> }
+
+/** A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). */
+export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, RedisUnavailable, EffectScope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        const client = new Redis(Redacted.value(target.url), {
+          lazyConnect: true,
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 0,
+          connectTimeout: 3_000,
+          commandTimeout: 3_000,
+          retryStrategy: (times: number) => Math.min(times * 200, 1_000)
+        })
+        client.on("error", () => {}) // reported through the failing commands
+        for (const [name, script] of Object.entries(scripts)) {
+          client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua })
+        }
+        try {
+          await client.connect()
+          await client.ping()
+        } catch (error) {
+          client.disconnect()
+          throw error
+        }
+        return client as ScriptClient
+      },
+      catch: (error) => new RedisUnavailable({ target: target.display, reason: describe(error) })
+    }),
+    (client) =>
+      Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(
+        Effect.timeoutTo({ duration: "2 seconds", onSuccess: () => undefined, onTimeout: () => client.disconnect() })
+      )
+  )
+
+export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix: string): Store => {
+  const name = `redis ${target.display}`
+  const k = (key: string) => `${prefix}:${key}`
+  const call = <A>(operation: string, f: () => Promise<A>) =>
+    Effect.tryPromise({
+      try: f,
+      catch: (error) => new CheckpointUnavailable({ store: name, operation, detail: describe(error), transient: true })
+    })
+  return {
+    name,
+    get: (key) => call("reading", () => client.get(k(key))).pipe(Effect.map(Option.fromNullable)),
+    set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
+    setFenced: (key, value, lockKey, holder) =>
+      call("writing the checkpoint", () => client.setFenced(k(key), k(lockKey), value, holder)).pipe(
+        Effect.map((n) => n === 1)
+      ),
+    acquire: (lockKey, holder, ttl) =>
+      call("taking the lock", () => client.set(k(lockKey), holder, "PX", ttl, "NX")).pipe(
+        Effect.map((reply) => reply === "OK")
+      ),
+    swap: (lockKey, expected, holder, ttl) =>
+      call("taking over a stale lock", () => client.swap(k(lockKey), expected, holder, ttl)).pipe(
+        Effect.map((n) => n === 1)
+      ),
+    renew: (lockKey, holder, ttl) =>
+      call("renewing the lock", () => client.renew(k(lockKey), holder, ttl)).pipe(Effect.map((n) => n === 1)),
+    release: (lockKey, holder) => Effect.asVoid(call("releasing the lock", () => client.release(k(lockKey), holder))),
+    inspect: (lockKey) =>
+      call("reading the lock", () => client.inspect(k(lockKey))).pipe(
+        Effect.map((reply) => {
+          const [value, ttl] = reply as [string | null, number]
+          return value === null ? Option.none() : Option.some({ value, expiresInMillis: Math.max(0, ttl) })
+        })
+      )
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// SQL (the table created by migration 0002)
+
+export const stateTable = "ticket_tokens_state"
+
+export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect.Effect<Store> =>
+  Effect.gen(function*() {
+    const name = `table ${stateTable} in ${database}`
+    const call = <A, E>(operation: string, effect: Effect.Effect<A, E>) =>
+      Effect.mapError(effect, (error) =>
+        new CheckpointUnavailable({
+          store: name,
+          operation,
+          detail: describe(error),
+          transient: /doesn't exist|no such table/i.test(describe(error)) ? false : true
+        }))
+    const now = Clock.currentTimeMillis
+    const upsert = sql.onDialectOrElse({
+      mysql: () =>
+        "INSERT INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, NULL) " +
+        "ON DUPLICATE KEY UPDATE `value` = VALUES(`value`)",
+      orElse: () =>
+        "INSERT INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, NULL) " +
+        "ON CONFLICT (`key`) DO UPDATE SET `value` = excluded.`value`"
+    })
+    const insertIfAbsent = sql.onDialectOrElse({
+      mysql: () => "INSERT IGNORE INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, ?)",
+      orElse: () => "INSERT OR IGNORE INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, ?)"
+    })
+    const forUpdate = sql.onDialectOrElse({ mysql: () => " FOR UPDATE", orElse: () => "" })
+    const read = (key: string, suffix = "") =>
+      sql.unsafe(`SELECT \`value\`, \`expires_at\` FROM \`ticket_tokens_state\` WHERE \`key\` = ?${suffix}`, [key])
+        .values.pipe(Effect.map((rows) => Option.fromNullable(rows[0])))
+    const changed = (statement: string, params: ReadonlyArray<unknown>) =>
+      Effect.map(sql.unsafe(statement, params).raw, (raw) => affectedRows(raw) > 0)
+
+    const store: Store = {
+      name,
+      get: (key) => call("reading", Effect.map(read(key), Option.map((row) => String(row[0])))),
+      set: (key, value) => call("writing", Effect.asVoid(sql.unsafe(upsert, [key, value]).raw)),
+      setFenced: (key, value, lockKey, holder) =>
+        call(
+          "writing the checkpoint",
+          sql.withTransaction(Effect.gen(function*() {
+            const lock = yield* read(lockKey, forUpdate)
+            if (Option.isNone(lock) || String(lock.value[0]) !== holder) return false
+            yield* sql.unsafe(upsert, [key, value]).raw
+            return true
+          }))
+        ),
+      acquire: (lockKey, holder, ttl) =>
+        call(
+          "taking the lock",
+          Effect.gen(function*() {
+            const t = yield* now
+            const expired = yield* changed(
+              "UPDATE `ticket_tokens_state` SET `value` = ?, `expires_at` = ? WHERE `key` = ? AND `expires_at` < ?",
+              [holder, t + ttl, lockKey, t]
+            )
+            return expired || (yield* changed(insertIfAbsent, [lockKey, holder, t + ttl]))
+          })
+        ),
+      swap: (lockKey, expected, holder, ttl) =>
+        call(
+          "taking over a stale lock",
+          Effect.flatMap(now, (t) =>
+            changed(
+              "UPDATE `ticket_tokens_state` SET `value` = ?, `expires_at` = ? WHERE `key` = ? AND `value` = ?",
+              [holder, t + ttl, lockKey, expected]
+            ))
+        ),
+      renew: (lockKey, holder, ttl) =>
+        call(
+          "renewing the lock",
+          Effect.flatMap(now, (t) =>
+            changed(
+              "UPDATE `ticket_tokens_state` SET `expires_at` = ? WHERE `key` = ? AND `value` = ?",
+              [t + ttl, lockKey, holder]
+            ))
+        ),
+      release: (lockKey, holder) =>
+        call(
+          "releasing the lock",
+          Effect.asVoid(
+            sql.unsafe("DELETE FROM `ticket_tokens_state` WHERE `key` = ? AND `value` = ?", [lockKey, holder]).raw
+          )
+        ),
+      inspect: (lockKey) =>
+        call(
+          "reading the lock",
+          Effect.gen(function*() {
+            const t = yield* now
+            const row = yield* read(lockKey)
+            if (Option.isNone(row)) return Option.none()
+            const expiresIn = Number(row.value[1]) - t
+            return expiresIn > 0
+              ? Option.some({ value: String(row.value[0]), expiresInMillis: expiresIn })
+              : Option.none()
+          })
+        )
+    }
+    return store
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// Layers
+
+export const layerRedis = (target: RedisTarget, prefix: string): Layer.Layer<Checkpoint, RedisUnavailable> =>
+  Layer.scoped(
+    Checkpoint,
+    Effect.map(redisClient(target), (client) => make(makeRedisStore(client, target, prefix)))
+  )
+
+export const layerSql: Layer.Layer<Checkpoint, never, SqlClient.SqlClient | Db> = Layer.effect(
+  Checkpoint,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const db = yield* Db
+    return make(yield* makeSqlStore(sql, db.display))
+  })
+)
+
+/** Redis when REDIS_URL is set, else the checkpoint table of the database. */
+export const layer: Layer.Layer<
+  Checkpoint,
+  BadRedisUrl | RedisUnavailable,
+  SqlClient.SqlClient | Db
+> = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const target = yield* redisTarget
+    if (Option.isNone(target)) return layerSql
+    return layerRedis(target.value, yield* redisPrefix)
+  })
+)

@@ -1,0 +1,330 @@
+/**
+ * The command tree. Parses flags, chooses the layers each command needs, and hands over to the modules
+ * below; nothing here runs an Effect.
+ */
+import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import type { SqlClient } from "@effect/sql"
+import { Console, Effect, Either, Layer, Option } from "effect"
+import * as Path from "node:path"
+import * as Checkpoint from "./Checkpoint.js"
+import * as Db from "./Db.js"
+import { Scope } from "./Domain.js"
+import { migrate } from "./migrations/index.js"
+import * as Progress from "./Progress.js"
+import * as Regenerate from "./Regenerate.js"
+import * as Seed from "./Seed.js"
+import * as TicketRepo from "./TicketRepo.js"
+import { TokenGen } from "./TokenGen.js"
+
+const between = (name: string, min: number, max: number) => (self: Options.Options<number>) =>
+  Options.filterMap(
+    self,
+    (n) => (Number.isInteger(n) && n >= min && n <= max ? Option.some(n) : Option.none()),
+    `--${name} must be an integer from ${min} to ${max}`
+  )
+
+// ---------------------------------------------------------------------------------------------------------
+// migrate
+
+const migrateCommand = Command.make("migrate", {}, () =>
+  Effect.gen(function*() {
+    const db = yield* Db.Db
+    const ran = yield* migrate
+    yield* Console.error(
+      ran.length === 0 ? `schema of ${db.display} is up to date` : `migrated ${db.display}: ${ran.join(", ")}`
+    )
+  })).pipe(
+    Command.withDescription("Create or upgrade the schema (idempotent)."),
+    Command.provide(Db.layer({ maxConnections: 1 }))
+  )
+
+// ---------------------------------------------------------------------------------------------------------
+// seed
+
+const seedLayer = Layer.mergeAll(
+  Db.layer({ maxConnections: 4 }),
+  TokenGen.layer,
+  Layer.suspend(() => Progress.layer(Progress.detectMode()))
+)
+
+const seedCommand = <A>(
+  name: "users" | "orders" | "tickets",
+  defaultCount: number,
+  seed: (count: number) => Effect.Effect<Seed.SeedResult, A, Db.Db | SqlClient.SqlClient | TokenGen | Progress.Progress>
+) =>
+  Command.make(name, {
+    count: Options.integer("count").pipe(
+      between("count", 1, 1_000_000_000),
+      Options.withDefault(defaultCount),
+      Options.withDescription(`How many ${name} to insert (default ${defaultCount}).`)
+    )
+  }, ({ count }) =>
+    Effect.gen(function*() {
+      const result = yield* seed(count)
+      const rate = result.seconds > 0 ? Math.round(result.inserted / result.seconds) : result.inserted
+      yield* Console.error(`seeded ${result.inserted} ${name} in ${result.seconds.toFixed(1)} s (${rate} rows/s)`)
+    })).pipe(
+      Command.withDescription(`Insert ${name} of test data.`),
+      Command.provide(seedLayer)
+    )
+
+const seed = Command.make("seed").pipe(
+  Command.withDescription("Insert test data: users, then orders, then tickets."),
+  Command.withSubcommands([
+    seedCommand("users", 1000, Seed.users),
+    seedCommand("orders", 10000, Seed.orders),
+    seedCommand("tickets", 1_000_000, Seed.tickets)
+  ])
+)
+
+// ---------------------------------------------------------------------------------------------------------
+// scope flags (regenerate, status, verify)
+
+const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(message))
+
+const domainPattern = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$/i
+
+/** An ISO date (UTC midnight) or date-time with a zone, as an ISO instant. */
+export const parseInstant = (flag: string, text: string): Either.Either<string, string> => {
+  const iso = /^\d{4}-\d{2}-\d{2}$/.test(text)
+    ? `${text}T00:00:00Z`
+    : /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$/.test(text)
+    ? text.replace(" ", "T")
+    : undefined
+  const date = iso === undefined ? undefined : new Date(iso)
+  return date === undefined || Number.isNaN(date.getTime())
+    ? Either.left(`--${flag} must be an ISO date (2024-01-31) or date-time with a zone (2024-01-31T12:00:00Z)`)
+    : Either.right(date.toISOString())
+}
+
+const scopeOptions = Options.all({
+  liveOnly: Options.boolean("live-only").pipe(
+    Options.withDescription("Only tickets whose ticket, order and user are not soft-deleted.")
+  ),
+  emailDomain: Options.text("email-domain").pipe(
+    Options.optional,
+    Options.withDescription("Only tickets of users whose email ends in @DOMAIN.")
+  ),
+  createdAfter: Options.text("created-after").pipe(
+    Options.optional,
+    Options.withDescription("Only tickets created at or after this ISO date or date-time.")
+  ),
+  createdBefore: Options.text("created-before").pipe(
+    Options.optional,
+    Options.withDescription("Only tickets created before this ISO date or date-time.")
+  )
+}).pipe(Options.mapEffect((flags) =>
+  Effect.gen(function*() {
+    const domain = Option.getOrNull(flags.emailDomain)
+    if (domain !== null && !domainPattern.test(domain)) {
+      return yield* Effect.fail(invalid("--email-domain must be a domain name such as example.com"))
+    }
+    const instant = (flag: string, text: Option.Option<string>) =>
+      Option.match(text, {
+        onNone: () => Effect.succeed(null),
+        onSome: (t) => Effect.mapError(parseInstant(flag, t), invalid)
+      })
+    const createdAfter = yield* instant("created-after", flags.createdAfter)
+    const createdBefore = yield* instant("created-before", flags.createdBefore)
+    if (createdAfter !== null && createdBefore !== null && createdAfter >= createdBefore) {
+      return yield* Effect.fail(invalid("--created-after must be earlier than --created-before"))
+    }
+    return new Scope({
+      liveOnly: flags.liveOnly,
+      emailDomain: domain?.toLowerCase() ?? null,
+      createdAfter,
+      createdBefore
+    })
+  })
+))
+
+// ---------------------------------------------------------------------------------------------------------
+// regenerate
+
+const regenerateOptions = {
+  scope: scopeOptions,
+  batchSize: Options.integer("batch-size").pipe(
+    between("batch-size", 1, 10_000),
+    Options.withDefault(Regenerate.defaults.batchSize),
+    Options.withDescription("Tickets per batch: one UPDATE, one transaction (1-10000).")
+  ),
+  concurrency: Options.integer("concurrency").pipe(
+    between("concurrency", 1, 64),
+    Options.withDefault(Regenerate.defaults.concurrency),
+    Options.withDescription("Batches in flight at once (1-64).")
+  ),
+  resume: Options.boolean("resume").pipe(Options.withDescription("Continue the unfinished run of this scope.")),
+  restart: Options.boolean("restart").pipe(
+    Options.withDescription("Abandon any unfinished run of this scope and start a new one.")
+  ),
+  maxRowsPerSecond: Options.integer("max-rows-per-second").pipe(
+    between("max-rows-per-second", 1, 100_000_000),
+    Options.optional,
+    Options.withDescription("Throttle: rotate at most this many tickets per second.")
+  ),
+  noCount: Options.boolean("no-count").pipe(
+    Options.withDescription("Skip counting the scope (huge tables); progress is estimated from the id key space.")
+  ),
+  targetBatchMs: Options.integer("target-batch-ms").pipe(
+    between("target-batch-ms", 10, 60_000),
+    Options.optional,
+    Options.withDescription("Adaptive batches: let the batch size (100-10000) follow this time per batch.")
+  ),
+  dryRun: Options.boolean("dry-run").pipe(
+    Options.withDescription("Check everything and show the plan; change nothing.")
+  ),
+  json: Options.boolean("json").pipe(
+    Options.withDescription("Print one JSON summary on stdout at the end; human output goes to stderr.")
+  )
+}
+
+const validatedRegenerateOptions = Options.all(regenerateOptions).pipe(
+  Options.mapEffect((flags) =>
+    flags.resume && flags.restart
+      ? Effect.fail(invalid("--resume and --restart cannot be used together"))
+      : Effect.succeed(flags)
+  )
+)
+
+type RegenerateFlags = typeof validatedRegenerateOptions extends Options.Options<infer A> ? A : never
+
+/** The command that resumes this one: the same flags, with --resume instead of --restart. */
+const resumeCommand = (): string => {
+  const [, script = "ticket-tokens", ...args] = process.argv
+  const invocation = script.endsWith(".js")
+    ? `node ${Path.relative(process.cwd(), script) || script}`
+    : Path.basename(script)
+  const kept = args.filter((arg) => arg !== "--restart" && arg !== "--resume")
+  return [invocation, ...kept, "--resume"].join(" ")
+}
+
+const appLayer = (concurrency: number, mode: Progress.ProgressMode) => {
+  const db = Db.layer({ maxConnections: concurrency + 2 })
+  return Layer.mergeAll(
+    TicketRepo.layerSql,
+    Checkpoint.layer,
+    TokenGen.layer,
+    Progress.layer(mode)
+  ).pipe(Layer.provideMerge(db))
+}
+
+const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
+  Effect.gen(function*() {
+    const out = json ? Console.error : Console.log
+    if (summary.note !== null) {
+      yield* out(summary.note)
+    } else if (summary.status === "completed") {
+      yield* out(
+        `done: rotated ${summary.rotated} tickets in ${summary.seconds.toFixed(1)} s ` +
+          `(${Math.round(summary.rowsPerSecond)} rows/s, ${summary.retries} retries); ` +
+          `run ${summary.runId} completed with ${summary.rotatedTotal} tickets rotated in all`
+      )
+    } else {
+      yield* out(
+        `stopped: ${summary.rotated} tickets rotated by this process, ${summary.rotatedTotal} by run ${summary.runId} ` +
+          `in all; every batch up to id ${summary.cursor || "-"} is committed and recorded.`
+      )
+      yield* out(`resume with: ${resumeCommand()}`)
+    }
+    if (json) {
+      yield* Console.log(JSON.stringify({
+        runId: summary.runId,
+        scope: summary.scope,
+        status: summary.status,
+        rotated: summary.rotated,
+        rotatedTotal: summary.rotatedTotal,
+        skipped: summary.skipped,
+        retries: summary.retries,
+        batches: summary.batches,
+        seconds: Number(summary.seconds.toFixed(3)),
+        rowsPerSecond: Math.round(summary.rowsPerSecond),
+        cursor: summary.cursor,
+        total: summary.total,
+        resumed: summary.resumed,
+        note: summary.note
+      }))
+    }
+  })
+
+const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions, json: boolean) =>
+  Effect.gen(function*() {
+    const out = json ? Console.error : Console.log
+    const total = Option.getOrNull(plan.total)
+    const batches = total === null ? null : Math.ceil(total / options.batchSize)
+    yield* out(`dry run on ${plan.database}; nothing will be changed.`)
+    yield* out(
+      `would rotate ${total ?? "(not counted)"} tickets (${options.scope.description}) in ${batches ?? "?"} batches ` +
+        `of ${options.batchSize}, ${options.concurrency} at a time` +
+        (options.maxRowsPerSecond === undefined ? "" : `, at most ${options.maxRowsPerSecond} rows/s`)
+    )
+    yield* out(`checkpoint store: ${plan.store}`)
+    yield* Option.match(plan.existing, {
+      onNone: () => out("no earlier run of this scope"),
+      onSome: (run) =>
+        out(`earlier run ${run.runId}: ${run.status}, ${run.rotated} rotated, cursor ${run.cursor || "-"}`)
+    })
+    yield* Option.match(plan.holder, {
+      onNone: () => Effect.void,
+      onSome: (held) =>
+        out(`lock held by ${held.holder.description}${held.stale ? " (stale: that process is gone)" : ""}`)
+    })
+    if (json) {
+      yield* Console.log(JSON.stringify({
+        dryRun: true,
+        database: plan.database,
+        scope: options.scope,
+        total,
+        batches,
+        batchSize: options.batchSize,
+        concurrency: options.concurrency,
+        existingRun: Option.getOrNull(
+          Option.map(plan.existing, (r) => ({ runId: r.runId, status: r.status, rotated: r.rotated }))
+        ),
+        lockHeld: Option.isSome(plan.holder)
+      }))
+    }
+  })
+
+const runRegenerate = (flags: RegenerateFlags) =>
+  Effect.gen(function*() {
+    const options: Regenerate.RegenerateOptions = {
+      scope: flags.scope,
+      batchSize: flags.batchSize,
+      concurrency: flags.concurrency,
+      mode: flags.resume ? "resume" : flags.restart ? "restart" : "start",
+      maxRowsPerSecond: Option.getOrUndefined(flags.maxRowsPerSecond),
+      count: !flags.noCount,
+      targetBatchMillis: Option.getOrUndefined(flags.targetBatchMs)
+    }
+    if (flags.dryRun) return yield* printPlan(yield* Regenerate.plan(options), options, flags.json)
+    const progress = yield* Progress.Progress
+    const onStop = Effect.zipRight(
+      progress.emit(Progress.ProgressEvent.Phase({ phase: "stopping" })),
+      Console.error("\nstopping: letting the batches in flight commit (interrupt again to exit at once)")
+    )
+    yield* Regenerate.graceful(
+      (stopRequested) => Effect.tap(Regenerate.regenerate(options, stopRequested), (s) => printSummary(s, flags.json)),
+      onStop
+    )
+  })
+
+const regenerate = Command.make(
+  "regenerate",
+  { flags: validatedRegenerateOptions },
+  ({ flags }) => runRegenerate(flags)
+).pipe(
+  Command.withDescription("Give every ticket in scope a new random token, in batches, resumably."),
+  Command.provide(({ flags }) =>
+    appLayer(flags.concurrency, flags.json || flags.dryRun ? "silent" : Progress.detectMode())
+  )
+)
+
+// ---------------------------------------------------------------------------------------------------------
+
+const root = Command.make("ticket-tokens").pipe(
+  Command.withDescription("Regenerate the secret token of every ticket, in batches, resumably."),
+  Command.withSubcommands([migrateCommand, seed, regenerate])
+)
+
+/** Parses argv and runs the chosen command. */
+export const run = (version: string) => Command.run(root, { name: "ticket-tokens", version })

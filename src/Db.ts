@@ -1,0 +1,210 @@
+/**
+ * The one database connection of the app, MySQL/MariaDB or SQLite behind the same `SqlClient`, and every
+ * difference between the two dialects: connection, identity, error classification, bulk statements.
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import { SqlClient } from "@effect/sql"
+import { MysqlClient } from "@effect/sql-mysql2"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Context, Effect, Layer, Predicate } from "effect"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import { type DatabaseTarget, databaseTarget } from "./Config.js"
+import {
+  type BadDatabaseUrl,
+  DatabaseError,
+  DatabaseUnreachable,
+  DuplicateToken,
+  SchemaMismatch,
+  SchemaMissing
+} from "./Domain.js"
+
+export type Dialect = "mysql" | "sqlite"
+
+export interface DbInfo {
+  readonly dialect: Dialect
+  /** Stable name of the database (server host, port and schema, or the file's real path): no secrets. */
+  readonly identity: string
+  /** What messages show for this database. */
+  readonly display: string
+}
+
+export class Db extends Context.Tag("Db")<Db, DbInfo>() {}
+
+export interface DbOptions {
+  /** Pool size (MySQL); SQLite always has one connection. */
+  readonly maxConnections: number
+}
+
+const driverError = (error: unknown): Record<string, unknown> => {
+  let cause: unknown = error
+  // SqlError wraps the driver's error; connection failures wrap it once more.
+  for (
+    let depth = 0;
+    depth < 3 && Predicate.hasProperty(cause, "cause") && !Predicate.hasProperty(cause, "code");
+    depth++
+  ) {
+    cause = cause.cause
+  }
+  return Predicate.isRecord(cause) ? cause : {}
+}
+
+/** The driver's own words for an error, with quoted values (which may be tokens) removed. */
+export const describe = (error: unknown): string => {
+  const cause = driverError(error)
+  const text = [cause.sqlMessage, cause.message, Predicate.hasProperty(error, "message") ? error.message : undefined]
+    .find((s): s is string => typeof s === "string" && s !== "") ?? String(cause.code ?? "unknown error")
+  const code = typeof cause.code === "string" && !text.includes(cause.code) ? ` (${cause.code})` : ""
+  return text.replace(/Duplicate entry '[^']*'/g, "Duplicate entry").replace(/\s+/g, " ").trim() + code
+}
+
+const transientMysqlErrnos = new Set([
+  1040, // too many connections
+  1053, // server shutdown in progress
+  1205, // lock wait timeout
+  1213, // deadlock
+  1317, // query interrupted (KILL QUERY)
+  1927, // connection killed (MariaDB)
+  2006, // server has gone away
+  2013, // lost connection during query
+  4031 // disconnected by the server for inactivity
+])
+
+const transientCodes = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EAI_AGAIN",
+  "PROTOCOL_CONNECTION_LOST",
+  "PROTOCOL_SEQUENCE_TIMEOUT",
+  "SQLITE_BUSY",
+  "SQLITE_BUSY_SNAPSHOT",
+  "SQLITE_BUSY_RECOVERY",
+  "SQLITE_LOCKED"
+])
+
+/** Whether a driver error is worth retrying: lock conflicts, lost connections, a busy file. */
+export const isTransient = (error: unknown): boolean => {
+  const cause = driverError(error)
+  return cause.fatal === true || transientMysqlErrnos.has(cause.errno as number) ||
+    transientCodes.has(cause.code as string)
+}
+
+const isDuplicateToken = (error: unknown): boolean => {
+  const cause = driverError(error)
+  const text = String(cause.sqlMessage ?? cause.message ?? "")
+  return (cause.errno === 1062 && /for key '(?:[^']*\.)?token'/.test(text)) ||
+    (String(cause.code).startsWith("SQLITE_CONSTRAINT") && /\bticket\.token\b/.test(text))
+}
+
+/** Maps a driver failure to the app's typed error, once, at the adapter boundary. */
+export const databaseError = (operation: string) => (error: SqlError): DatabaseError =>
+  new DatabaseError({ operation, transient: isTransient(error), detail: describe(error), cause: error })
+
+/** Like `databaseError`, but a collision on the token's unique key becomes `DuplicateToken`. */
+export const writeError = (operation: string) => (error: SqlError): DatabaseError | DuplicateToken =>
+  isDuplicateToken(error) ? new DuplicateToken({ detail: describe(error) }) : databaseError(operation)(error)
+
+/** Rows changed by a statement, from the driver's raw result (MySQL `affectedRows`, SQLite `changes`). */
+export const affectedRows = (raw: unknown): number => {
+  if (Predicate.hasProperty(raw, "affectedRows")) return Number(raw.affectedRows)
+  if (Predicate.hasProperty(raw, "changes")) return Number(raw.changes)
+  return 0
+}
+
+/** A COUNT(*) or similar integer; MySQL returns BIGINT as number or string. */
+export const toCount = (value: unknown): number => {
+  const n = typeof value === "bigint" ? Number(value) : Number(value ?? 0)
+  return Number.isFinite(n) ? n : 0
+}
+
+const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options: DbOptions) =>
+  MysqlClient.make({
+    host: target.host,
+    port: target.port,
+    database: target.database,
+    username: target.username,
+    password: target.password,
+    maxConnections: options.maxConnections,
+    poolConfig: {
+      connectTimeout: 5_000,
+      // Datetimes stay strings, exactly as stored (microseconds included), in both dialects.
+      dateStrings: true,
+      timezone: "Z",
+      charset: "utf8mb4",
+      maxIdle: options.maxConnections,
+      enableKeepAlive: true,
+      // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.
+      maxPreparedStatements: 64
+    }
+  })
+
+const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>) =>
+  Effect.gen(function*() {
+    yield* Effect.try(() => {
+      if (target.filename !== ":memory:") Fs.mkdirSync(Path.dirname(Path.resolve(target.filename)), { recursive: true })
+    })
+    return yield* SqliteClient.make({ filename: target.filename })
+  }).pipe(Effect.catchAllDefect((defect) => Effect.fail(defect)))
+
+const unreachable = (target: DatabaseTarget) => (error: unknown) =>
+  new DatabaseUnreachable({ target: target.display, reason: describe(error) })
+
+const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
+  target._tag === "sqlite"
+    ? Effect.succeed(`sqlite:${target.filename === ":memory:" ? ":memory:" : Fs.realpathSync(target.filename)}`)
+    : sql<{ host: string; port: unknown; db: string }>`SELECT @@hostname AS host, @@port AS port, DATABASE() AS db`
+      .pipe(Effect.map(([row]) => `mysql://${row?.host}:${toCount(row?.port)}/${row?.db}`))
+
+const make = (options: DbOptions) =>
+  Effect.gen(function*() {
+    const target = yield* databaseTarget
+    const client: SqlClient.SqlClient = target._tag === "mysql"
+      ? yield* Effect.mapError(mysqlClient(target, options), unreachable(target))
+      : yield* Effect.mapError(sqliteClient(target), unreachable(target))
+    const identity = yield* Effect.mapError(identityOf(target, client), unreachable(target))
+    const info: DbInfo = { dialect: target._tag, identity, display: target.display }
+    return Context.make(Db, info).pipe(Context.add(SqlClient.SqlClient, client))
+  })
+
+/** The SqlClient for DATABASE_URL (embedded SQLite when unset) and its `Db` description. */
+export const layer = (
+  options: DbOptions
+): Layer.Layer<Db | SqlClient.SqlClient, BadDatabaseUrl | DatabaseUnreachable> =>
+  Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
+
+/** A datetime as both dialects store it: UTC, `YYYY-MM-DD HH:MM:SS.ffffff` (what Django writes). */
+export const datetime = (date: Date): string => date.toISOString().replace("T", " ").replace("Z", "000")
+
+const appTables = {
+  user: ["id", "created_at", "updated_at", "deleted_at", "password", "last_login", "first_name", "last_name", "email"],
+  order: ["id", "created_at", "updated_at", "deleted_at", "name", "user_id"],
+  ticket: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"]
+} as const
+
+export type AppTable = keyof typeof appTables
+
+const missingTable = (error: unknown) => /doesn't exist|no such table/i.test(describe(error))
+const missingColumn = (error: unknown) => /unknown column|no such column|has no column/i.test(describe(error))
+
+/** Fails with `SchemaMissing` (point to `migrate`) or `SchemaMismatch` unless the app's tables are usable. */
+export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    for (const [table, columns] of Object.entries(appTables)) {
+      const probe = `SELECT ${columns.map((c) => `\`${c}\``).join(", ")} FROM \`${table}\` WHERE 1 = 0`
+      yield* sql.unsafe(probe).pipe(
+        Effect.mapError((error): SchemaMissing | SchemaMismatch | DatabaseError =>
+          missingTable(error)
+            ? new SchemaMissing({ detail: `table ${table} does not exist` })
+            : missingColumn(error)
+            ? new SchemaMismatch({ detail: `table ${table}: ${describe(error)}` })
+            : databaseError(`checking table ${table}`)(error)
+        )
+      )
+    }
+  })

@@ -1,0 +1,273 @@
+/**
+ * The vocabulary shared by every module: the scope of a run, the run record kept in the checkpoint
+ * store, and every failure a user can meet, each with the one line it is rendered as and its exit code.
+ */
+import { Data, Predicate, Schema } from "effect"
+
+/** Which tickets a run rotates. Dates are ISO-8601 instants; `createdAfter` inclusive, `createdBefore` exclusive. */
+export class Scope extends Schema.Class<Scope>("Scope")({
+  liveOnly: Schema.Boolean,
+  emailDomain: Schema.NullOr(Schema.String),
+  createdAfter: Schema.NullOr(Schema.String),
+  createdBefore: Schema.NullOr(Schema.String)
+}) {
+  static readonly all = new Scope({ liveOnly: false, emailDomain: null, createdAfter: null, createdBefore: null })
+
+  /** The flags that select this scope, as an operator would type them. */
+  get flags(): string {
+    return [
+      this.liveOnly ? "--live-only" : "",
+      this.emailDomain === null ? "" : `--email-domain ${this.emailDomain}`,
+      this.createdAfter === null ? "" : `--created-after ${this.createdAfter}`,
+      this.createdBefore === null ? "" : `--created-before ${this.createdBefore}`
+    ].filter((flag) => flag !== "").join(" ")
+  }
+
+  get description(): string {
+    return this.flags === "" ? "all tickets" : this.flags
+  }
+}
+
+export const RunStatus = Schema.Literal("running", "interrupted", "failed", "completed")
+export type RunStatus = typeof RunStatus.Type
+
+/** One run as the checkpoint store keeps it. `cursor` is the low-water mark: every id ≤ cursor is done. */
+export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
+  version: Schema.Literal(1),
+  runId: Schema.String,
+  fingerprint: Schema.String,
+  database: Schema.String,
+  scope: Scope,
+  batchSize: Schema.Int.pipe(Schema.positive()),
+  cursor: Schema.String.pipe(Schema.pattern(/^[0-9A-Za-z_-]{0,64}$/)),
+  rotated: Schema.NonNegativeInt,
+  batches: Schema.NonNegativeInt,
+  retries: Schema.NonNegativeInt,
+  total: Schema.NullOr(Schema.NonNegativeInt),
+  startedAt: Schema.DateFromString,
+  updatedAt: Schema.DateFromString,
+  status: RunStatus,
+  error: Schema.NullOr(Schema.String)
+}) {
+  get finished(): boolean {
+    return this.status === "completed"
+  }
+}
+
+/** Who holds a run lock: enough to tell a live holder from a dead one on the same host. */
+export class LockHolder extends Schema.Class<LockHolder>("LockHolder")({
+  host: Schema.String,
+  pid: Schema.Int,
+  token: Schema.String,
+  since: Schema.DateFromString
+}) {
+  get description(): string {
+    return `pid ${this.pid} on ${this.host} since ${this.since.toISOString()}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors. `message` is the single line shown to the operator: what happened, why, what to do.
+
+/** Bad flags or flag combinations. */
+export class BadUsage extends Data.TaggedError("BadUsage")<{ readonly message: string }> {}
+
+export class BadDatabaseUrl extends Data.TaggedError("BadDatabaseUrl")<{ readonly reason: string }> {
+  override get message() {
+    return `DATABASE_URL is malformed: ${this.reason}. Use mysql://user:password@host:3306/database or sqlite:<path>.`
+  }
+}
+
+export class BadRedisUrl extends Data.TaggedError("BadRedisUrl")<{ readonly reason: string }> {
+  override get message() {
+    return `REDIS_URL is malformed: ${this.reason}. Use redis://[:password@]host:6379[/db].`
+  }
+}
+
+export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")<{
+  readonly target: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `cannot connect to the database at ${this.target}: ${this.reason}. Check DATABASE_URL and that the server is up.`
+  }
+}
+
+export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
+  readonly target: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `Redis at ${this.target} is not reachable: ${this.reason}. Check REDIS_URL and that Redis is up; ` +
+      `the checkpoint is safe, rerun with --resume once Redis is back.`
+  }
+}
+
+export class SchemaMissing extends Data.TaggedError("SchemaMissing")<{ readonly detail: string }> {
+  override get message() {
+    return `the database has no ticket schema (${this.detail}): run \`migrate\` first.`
+  }
+}
+
+export class SchemaMismatch extends Data.TaggedError("SchemaMismatch")<{ readonly detail: string }> {
+  override get message() {
+    return `the database schema does not match the ticket app (${this.detail}): is DATABASE_URL the right database?`
+  }
+}
+
+export class NoParents extends Data.TaggedError("NoParents")<{ readonly parent: "users" | "orders" }> {
+  override get message() {
+    return `no ${this.parent}: run \`seed ${this.parent}\` first`
+  }
+}
+
+/** A database statement failed. `transient` failures are retried by the pipeline. */
+export class DatabaseError extends Data.TaggedError("DatabaseError")<{
+  readonly operation: string
+  readonly transient: boolean
+  readonly detail: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `database error while ${this.operation}: ${this.detail}`
+  }
+}
+
+/** A new token collided with an existing one (unique key); the batch is retried with fresh tokens. */
+export class DuplicateToken extends Data.TaggedError("DuplicateToken")<{ readonly detail: string }> {
+  override get message() {
+    return `a generated token collided with an existing one: ${this.detail}`
+  }
+}
+
+/** The checkpoint store (Redis or the checkpoint table) failed. */
+export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailable")<{
+  readonly store: string
+  readonly operation: string
+  readonly detail: string
+  readonly transient: boolean
+}> {
+  override get message() {
+    return `checkpoint store ${this.store} failed while ${this.operation}: ${this.detail}. ` +
+      `Every committed batch before this point is recorded; rerun with --resume once it is back.`
+  }
+}
+
+export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
+  readonly key: string
+  readonly detail: string
+}> {
+  override get message() {
+    return `the checkpoint ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
+      `inspect it, or pass --restart to abandon it and start a new run.`
+  }
+}
+
+export class LockHeld extends Data.TaggedError("LockHeld")<{ readonly holder: LockHolder; readonly scope: Scope }> {
+  override get message() {
+    return `another run on this database and scope (${this.scope.description}) is in progress: ` +
+      `${this.holder.description}. Wait for it, or stop it first.`
+  }
+}
+
+export class LockLost extends Data.TaggedError("LockLost")<{ readonly detail: string }> {
+  override get message() {
+    return `this run lost its lock (${this.detail}) and stopped so that two runners never write the same checkpoint.`
+  }
+}
+
+export class UnfinishedRun extends Data.TaggedError("UnfinishedRun")<{ readonly run: RunRecord }> {
+  override get message() {
+    const run = this.run
+    return `an unfinished run ${run.runId} (${run.status}, ${run.rotated} rotated, cursor ${run.cursor || "-"}) ` +
+      `exists for ${run.scope.description}: pass --resume to continue it or --restart to abandon it and start over.`
+  }
+}
+
+export class NoRunToResume extends Data.TaggedError("NoRunToResume")<{ readonly scope: Scope }> {
+  override get message() {
+    return `there is no run to resume for ${this.scope.description}: run \`regenerate\` without --resume to start one.`
+  }
+}
+
+export class ScopeMismatch
+  extends Data.TaggedError("ScopeMismatch")<{ readonly run: RunRecord; readonly asked: Scope }>
+{
+  override get message() {
+    return `the unfinished run ${this.run.runId} has scope "${this.run.scope.description}", not ` +
+      `"${this.asked.description}": resume it with the same scope flags, or pass --restart to start a new run.`
+  }
+}
+
+export class ForeignCheckpoint extends Data.TaggedError("ForeignCheckpoint")<{
+  readonly key: string
+  readonly run: RunRecord
+}> {
+  override get message() {
+    return `the checkpoint ${this.key} belongs to another database or scope (${this.run.database}, ` +
+      `${this.run.scope.description}): nothing was changed; pass --restart to replace it.`
+  }
+}
+
+export class NoRun extends Data.TaggedError("NoRun")<{ readonly database: string }> {
+  override get message() {
+    return `no run is recorded for ${this.database}: start one with \`regenerate\`.`
+  }
+}
+
+export class VerifyFailed extends Data.TaggedError("VerifyFailed")<{ readonly summary: string }> {
+  override get message() {
+    return `verify failed: ${this.summary}`
+  }
+}
+
+export type AppError =
+  | BadUsage
+  | BadDatabaseUrl
+  | BadRedisUrl
+  | DatabaseUnreachable
+  | RedisUnavailable
+  | SchemaMissing
+  | SchemaMismatch
+  | NoParents
+  | DatabaseError
+  | DuplicateToken
+  | CheckpointUnavailable
+  | CheckpointCorrupt
+  | LockHeld
+  | LockLost
+  | UnfinishedRun
+  | NoRunToResume
+  | ScopeMismatch
+  | ForeignCheckpoint
+  | NoRun
+  | VerifyFailed
+
+/** 2 when the operator must change what they asked for (flags, URLs, preconditions), 1 when a run failed. */
+const exitCodes: Record<AppError["_tag"], 1 | 2> = {
+  BadUsage: 2,
+  BadDatabaseUrl: 2,
+  BadRedisUrl: 2,
+  SchemaMissing: 2,
+  SchemaMismatch: 2,
+  NoParents: 2,
+  CheckpointCorrupt: 2,
+  UnfinishedRun: 2,
+  NoRunToResume: 2,
+  ScopeMismatch: 2,
+  ForeignCheckpoint: 2,
+  NoRun: 2,
+  DatabaseUnreachable: 1,
+  RedisUnavailable: 1,
+  DatabaseError: 1,
+  DuplicateToken: 1,
+  CheckpointUnavailable: 1,
+  LockHeld: 1,
+  LockLost: 1,
+  VerifyFailed: 1
+}
+
+export const exitCodeOf = (error: AppError): 1 | 2 => exitCodes[error._tag]
+
+export const isAppError = (u: unknown): u is AppError =>
+  Predicate.hasProperty(u, "_tag") && typeof u._tag === "string" && Object.hasOwn(exitCodes, u._tag)

@@ -1,0 +1,292 @@
+/**
+ * Progress of a long job (a regeneration run, a seeder), fed by events. The state is a pure reduction of
+ * the events and the lines are pure renderings of the state, so both are tested without a terminal; the
+ * service only decides when and where to draw: a line redrawn in place on a TTY, a plain line every few
+ * seconds when piped, nothing in JSON mode.
+ */
+import { Clock, Context, Data, Effect, Layer, Ref } from "effect"
+
+export type Phase = "running" | "retrying" | "throttled" | "stopping"
+
+export type ProgressEvent = Data.TaggedEnum<{
+  /** A job starts; `base` rows were done before this process (a resumed run). */
+  Started: { readonly label: string; readonly base: number; readonly throttle: number | undefined }
+  /** The number of rows in scope is known. */
+  Total: { readonly total: number }
+  /** Without a total: the fraction of the key space already behind the cursor. */
+  Estimate: { readonly fraction: number }
+  /** Rows committed. */
+  Advanced: { readonly rows: number; readonly batchSize: number }
+  Retried: { readonly reason: string }
+  Phase: { readonly phase: Phase }
+  Finished: {}
+}>
+export const ProgressEvent = Data.taggedEnum<ProgressEvent>()
+
+interface Sample {
+  readonly at: number
+  readonly done: number
+  readonly active: number
+}
+
+export interface ProgressState {
+  readonly label: string
+  readonly startedAt: number
+  readonly now: number
+  readonly base: number
+  readonly done: number
+  readonly total: number | undefined
+  readonly fraction: number | undefined
+  readonly retries: number
+  readonly lastRetry: string | undefined
+  readonly batchSize: number | undefined
+  readonly throttle: number | undefined
+  readonly phase: Phase
+  /** Milliseconds spent running: time retrying or throttled does not count toward the rate. */
+  readonly active: number
+  readonly samples: ReadonlyArray<Sample>
+  readonly finished: boolean
+}
+
+/** How far back the rate looks. */
+export const rateWindowMillis = 10_000
+/** No ETA before this much running time: the first batches warm caches and pools. */
+export const warmupMillis = 3_000
+
+export const initial = (label: string, now: number): ProgressState => ({
+  label,
+  startedAt: now,
+  now,
+  base: 0,
+  done: 0,
+  total: undefined,
+  fraction: undefined,
+  retries: 0,
+  lastRetry: undefined,
+  batchSize: undefined,
+  throttle: undefined,
+  phase: "running",
+  active: 0,
+  samples: [{ at: now, done: 0, active: 0 }],
+  finished: false
+})
+
+/** Moves the clock of a state to `now`, accruing active time. */
+const tick = (state: ProgressState, now: number): ProgressState => {
+  const elapsed = Math.max(0, now - state.now)
+  return { ...state, now, active: state.active + (state.phase === "running" ? elapsed : 0) }
+}
+
+const sampled = (state: ProgressState): ProgressState => {
+  const samples = [...state.samples, { at: state.now, done: state.done, active: state.active }]
+  const cutoff = state.now - rateWindowMillis
+  // Keep one sample at or before the cutoff so the window is always full once it can be.
+  let first = 0
+  while (first + 1 < samples.length && samples[first + 1]!.at <= cutoff) first++
+  return { ...state, samples: samples.slice(first) }
+}
+
+/** The state after `event` at time `now`. */
+export const step = (state: ProgressState, event: ProgressEvent, now: number): ProgressState => {
+  const s = tick(state, now)
+  switch (event._tag) {
+    case "Started":
+      return { ...initial(event.label, now), base: event.base, throttle: event.throttle }
+    case "Total":
+      return { ...s, total: event.total }
+    case "Estimate":
+      return { ...s, fraction: event.fraction }
+    case "Advanced":
+      return sampled({ ...s, done: s.done + event.rows, batchSize: event.batchSize, phase: "running" })
+    case "Retried":
+      return { ...s, retries: s.retries + 1, lastRetry: event.reason, phase: "retrying" }
+    case "Phase":
+      return { ...s, phase: s.phase === "stopping" ? "stopping" : event.phase }
+    case "Finished":
+      return sampled({ ...s, finished: true })
+  }
+}
+
+/** Rows per second over the recent window of running time; undefined until measurable. */
+export const rate = (state: ProgressState): number | undefined => {
+  const first = state.samples[0]
+  const last = state.samples[state.samples.length - 1]
+  if (first === undefined || last === undefined || last === first) return undefined
+  const active = last.active - first.active
+  return active < 500 ? undefined : ((last.done - first.done) * 1000) / active
+}
+
+/** Rows done, counting those done before a resume. */
+export const doneOf = (state: ProgressState): number => state.base + state.done
+
+/** Fraction complete, from the total or (without one) from the key space estimate. */
+export const fractionOf = (state: ProgressState): number | undefined =>
+  state.total !== undefined
+    ? (state.total === 0 ? 1 : Math.min(1, doneOf(state) / state.total))
+    : state.fraction
+
+export const etaMillis = (state: ProgressState): number | undefined => {
+  const r = rate(state)
+  if (r === undefined || r <= 0 || state.active < warmupMillis) return undefined
+  const effective = state.throttle === undefined ? r : Math.min(r, state.throttle)
+  if (state.total !== undefined) return (Math.max(0, state.total - doneOf(state)) * 1000) / effective
+  const fraction = state.fraction
+  if (fraction === undefined || fraction < 0.001) return undefined
+  const estimatedTotal = doneOf(state) / fraction
+  return (Math.max(0, estimatedTotal - doneOf(state)) * 1000) / effective
+}
+
+export const formatDuration = (millis: number): string => {
+  const total = Math.round(millis / 1000)
+  const h = Math.floor(total / 3600)
+  const m = Math.floor((total % 3600) / 60)
+  const sec = total % 60
+  return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : m > 0 ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`
+}
+
+const formatRate = (r: number | undefined): string =>
+  r === undefined ? "-" : r >= 10_000 ? `${(r / 1000).toFixed(1)}k` : `${Math.round(r)}`
+
+const withSeparators = (n: number): string => n.toLocaleString("en-US")
+
+const percent = (fraction: number | undefined, estimated: boolean): string =>
+  fraction === undefined ? "" : `${estimated ? "~" : ""}${(fraction * 100).toFixed(1)}%`
+
+const phaseNote = (state: ProgressState): string =>
+  state.phase === "running"
+    ? ""
+    : state.phase === "retrying"
+    ? ` ${state.phase} (${state.lastRetry ?? ""})`
+    : ` ${state.phase}`
+
+/** The plain line printed every few seconds when stderr is not a terminal (no control characters). */
+export const renderPlain = (state: ProgressState): string => {
+  const done = doneOf(state)
+  const fraction = fractionOf(state)
+  const eta = etaMillis(state)
+  return [
+    `${state.label}: ${done}${state.total === undefined ? "" : `/${state.total}`} rows`,
+    fraction === undefined ? "" : ` (${percent(fraction, state.total === undefined)})`,
+    `, ${formatRate(rate(state))} rows/s`,
+    eta === undefined ? "" : `, ETA ${formatDuration(eta)}`,
+    `, elapsed ${formatDuration(state.now - state.startedAt)}`,
+    `, retries ${state.retries}`,
+    state.batchSize === undefined ? "" : `, batch ${state.batchSize}`,
+    state.finished ? ", done" : phaseNote(state)
+  ].join("")
+}
+
+const bar = (fraction: number | undefined, width: number): string => {
+  if (fraction === undefined) return ""
+  const filled = Math.round(fraction * width)
+  return `[${"█".repeat(filled)}${"░".repeat(width - filled)}] `
+}
+
+/** The live line for a terminal of `columns` columns (redrawn in place; never wider than the terminal). */
+export const renderTty = (state: ProgressState, columns: number): string => {
+  const done = doneOf(state)
+  const fraction = fractionOf(state)
+  const eta = etaMillis(state)
+  const counts = `${withSeparators(done)}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
+  const etaText = state.finished ? "done" : eta === undefined ? "ETA -" : `ETA ${formatDuration(eta)}`
+  const tail = [
+    `${formatRate(rate(state))} rows/s`,
+    etaText,
+    `elapsed ${formatDuration(state.now - state.startedAt)}`,
+    `retries ${state.retries}`,
+    state.batchSize === undefined ? "" : `batch ${state.batchSize}`
+  ].filter((s) => s !== "").join("  ") + phaseNote(state)
+  const head = `${state.label} ${counts} ${percent(fraction, state.total === undefined)} `
+  const room = columns - head.length - tail.length - 4
+  const line = `${head}${bar(fraction, Math.min(30, Math.max(0, room)))}${tail}`
+  return line.length > columns - 1 ? line.slice(0, Math.max(0, columns - 1)) : line
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+export interface ProgressService {
+  readonly emit: (event: ProgressEvent) => Effect.Effect<void>
+  /** The latest state (for summaries). */
+  readonly state: Effect.Effect<ProgressState>
+}
+
+export class Progress extends Context.Tag("Progress")<Progress, ProgressService>() {}
+
+export type ProgressMode = "tty" | "plain" | "silent"
+
+export interface Sink {
+  readonly write: (text: string) => void
+  readonly columns: () => number
+}
+
+const stderrSink: Sink = {
+  write: (text) => void process.stderr.write(text),
+  columns: () => process.stderr.columns ?? 100
+}
+
+/** `tty` when stderr is a terminal (and not under CI), else `plain`. */
+export const detectMode = (): ProgressMode =>
+  process.stderr.isTTY === true && process.env.CI === undefined && process.env.TERM !== "dumb" ? "tty" : "plain"
+
+const plainEveryMillis = 3_000
+const ttyEveryMillis = 200
+
+const CLEAR_LINE = "\r\x1b[2K"
+const HIDE_CURSOR = "\x1b[?25l"
+const SHOW_CURSOR = "\x1b[?25h"
+
+/**
+ * The drawing service. The ticker is a scoped fiber and the terminal is restored (line finished, cursor
+ * shown) when the scope closes, on every exit path including interruption.
+ */
+export const make = (mode: ProgressMode, sink: Sink = stderrSink) =>
+  Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    const ref = yield* Ref.make(initial("", now))
+    const started = yield* Ref.make(false)
+
+    const current = Effect.zipWith(Ref.get(ref), Clock.currentTimeMillis, (s, t) => tick(s, t))
+
+    const draw = (final: boolean) =>
+      Effect.gen(function*() {
+        if (!(yield* Ref.get(started))) return
+        const state = yield* current
+        if (mode === "tty") {
+          sink.write(`${CLEAR_LINE}${renderTty(state, sink.columns())}${final ? "\n" : ""}`)
+        } else if (mode === "plain") {
+          sink.write(`${renderPlain(state)}\n`)
+        }
+      })
+
+    const emit = (event: ProgressEvent) =>
+      Effect.gen(function*() {
+        const t = yield* Clock.currentTimeMillis
+        yield* Ref.update(ref, (s) => step(s, event, t))
+        if (event._tag === "Started") yield* Ref.set(started, true)
+        if (event._tag === "Finished") {
+          yield* draw(true)
+          yield* Ref.set(started, false)
+        }
+      })
+
+    if (mode !== "silent") {
+      if (mode === "tty") sink.write(HIDE_CURSOR)
+      yield* Effect.addFinalizer(() =>
+        Effect.gen(function*() {
+          if (mode === "tty") {
+            yield* draw(true)
+            sink.write(SHOW_CURSOR)
+          }
+        })
+      )
+      const every = mode === "tty" ? ttyEveryMillis : plainEveryMillis
+      yield* draw(false).pipe(
+        Effect.delay(every),
+        Effect.forever,
+        Effect.forkScoped
+      )
+    }
+    return Progress.of({ emit, state: current })
+  })
+
+export const layer = (mode: ProgressMode): Layer.Layer<Progress> => Layer.scoped(Progress, make(mode))

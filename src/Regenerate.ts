@@ -1,0 +1,425 @@
+/**
+ * The regeneration run: a Stream of keyset pages → bounded-concurrency batch rotations → in-order
+ * checkpoints of the low-water mark. Pure wiring of the services; every decision about resuming is here.
+ *
+ * Invariants (see test/Regenerate.test.ts):
+ * - the checkpoint cursor only moves after every batch up to it has committed (ordered emission);
+ * - at most `concurrency` batches are taken but not yet checkpointed (the window semaphore), so a crash
+ *   redoes at most concurrency × batch size tickets and misses none;
+ * - a stop request ends the page source; batches in flight still commit and are checkpointed.
+ */
+import { Clock, Duration, Effect, Fiber, Option, Ref, Schedule, Stream } from "effect"
+import { Checkpoint, fingerprint, type HeldLock, type RunKey, type RunLock } from "./Checkpoint.js"
+import { Db } from "./Db.js"
+import {
+  type CheckpointCorrupt,
+  type CheckpointUnavailable,
+  type DatabaseError,
+  type DuplicateToken,
+  type ForeignCheckpoint,
+  type LockHeld,
+  type LockLost,
+  NoRunToResume,
+  RunRecord,
+  type RunStatus,
+  type SchemaMismatch,
+  type SchemaMissing,
+  type Scope,
+  ScopeMismatch,
+  UnfinishedRun
+} from "./Domain.js"
+import { Progress, ProgressEvent } from "./Progress.js"
+import { TicketRepo } from "./TicketRepo.js"
+import { TokenGen } from "./TokenGen.js"
+import * as Uuid from "./Uuid.js"
+
+export type StartMode = "start" | "resume" | "restart"
+
+export interface RegenerateOptions {
+  readonly scope: Scope
+  readonly batchSize: number
+  readonly concurrency: number
+  readonly mode: StartMode
+  /** Throttle: at most this many rows per second. */
+  readonly maxRowsPerSecond: number | undefined
+  /** Count the scope for progress (concurrently); without it progress is estimated from the key space. */
+  readonly count: boolean
+  /** Adaptive batches: the batch size follows the time each batch takes toward this target. */
+  readonly targetBatchMillis: number | undefined
+}
+
+export const defaults = {
+  batchSize: 1000,
+  concurrency: 4,
+  minBatchSize: 100,
+  maxBatchSize: 10_000
+} as const
+
+export interface RunSummary {
+  readonly runId: string
+  readonly scope: Scope
+  readonly status: RunStatus
+  /** Tickets rotated by this process. */
+  readonly rotated: number
+  /** Tickets rotated by the run, over all its resumptions. */
+  readonly rotatedTotal: number
+  /** Ids paged in scope but not changed (deleted between the page read and the update). */
+  readonly skipped: number
+  readonly retries: number
+  readonly batches: number
+  readonly seconds: number
+  readonly rowsPerSecond: number
+  readonly cursor: string
+  readonly total: number | null
+  readonly resumed: boolean
+  /** Set when nothing ran, with the reason (a completed run asked to resume). */
+  readonly note: string | null
+}
+
+export type RegenerateError =
+  | SchemaMissing
+  | SchemaMismatch
+  | DatabaseError
+  | DuplicateToken
+  | CheckpointUnavailable
+  | CheckpointCorrupt
+  | ForeignCheckpoint
+  | LockHeld
+  | LockLost
+  | UnfinishedRun
+  | NoRunToResume
+  | ScopeMismatch
+
+/**
+ * The one retry policy for transient failures (deadlocks, lock wait timeouts, lost connections, a busy
+ * SQLite file, a Redis hiccup, a colliding token): exponential from 100 ms, each delay capped at 5 s,
+ * jittered, at most 10 retries (about 30 s of waiting in all).
+ */
+export const transientRetry = Schedule.exponential("100 millis", 2).pipe(
+  Schedule.modifyDelay((delay) => Duration.min(delay, Duration.seconds(5))),
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(10))
+)
+
+const isRetryable = (error: { readonly _tag: string; readonly transient?: boolean }): boolean =>
+  error._tag === "DuplicateToken" || error.transient === true
+
+/** Position of an id in the uniform hex key space between `min` and `max` (0..1), from its first 13 digits. */
+export const keyFraction = (cursor: string, min: string, max: string): number | undefined => {
+  const value = (id: string) => {
+    const n = parseInt(id.slice(0, 13).padEnd(13, "0"), 16)
+    return Number.isFinite(n) ? n : undefined
+  }
+  const [c, lo, hi] = [value(cursor), value(min), value(max)]
+  if (c === undefined || lo === undefined || hi === undefined || hi <= lo) return undefined
+  return Math.min(1, Math.max(0, (c - lo) / (hi - lo)))
+}
+
+/** The next batch size after a batch of `size` took `millis`: quick to shrink, slow to grow, 100-10000. */
+export const adaptBatchSize = (size: number, millis: number, target: number): number => {
+  const ratio = target / Math.max(1, millis)
+  const next = size * (ratio < 1 ? Math.max(0.5, ratio) : Math.min(1.25, ratio))
+  // Multiples of 100 keep the number of distinct prepared statements small.
+  const rounded = Math.round(next / 100) * 100
+  return Math.min(defaults.maxBatchSize, Math.max(defaults.minBatchSize, rounded))
+}
+
+interface Batch {
+  readonly ids: ReadonlyArray<string>
+  readonly last: string
+}
+
+interface Rotated {
+  readonly batch: Batch
+  readonly rotated: number
+  readonly millis: number
+}
+
+/** A token bucket over rows; waiting shows as "throttled" in progress. */
+const makeThrottle = (rowsPerSecond: number | undefined, burst: number) =>
+  Effect.gen(function*() {
+    const progress = yield* Progress
+    const bucket = yield* Ref.make({
+      available: Math.max(rowsPerSecond ?? 0, burst),
+      at: yield* Clock.currentTimeMillis
+    })
+    return (rows: number) =>
+      rowsPerSecond === undefined ? Effect.void : Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const capacity = Math.max(rowsPerSecond, burst)
+        const { available } = yield* Ref.updateAndGet(bucket, (b) => ({
+          available: Math.min(capacity, b.available + ((now - b.at) * rowsPerSecond) / 1000) - rows,
+          at: now
+        }))
+        if (available >= 0) return
+        yield* progress.emit(ProgressEvent.Phase({ phase: "throttled" }))
+        yield* Effect.sleep(Duration.millis((-available * 1000) / rowsPerSecond))
+        yield* progress.emit(ProgressEvent.Phase({ phase: "running" }))
+      })
+  })
+
+const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
+  new RunRecord({
+    version: 1,
+    runId: Uuid.v4(1)[0]!.slice(0, 12),
+    fingerprint: fingerprint(key),
+    database: key.database,
+    scope: key.scope,
+    batchSize: options.batchSize,
+    cursor: "",
+    rotated: 0,
+    batches: 0,
+    retries: 0,
+    total: null,
+    startedAt: new Date(now),
+    updatedAt: new Date(now),
+    status: "running",
+    error: null
+  })
+
+/** Applies the resume rules: the record to run, or (`done`) the completed run there is nothing to do for. */
+const startingRecord = (key: RunKey, options: RegenerateOptions) =>
+  Effect.gen(function*() {
+    const checkpoint = yield* Checkpoint
+    const now = yield* Clock.currentTimeMillis
+    if (options.mode === "restart") {
+      // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced.
+      return { record: freshRecord(key, options, now), done: false }
+    }
+    const existing = yield* checkpoint.load(key)
+    if (options.mode === "start") {
+      if (Option.isSome(existing) && !existing.value.finished) return yield* new UnfinishedRun({ run: existing.value })
+      return { record: freshRecord(key, options, now), done: false }
+    }
+    if (Option.isNone(existing)) {
+      const latest = yield* checkpoint.latest(key.database)
+      if (Option.isSome(latest) && !latest.value.finished && latest.value.fingerprint !== fingerprint(key)) {
+        return yield* new ScopeMismatch({ run: latest.value, asked: key.scope })
+      }
+      return yield* new NoRunToResume({ scope: key.scope })
+    }
+    if (existing.value.finished) return { record: existing.value, done: true }
+    const record = new RunRecord({ ...existing.value, status: "running", error: null, batchSize: options.batchSize })
+    return { record, done: false }
+  })
+
+const summaryOf = (
+  record: RunRecord,
+  counters: { rotated: number; skipped: number; retries: number; batches: number },
+  seconds: number,
+  resumed: boolean,
+  note: string | null
+): RunSummary => ({
+  runId: record.runId,
+  scope: record.scope,
+  status: record.status,
+  rotated: counters.rotated,
+  rotatedTotal: record.rotated,
+  skipped: counters.skipped,
+  retries: counters.retries,
+  batches: counters.batches,
+  seconds,
+  rowsPerSecond: seconds > 0 ? counters.rotated / seconds : 0,
+  cursor: record.cursor,
+  total: record.total,
+  resumed,
+  note
+})
+
+/**
+ * Runs (or resumes) the regeneration of `options.scope` until the table is done or `stopRequested`
+ * turns true, and returns what happened. Holds the slot's lock throughout.
+ */
+export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Effect<boolean>) =>
+  Effect.scoped(Effect.gen(function*() {
+    const repo = yield* TicketRepo
+    const checkpoint = yield* Checkpoint
+    const tokenGen = yield* TokenGen
+    const progress = yield* Progress
+    const db = yield* Db
+    const startedAt = yield* Clock.currentTimeMillis
+
+    yield* repo.checkSchema
+    const key: RunKey = { database: db.identity, scope: options.scope }
+    const lock = yield* checkpoint.lock(key)
+    const { done, record: starting } = yield* startingRecord(key, options)
+    const counters = yield* Ref.make({ rotated: 0, skipped: 0, retries: 0, batches: 0 })
+    if (done) {
+      const note = `run ${starting.runId} already completed at ${starting.updatedAt.toISOString()}; nothing to resume`
+      return summaryOf(starting, yield* Ref.get(counters), 0, true, note)
+    }
+    const resumed = starting.rotated > 0 || starting.cursor !== ""
+    const state = yield* Ref.make(starting)
+
+    const retrying = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(
+      effect: Effect.Effect<A, E, R>
+    ) =>
+      Effect.retry(effect, {
+        schedule: transientRetry.pipe(Schedule.tapInput((error: E) =>
+          Effect.zipRight(
+            Ref.update(counters, (c) => ({ ...c, retries: c.retries + 1 })),
+            progress.emit(ProgressEvent.Retried({
+              reason: error._tag === "DuplicateToken"
+                ? "duplicate token"
+                : error._tag === "DatabaseError"
+                ? "database"
+                : "checkpoint"
+            }))
+          )
+        )),
+        while: isRetryable
+      })
+
+    const persist = (update: (record: RunRecord, now: Date) => RunRecord, target: RunLock = lock) =>
+      Effect.gen(function*() {
+        const now = new Date(yield* Clock.currentTimeMillis)
+        const c = yield* Ref.get(counters)
+        const record = yield* Ref.updateAndGet(
+          state,
+          (r) => update(new RunRecord({ ...r, updatedAt: now, retries: starting.retries + c.retries }), now)
+        )
+        yield* retrying(target.save(record))
+        return record
+      })
+
+    yield* persist((r) => r)
+    yield* progress.emit(
+      ProgressEvent.Started({ label: "regenerate", base: starting.rotated, throttle: options.maxRowsPerSecond })
+    )
+    if (starting.total !== null) yield* progress.emit(ProgressEvent.Total({ total: starting.total }))
+
+    // Progress denominators, off the critical path: the count runs beside the first batches.
+    const range = yield* Ref.make(Option.none<readonly [string, string]>())
+    if (options.count) {
+      yield* repo.count(options.scope).pipe(
+        Effect.tap((total) => Ref.update(state, (r) => new RunRecord({ ...r, total }))),
+        Effect.tap((total) => progress.emit(ProgressEvent.Total({ total }))),
+        Effect.catchAll((error) => Effect.logWarning(`could not count the scope: ${error.message}`)),
+        Effect.forkScoped
+      )
+    } else {
+      yield* repo.idRange.pipe(
+        Effect.tap((r) => Ref.set(range, r)),
+        Effect.catchAll((error) => Effect.logWarning(`could not read the id range: ${error.message}`)),
+        Effect.forkScoped
+      )
+    }
+
+    const batchSize = yield* Ref.make(options.batchSize)
+    const throttle = yield* makeThrottle(options.maxRowsPerSecond, options.batchSize)
+    const window = yield* Effect.makeSemaphore(options.concurrency)
+    const halted = yield* Ref.make(false)
+
+    const pages = Stream.unfoldEffect(starting.cursor, (cursor) =>
+      Effect.gen(function*() {
+        if (yield* stopRequested) {
+          yield* Ref.set(halted, true)
+          return Option.none()
+        }
+        const limit = yield* Ref.get(batchSize)
+        const ids = yield* retrying(repo.page(options.scope, cursor, limit))
+        if (ids.length === 0) return Option.none()
+        yield* throttle(ids.length)
+        const batch: Batch = { ids, last: ids[ids.length - 1]! }
+        return Option.some([batch, batch.last] as const)
+      }))
+
+    const rotate = (batch: Batch) =>
+      Effect.gen(function*() {
+        const start = yield* Clock.currentTimeMillis
+        const rotated = yield* retrying(Effect.gen(function*() {
+          // Fresh tokens on every attempt: a retried duplicate gets new ones.
+          const tokens = yield* tokenGen.tokens(batch.ids.length)
+          const now = yield* Clock.currentTimeMillis
+          return yield* repo.rotate(batch.ids, tokens, new Date(now))
+        }))
+        return { batch, rotated, millis: (yield* Clock.currentTimeMillis) - start } satisfies Rotated
+      })
+
+    const commit = (done: Rotated) =>
+      Effect.gen(function*() {
+        yield* Ref.update(counters, (c) => ({
+          ...c,
+          rotated: c.rotated + done.rotated,
+          skipped: c.skipped + (done.batch.ids.length - done.rotated),
+          batches: c.batches + 1
+        }))
+        const record = yield* persist((r) =>
+          new RunRecord({ ...r, cursor: done.batch.last, rotated: r.rotated + done.rotated, batches: r.batches + 1 })
+        )
+        yield* window.release(1)
+        yield* progress.emit(ProgressEvent.Advanced({ rows: done.rotated, batchSize: done.batch.ids.length }))
+        const bounds = yield* Ref.get(range)
+        if (Option.isSome(bounds)) {
+          const fraction = keyFraction(record.cursor, bounds.value[0], bounds.value[1])
+          if (fraction !== undefined) yield* progress.emit(ProgressEvent.Estimate({ fraction }))
+        }
+        if (options.targetBatchMillis !== undefined) {
+          const target = options.targetBatchMillis
+          yield* Ref.update(batchSize, (size) => adaptBatchSize(size, done.millis, target))
+        }
+      })
+
+    const outcome = yield* pages.pipe(
+      Stream.tap(() => window.take(1)),
+      Stream.mapEffect(rotate, { concurrency: options.concurrency }),
+      Stream.runForEach(commit),
+      Effect.tapError((error) =>
+        error._tag === "LockLost"
+          ? Effect.void
+          : Effect.ignore(persist((r) => new RunRecord({ ...r, status: "failed", error: error.message })))
+      ),
+      Effect.zipRight(Ref.get(halted))
+    )
+    const final = yield* persist((r) => new RunRecord({ ...r, status: outcome ? "interrupted" : "completed" }))
+    yield* progress.emit(ProgressEvent.Finished())
+    const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
+    return summaryOf(final, yield* Ref.get(counters), seconds, resumed, null)
+  }))
+
+/**
+ * Runs `run` so that interrupting it (Ctrl-C, SIGTERM) becomes a graceful stop: `run` sees
+ * `stopRequested` turn true, finishes what it has in flight and returns; the interruption then completes.
+ * A second signal is not caught here: the process exits at once (the checkpoint is still correct, as it
+ * only ever moves after a commit).
+ */
+export const graceful = <A, E, R>(
+  run: (stopRequested: Effect.Effect<boolean>) => Effect.Effect<A, E, R>,
+  onStop: Effect.Effect<void> = Effect.void
+): Effect.Effect<A, E, R> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.gen(function*() {
+      const stop = yield* Ref.make(false)
+      const fiber = yield* Effect.fork(restore(run(Ref.get(stop))))
+      return yield* restore(Fiber.join(fiber)).pipe(
+        Effect.onInterrupt(() =>
+          Ref.set(stop, true).pipe(
+            Effect.zipRight(onStop),
+            Effect.zipRight(Fiber.await(fiber))
+          )
+        )
+      )
+    })
+  )
+
+export interface Plan {
+  readonly database: string
+  readonly store: string
+  readonly existing: Option.Option<RunRecord>
+  readonly holder: Option.Option<HeldLock>
+  readonly total: Option.Option<number>
+}
+
+/** What a run would do, without doing it (`--dry-run`): nothing is written, not even the checkpoint. */
+export const plan = (options: RegenerateOptions) =>
+  Effect.gen(function*() {
+    const repo = yield* TicketRepo
+    const checkpoint = yield* Checkpoint
+    const db = yield* Db
+    yield* repo.checkSchema
+    const key: RunKey = { database: db.identity, scope: options.scope }
+    const existing = yield* checkpoint.load(key)
+    const holder = yield* checkpoint.holder(key)
+    const total = options.count ? Option.some(yield* repo.count(options.scope)) : Option.none<number>()
+    return { database: db.display, store: checkpoint.store, existing, holder, total } satisfies Plan
+  })

@@ -1,0 +1,350 @@
+/**
+ * Test data, fast: multi-row INSERTs of `rowsPerInsert` rows, several in flight on MySQL. Children pick
+ * uniformly random existing parents (any number of them), new ids are time-ordered (v7) so inserts append
+ * to the primary key, tokens come from TokenGen, and emails stay unique across runs.
+ */
+import { SqlClient } from "@effect/sql"
+import { Clock, Effect } from "effect"
+import { randomBytes } from "node:crypto"
+import { databaseError, datetime, Db, requireSchema, writeError } from "./Db.js"
+import { DatabaseError, NoParents, SchemaMismatch } from "./Domain.js"
+import { Progress, ProgressEvent } from "./Progress.js"
+import { TokenGen } from "./TokenGen.js"
+import * as Uuid from "./Uuid.js"
+
+/** Rows per INSERT statement. */
+export const rowsPerInsert = 1000
+
+const firstNames = [
+  "Ada",
+  "Alan",
+  "Amara",
+  "Ana",
+  "Arjun",
+  "Beatriz",
+  "Bjorn",
+  "Camille",
+  "Carlos",
+  "Chen",
+  "Chloe",
+  "Dana",
+  "Daniel",
+  "Diego",
+  "Elena",
+  "Emma",
+  "Fatima",
+  "Felix",
+  "Grace",
+  "Hana",
+  "Hugo",
+  "Ines",
+  "Isaac",
+  "Jamal",
+  "Jana",
+  "Javier",
+  "Julia",
+  "Kai",
+  "Kenji",
+  "Lars",
+  "Leila",
+  "Liam",
+  "Lucia",
+  "Mai",
+  "Marco",
+  "Maria",
+  "Mateo",
+  "Mei",
+  "Nadia",
+  "Noah",
+  "Nora",
+  "Olga",
+  "Omar",
+  "Paula",
+  "Priya",
+  "Rafael",
+  "Rosa",
+  "Sara",
+  "Sofia",
+  "Tomas",
+  "Yara",
+  "Zoe"
+]
+const lastNames = [
+  "Abe",
+  "Almeida",
+  "Andersen",
+  "Bauer",
+  "Becker",
+  "Costa",
+  "Dubois",
+  "Duarte",
+  "Fischer",
+  "Garcia",
+  "Gonzalez",
+  "Hansen",
+  "Hoffmann",
+  "Ivanova",
+  "Jensen",
+  "Kaur",
+  "Kim",
+  "Kowalski",
+  "Lambert",
+  "Larsen",
+  "Lopez",
+  "Martin",
+  "Meyer",
+  "Moreau",
+  "Muller",
+  "Nakamura",
+  "Nguyen",
+  "Novak",
+  "Okafor",
+  "Olsen",
+  "Patel",
+  "Perez",
+  "Petrov",
+  "Rossi",
+  "Santos",
+  "Schmidt",
+  "Silva",
+  "Singh",
+  "Suzuki",
+  "Tanaka",
+  "Torres",
+  "Wagner",
+  "Weber",
+  "Wong",
+  "Zhang"
+]
+const domains = ["example.com", "example.org", "example.net", "mail.example", "corp.example"]
+const events = [
+  "Summer Jazz Night",
+  "City Marathon Expo",
+  "Symphony No. 9",
+  "Indie Rock Festival",
+  "Comedy Club Live",
+  "Champions League Final",
+  "Tech Conference 2026",
+  "Opera Gala",
+  "Food & Wine Fair",
+  "Open Air Cinema",
+  "Ballet: Swan Lake",
+  "Harbour Fireworks",
+  "Basketball Playoffs",
+  "Stand-up Marathon",
+  "Electronic Weekend"
+]
+const sections = ["General Admission", "Floor", "Balcony", "Stalls", "VIP", "Box", "Terrace", "Standing"]
+
+const pick = <A>(items: ReadonlyArray<A>): A => items[Math.floor(Math.random() * items.length)]!
+
+const yearMillis = 365 * 24 * 3600 * 1000
+
+/** Django's unusable password: "!" followed by 40 random characters. */
+const unusablePassword = (): string => "!" + randomBytes(30).toString("base64").replace(/[+/=]/g, "x").slice(0, 40)
+
+interface Timestamps {
+  readonly created: string
+  readonly deleted: string | null
+}
+
+const timestamps = (now: number, deletedShare: number): Timestamps => {
+  const created = now - Math.floor(Math.random() * yearMillis)
+  return {
+    created: datetime(new Date(created)),
+    deleted: Math.random() < deletedShare
+      ? datetime(new Date(created + Math.floor(Math.random() * (now - created))))
+      : null
+  }
+}
+
+/** Ids of a parent table, packed as 16 bytes each (1M ids ≈ 16 MB), to pick from at random. */
+class IdPool {
+  private readonly chunks: Array<Buffer> = []
+  size = 0
+  add(hexIds: ReadonlyArray<string>): void {
+    const chunk = Buffer.alloc(hexIds.length * 16)
+    hexIds.forEach((id, i) => chunk.write(id, i * 16, 16, "hex"))
+    this.chunks.push(chunk)
+    this.size += hexIds.length
+  }
+  random(): string {
+    let index = Math.floor(Math.random() * this.size)
+    for (const chunk of this.chunks) {
+      const n = chunk.length / 16
+      if (index < n) return chunk.toString("hex", index * 16, index * 16 + 16)
+      index -= n
+    }
+    throw new Error("IdPool.random on an empty pool")
+  }
+}
+
+const loadIds = (table: "user" | "order") =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const pool = new IdPool()
+    let cursor = ""
+    while (true) {
+      const rows = yield* sql.unsafe(`SELECT \`id\` FROM \`${table}\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 20000`, [
+        cursor
+      ])
+        .values.pipe(Effect.mapError(databaseError(`reading ${table} ids`)))
+      if (rows.length === 0) return pool
+      const ids = rows.map((row) => String(row[0]))
+      const bad = ids.find((id) => !/^[0-9a-f]{32}$/.test(id))
+      if (bad !== undefined) {
+        return yield* new SchemaMismatch({ detail: `${table} id ${JSON.stringify(bad)} is not 32 hex characters` })
+      }
+      pool.add(ids)
+      cursor = ids[ids.length - 1]!
+    }
+  })
+
+const placeholderCache = new Map<string, string>()
+const placeholders = (columns: number, rows: number): string => {
+  const key = `${columns}x${rows}`
+  let text = placeholderCache.get(key)
+  if (text === undefined) {
+    const tuple = `(${new Array(columns).fill("?").join(",")})`
+    text = new Array(rows).fill(tuple).join(",")
+    placeholderCache.set(key, text)
+  }
+  return text
+}
+
+interface Seeding {
+  readonly table: "user" | "order" | "ticket"
+  readonly label: string
+  readonly columns: ReadonlyArray<string>
+  /** The rows of one INSERT (`count` of them, each with one value per column). */
+  readonly rows: (count: number, offset: number) => Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>>
+}
+
+export interface SeedResult {
+  readonly table: string
+  readonly inserted: number
+  readonly seconds: number
+}
+
+const run = (seeding: Seeding, count: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const db = yield* Db
+    const progress = yield* Progress
+    const start = yield* Clock.currentTimeMillis
+    const columns = seeding.columns.map((c) => `\`${c}\``).join(", ")
+    const batches = Math.ceil(count / rowsPerInsert)
+    yield* progress.emit(ProgressEvent.Started({ label: seeding.label, base: 0, throttle: undefined }))
+    yield* progress.emit(ProgressEvent.Total({ total: count }))
+    yield* Effect.forEach(
+      Array.from({ length: batches }, (_, i) => i),
+      (i) =>
+        Effect.gen(function*() {
+          const size = Math.min(rowsPerInsert, count - i * rowsPerInsert)
+          const rows = yield* seeding.rows(size, i * rowsPerInsert)
+          const statement = `INSERT INTO \`${seeding.table}\` (${columns}) VALUES ${
+            placeholders(seeding.columns.length, size)
+          }`
+          yield* sql.unsafe(statement, rows.flat()).raw.pipe(
+            Effect.mapError(writeError(`inserting into ${seeding.table}`))
+          )
+          yield* progress.emit(ProgressEvent.Advanced({ rows: size, batchSize: size }))
+        }),
+      { concurrency: db.dialect === "mysql" ? 3 : 1, discard: true }
+    )
+    yield* progress.emit(ProgressEvent.Finished())
+    const seconds = ((yield* Clock.currentTimeMillis) - start) / 1000
+    return { table: seeding.table, inserted: count, seconds } satisfies SeedResult
+  }).pipe(
+    // A token collision while seeding is astronomically unlikely; report it as the failed insert it is.
+    Effect.catchTag("DuplicateToken", (e) =>
+      Effect.fail(
+        new DatabaseError({ operation: `inserting into ${seeding.table}`, transient: false, detail: e.detail })
+      ))
+  )
+
+export const users = (count: number) =>
+  Effect.gen(function*() {
+    yield* requireSchema
+    const now = yield* Clock.currentTimeMillis
+    // Emails carry this run's tag and a sequence number, so they stay unique when seeding runs again.
+    const tag = now.toString(36)
+    return yield* run({
+      table: "user",
+      label: "seed users",
+      columns: [
+        "id",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+        "password",
+        "last_login",
+        "first_name",
+        "last_name",
+        "email"
+      ],
+      rows: (n, offset) =>
+        Effect.sync(() => {
+          const ids = Uuid.v7(n, Date.now())
+          return ids.map((id, i) => {
+            const t = timestamps(now, 0.01)
+            const first = pick(firstNames)
+            const last = pick(lastNames)
+            const email = `${first}.${last}.${tag}${(offset + i).toString(36)}@${pick(domains)}`.toLowerCase()
+            const login = Math.random() < 0.7 ? t.created : null
+            return [id, t.created, t.created, t.deleted, unusablePassword(), login, first, last, email]
+          })
+        })
+    }, count)
+  })
+
+export const orders = (count: number) =>
+  Effect.gen(function*() {
+    yield* requireSchema
+    const parents = yield* loadIds("user")
+    if (parents.size === 0) return yield* new NoParents({ parent: "users" })
+    const now = yield* Clock.currentTimeMillis
+    return yield* run({
+      table: "order",
+      label: "seed orders",
+      columns: ["id", "created_at", "updated_at", "deleted_at", "name", "user_id"],
+      rows: (n) =>
+        Effect.sync(() =>
+          Uuid.v7(n, Date.now()).map((id) => {
+            const t = timestamps(now, 0.02)
+            return [id, t.created, t.created, t.deleted, `${pick(events)} order`, parents.random()]
+          })
+        )
+    }, count)
+  })
+
+export const tickets = (count: number) =>
+  Effect.gen(function*() {
+    yield* requireSchema
+    const parents = yield* loadIds("order")
+    if (parents.size === 0) return yield* new NoParents({ parent: "orders" })
+    const tokenGen = yield* TokenGen
+    const now = yield* Clock.currentTimeMillis
+    return yield* run({
+      table: "ticket",
+      label: "seed tickets",
+      columns: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"],
+      rows: (n) =>
+        Effect.map(tokenGen.tokens(n), (tokens) =>
+          Uuid.v7(n, Date.now()).map((id, i) => {
+            const t = timestamps(now, 0.03)
+            const seat = `${String.fromCharCode(65 + Math.floor(Math.random() * 20))}${
+              1 + Math.floor(Math.random() * 40)
+            }`
+            return [
+              id,
+              t.created,
+              t.created,
+              t.deleted,
+              `${pick(events)} - ${pick(sections)} ${seat}`,
+              tokens[i],
+              parents.random()
+            ]
+          }))
+    }, count)
+  })

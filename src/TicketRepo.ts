@@ -1,0 +1,204 @@
+/**
+ * Tickets as the regeneration sees them: pages of ids in scope by keyset, one set-based UPDATE per batch,
+ * counts, and the reads `verify` needs. The SQL implementation serves MySQL/MariaDB and SQLite.
+ */
+import { SqlClient } from "@effect/sql"
+import { Context, Effect, Layer, Option } from "effect"
+import { affectedRows, databaseError, datetime, Db, requireSchema, toCount, writeError } from "./Db.js"
+import type { DatabaseError, DuplicateToken, SchemaMismatch, SchemaMissing, Scope } from "./Domain.js"
+
+export interface AuditPage {
+  /** Every id of the page, ascending (the keyset cursor moves to the last one). */
+  readonly ids: ReadonlyArray<string>
+  /** Ids of the page whose `updated_at` is before the given instant. */
+  readonly stale: ReadonlyArray<string>
+}
+
+export interface DuplicateTokens {
+  /** How many token values are held by more than one ticket. */
+  readonly values: number
+  /** Ids of a few tickets that share a token (never the token itself). */
+  readonly sample: ReadonlyArray<string>
+}
+
+export interface TicketRepoService {
+  /** Fails unless the ticket, order and user tables exist with the expected columns. */
+  readonly checkSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError>
+  /** Up to `limit` ids in scope greater than `after`, ascending. An empty page is the end of the table. */
+  readonly page: (scope: Scope, after: string, limit: number) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
+  /**
+   * Sets `tokens[i]` on `ids[i]` and `updated_at` on all of them, in one statement (one transaction: all
+   * of the batch or none of it). Returns the number of tickets changed.
+   */
+  readonly rotate: (
+    ids: ReadonlyArray<string>,
+    tokens: ReadonlyArray<string>,
+    at: Date
+  ) => Effect.Effect<number, DatabaseError | DuplicateToken>
+  /** Tickets in scope. */
+  readonly count: (scope: Scope) => Effect.Effect<number, DatabaseError>
+  /** Smallest and largest ticket id (for a progress estimate without a count). */
+  readonly idRange: Effect.Effect<Option.Option<readonly [string, string]>, DatabaseError>
+  /** A keyset page of ids in scope, with those not updated since `since`. */
+  readonly audit: (scope: Scope, after: string, limit: number, since: Date) => Effect.Effect<AuditPage, DatabaseError>
+  /** Token values held by more than one ticket. */
+  readonly duplicateTokens: Effect.Effect<DuplicateTokens, DatabaseError>
+}
+
+export class TicketRepo extends Context.Tag("TicketRepo")<TicketRepo, TicketRepoService>() {}
+
+/** A validated integer for LIMIT: MySQL 8.0.22+ rejects a bound LIMIT in prepared statements, so it is spliced. */
+const limitOf = (limit: number): number => {
+  if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError(`invalid LIMIT ${limit}`)
+  return limit
+}
+
+/** The scope as joins, conditions and bound values; every value is bound, never spliced. */
+export const scopeSql = (
+  scope: Scope
+): { readonly from: string; readonly where: string; readonly params: Array<unknown> } => {
+  const conditions: Array<string> = []
+  const params: Array<unknown> = []
+  const joinParents = scope.liveOnly || scope.emailDomain !== null
+  if (scope.liveOnly) {
+    conditions.push("t.`deleted_at` IS NULL", "o.`deleted_at` IS NULL", "u.`deleted_at` IS NULL")
+  }
+  if (scope.emailDomain !== null) {
+    // The domain is validated (letters, digits, dots, hyphens), so it holds no LIKE wildcard.
+    conditions.push("u.`email` LIKE ?")
+    params.push(`%@${scope.emailDomain}`)
+  }
+  if (scope.createdAfter !== null) {
+    conditions.push("t.`created_at` >= ?")
+    params.push(datetime(new Date(scope.createdAfter)))
+  }
+  if (scope.createdBefore !== null) {
+    conditions.push("t.`created_at` < ?")
+    params.push(datetime(new Date(scope.createdBefore)))
+  }
+  return {
+    from: joinParents
+      ? "`ticket` t JOIN `order` o ON o.`id` = t.`order_id` JOIN `user` u ON u.`id` = o.`user_id`"
+      : "`ticket` t",
+    where: conditions.map((c) => ` AND ${c}`).join(""),
+    params
+  }
+}
+
+const statementCache = new Map<string, string>()
+const cached = (key: string, build: () => string): string => {
+  let text = statementCache.get(key)
+  if (text === undefined) {
+    text = build()
+    statementCache.set(key, text)
+  }
+  return text
+}
+
+/**
+ * The batch UPDATE. MySQL joins the ticket table to a derived table of (id, token) pairs; SQLite uses
+ * UPDATE … FROM (VALUES …). Both touch only `token` and `updated_at`.
+ */
+export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): string =>
+  cached(`${dialect}:${size}`, () =>
+    dialect === "mysql"
+      ? "UPDATE `ticket` AS t JOIN (SELECT ? AS `id`, ? AS `token`" + " UNION ALL SELECT ?, ?".repeat(size - 1) +
+        ") AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?"
+      : "UPDATE `ticket` SET `token` = v.column2, `updated_at` = ? FROM (VALUES " +
+        new Array(size).fill("(?, ?)").join(", ") + ") AS v WHERE `ticket`.`id` = v.column1")
+
+export const rotateParams = (
+  dialect: "mysql" | "sqlite",
+  ids: ReadonlyArray<string>,
+  tokens: ReadonlyArray<string>,
+  at: string
+): Array<string> => {
+  const params = new Array<string>(ids.length * 2 + 1)
+  const offset = dialect === "mysql" ? 0 : 1
+  for (let i = 0; i < ids.length; i++) {
+    params[offset + 2 * i] = ids[i]!
+    params[offset + 2 * i + 1] = tokens[i]!
+  }
+  params[dialect === "mysql" ? ids.length * 2 : 0] = at
+  return params
+}
+
+export const makeSql = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const { dialect } = yield* Db
+
+  const page = (scope: Scope, after: string, limit: number) => {
+    const s = scopeSql(scope)
+    return sql.unsafe(
+      `SELECT t.\`id\` FROM ${s.from} WHERE t.\`id\` > ?${s.where} ORDER BY t.\`id\` LIMIT ${limitOf(limit)}`,
+      [after, ...s.params]
+    ).values.pipe(
+      Effect.map((rows) => rows.map((row) => String(row[0]))),
+      Effect.mapError(databaseError("reading a page of ticket ids"))
+    )
+  }
+
+  const rotate = (ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) =>
+    ids.length === 0
+      ? Effect.succeed(0)
+      : sql.unsafe(rotateStatement(dialect, ids.length), rotateParams(dialect, ids, tokens, datetime(at))).raw.pipe(
+        Effect.map(affectedRows),
+        Effect.mapError(writeError("rotating a batch of tokens"))
+      )
+
+  const count = (scope: Scope) => {
+    const s = scopeSql(scope)
+    return sql.unsafe(`SELECT COUNT(*) FROM ${s.from} WHERE 1 = 1${s.where}`, s.params).values.pipe(
+      Effect.map((rows) => toCount(rows[0]?.[0])),
+      Effect.mapError(databaseError("counting tickets in scope"))
+    )
+  }
+
+  const idRange = sql.unsafe("SELECT MIN(`id`), MAX(`id`) FROM `ticket`").values.pipe(
+    Effect.map((rows) => {
+      const [min, max] = rows[0] ?? []
+      return min === null || min === undefined || max === null || max === undefined
+        ? Option.none()
+        : Option.some([String(min), String(max)] as const)
+    }),
+    Effect.mapError(databaseError("reading the ticket id range"))
+  )
+
+  const audit = (scope: Scope, after: string, limit: number, since: Date) => {
+    const s = scopeSql(scope)
+    return sql.unsafe(
+      `SELECT t.\`id\`, CASE WHEN t.\`updated_at\` >= ? THEN 1 ELSE 0 END FROM ${s.from} ` +
+        `WHERE t.\`id\` > ?${s.where} ORDER BY t.\`id\` LIMIT ${limitOf(limit)}`,
+      [datetime(since), after, ...s.params]
+    ).values.pipe(
+      Effect.map((rows) => ({
+        ids: rows.map((row) => String(row[0])),
+        stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
+      })),
+      Effect.mapError(databaseError("auditing a page of tickets"))
+    )
+  }
+
+  const duplicates = "SELECT `token` FROM `ticket` GROUP BY `token` HAVING COUNT(*) > 1"
+  const duplicateTokens = Effect.all({
+    values: sql.unsafe(`SELECT COUNT(*) FROM (${duplicates}) d`).values.pipe(
+      Effect.map((rows) => toCount(rows[0]?.[0]))
+    ),
+    sample: sql.unsafe(
+      `SELECT t.\`id\` FROM \`ticket\` t JOIN (${duplicates} LIMIT 5) d ON d.\`token\` = t.\`token\` ORDER BY t.\`id\` LIMIT 10`
+    ).values.pipe(Effect.map((rows) => rows.map((row) => String(row[0]))))
+  }).pipe(Effect.mapError(databaseError("looking for duplicate tokens")))
+
+  return TicketRepo.of({
+    checkSchema: Effect.provideService(requireSchema, SqlClient.SqlClient, sql),
+    page,
+    rotate,
+    count,
+    idRange,
+    audit,
+    duplicateTokens
+  })
+})
+
+/** The SQL implementation, on the app's SqlClient. */
+export const layerSql: Layer.Layer<TicketRepo, never, SqlClient.SqlClient | Db> = Layer.effect(TicketRepo, makeSql)

@@ -1,0 +1,68 @@
+#!/usr/bin/env node
+/**
+ * The entry point and the only place an Effect is run: composes the platform layer, renders failures as
+ * one line, and maps the outcome to the exit code (0 done, 1 failed, 2 bad usage, 130/143 interrupted).
+ */
+import { ValidationError } from "@effect/cli"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Cause, Console, Effect, Exit, Logger, Option } from "effect"
+import * as Fs from "node:fs"
+import * as Cli from "./Cli.js"
+import { exitCodeOf, isAppError } from "./Domain.js"
+
+const version = (): string => {
+  try {
+    const pkg: unknown = JSON.parse(Fs.readFileSync(new URL("../package.json", import.meta.url), "utf8"))
+    return typeof pkg === "object" && pkg !== null && "version" in pkg ? String(pkg.version) : "0.0.0"
+  } catch {
+    return "0.0.0"
+  }
+}
+
+// Which signal stopped us decides the exit code (130 for SIGINT, 143 for SIGTERM). The runtime's own
+// handler interrupts the program on the first signal; both handlers are removed then, so a second signal
+// terminates the process at once.
+let signal: "SIGINT" | "SIGTERM" | undefined
+const onSignal = (name: "SIGINT" | "SIGTERM") => () => {
+  signal ??= name
+  process.removeListener("SIGINT", onSigint)
+  process.removeListener("SIGTERM", onSigterm)
+}
+const onSigint = onSignal("SIGINT")
+const onSigterm = onSignal("SIGTERM")
+process.on("SIGINT", onSigint)
+process.on("SIGTERM", onSigterm)
+
+const report = (cause: Cause.Cause<unknown>) =>
+  Effect.gen(function*() {
+    if (Cause.isInterruptedOnly(cause)) return
+    const failure = Cause.failureOption(cause)
+    if (Option.isSome(failure) && ValidationError.isValidationError(failure.value)) return
+    if (Option.isSome(failure) && isAppError(failure.value)) {
+      yield* Console.error(`error: ${failure.value.message}`)
+    } else {
+      yield* Console.error(`internal error: ${Cause.squash(cause)}`)
+    }
+    yield* Effect.logDebug("failure detail", cause)
+  })
+
+const exitCode = (exit: Exit.Exit<unknown, unknown>): number => {
+  if (Exit.isSuccess(exit)) return 0
+  if (Cause.isInterruptedOnly(exit.cause)) return signal === "SIGTERM" ? 143 : 130
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isSome(failure) && ValidationError.isValidationError(failure.value)) return 2
+  if (Option.isSome(failure) && isAppError(failure.value)) return exitCodeOf(failure.value)
+  return 1
+}
+
+const program = Cli.run(version())(process.argv).pipe(
+  Effect.tapErrorCause(report),
+  Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))),
+  Effect.provide(NodeContext.layer)
+)
+
+NodeRuntime.runMain(program, {
+  disableErrorReporting: true,
+  disablePrettyLogger: true,
+  teardown: (exit, onExit) => onExit(exitCode(exit))
+})
