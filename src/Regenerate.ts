@@ -120,7 +120,7 @@ export const adaptBatchSize = (size: number, millis: number, target: number): nu
   const ratio = target / Math.max(1, millis)
   const next = size * (ratio < 1 ? Math.max(0.5, ratio) : Math.min(1.25, ratio))
   // Multiples of 100 keep the number of distinct prepared statements small.
-  const rounded = Math.round(next / 100) * 100
+  const rounded = (ratio < 1 ? Math.floor : Math.ceil)(next / 100) * 100
   return Math.min(defaults.maxBatchSize, Math.max(defaults.minBatchSize, rounded))
 }
 
@@ -390,7 +390,9 @@ export const graceful = <A, E, R>(
   Effect.uninterruptibleMask((restore) =>
     Effect.gen(function*() {
       const stop = yield* Ref.make(false)
-      const fiber = yield* Effect.fork(restore(run(Ref.get(stop))))
+      // A daemon, not a child: an interrupt signal reaches a fiber's children at once, and this one must
+      // keep running until it has wound down. It is always awaited below, so it never outlives us.
+      const fiber = yield* Effect.forkDaemon(restore(run(Ref.get(stop))))
       return yield* restore(Fiber.join(fiber)).pipe(
         Effect.onInterrupt(() =>
           Ref.set(stop, true).pipe(

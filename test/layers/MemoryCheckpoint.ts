@@ -1,0 +1,98 @@
+/**
+ * The checkpoint store in memory: the same `Store` primitives as Redis and the SQL table (expiry follows
+ * the Effect Clock, so TestClock drives leases), with fault injection and every save in the event log.
+ */
+import { Clock, Effect, Layer, Option } from "effect"
+import * as Checkpoint from "../../src/Checkpoint.js"
+import { CheckpointUnavailable } from "../../src/Domain.js"
+import type { EventLog } from "./EventLog.js"
+
+export interface StoreFaults {
+  /** Called for every checkpoint write (fenced set); `n` counts from 1. */
+  readonly save?: (n: number) => boolean
+}
+
+export const unavailable = (operation: string) =>
+  new CheckpointUnavailable({ store: "memory", operation, detail: "connection refused", transient: true })
+
+export class MemoryStore {
+  readonly data = new Map<string, { value: string; expiresAt: number | undefined }>()
+  saves = 0
+
+  constructor(readonly log: EventLog | undefined = undefined, public faults: StoreFaults = {}) {}
+
+  private live(key: string, now: number) {
+    const entry = this.data.get(key)
+    if (entry === undefined) return undefined
+    if (entry.expiresAt !== undefined && entry.expiresAt <= now) {
+      this.data.delete(key)
+      return undefined
+    }
+    return entry
+  }
+
+  /** Records (not locks) whose key starts with `run:`. */
+  records(): Array<string> {
+    return [...this.data.entries()].filter(([k]) => k.startsWith("run:")).map(([, v]) => v.value)
+  }
+
+  get store(): Checkpoint.Store {
+    const withNow = <A>(f: (now: number) => A) => Effect.map(Clock.currentTimeMillis, f)
+    return {
+      name: "memory",
+      get: (key) => withNow((now) => Option.fromNullable(this.live(key, now)?.value)),
+      set: (key, value) => withNow(() => void this.data.set(key, { value, expiresAt: undefined })),
+      setFenced: (key, value, lockKey, holder) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          const n = ++this.saves
+          if (this.faults.save?.(n) === true) return Effect.fail(unavailable("writing the checkpoint"))
+          if (this.live(lockKey, now)?.value !== holder) return Effect.succeed(false)
+          this.data.set(key, { value, expiresAt: undefined })
+          const record = JSON.parse(value) as { cursor: string; status: string }
+          this.log?.push({ _tag: "save", cursor: record.cursor, status: record.status })
+          return Effect.succeed(true)
+        }),
+      acquire: (lockKey, holder, ttl) =>
+        withNow((now) => {
+          if (this.live(lockKey, now) !== undefined) return false
+          this.data.set(lockKey, { value: holder, expiresAt: now + ttl })
+          return true
+        }),
+      swap: (lockKey, expected, holder, ttl) =>
+        withNow((now) => {
+          if (this.live(lockKey, now)?.value !== expected) return false
+          this.data.set(lockKey, { value: holder, expiresAt: now + ttl })
+          return true
+        }),
+      renew: (lockKey, holder, ttl) =>
+        withNow((now) => {
+          const entry = this.live(lockKey, now)
+          if (entry?.value !== holder) return false
+          entry.expiresAt = now + ttl
+          return true
+        }),
+      release: (lockKey, holder) =>
+        withNow((now) => {
+          if (this.live(lockKey, now)?.value === holder) this.data.delete(lockKey)
+        }),
+      inspect: (lockKey) =>
+        withNow((now) => {
+          const entry = this.live(lockKey, now)
+          return entry === undefined
+            ? Option.none()
+            : Option.some({ value: entry.value, expiresInMillis: (entry.expiresAt ?? now) - now })
+        })
+    }
+  }
+
+  layer(host: Checkpoint.Host = testHost): Layer.Layer<Checkpoint.Checkpoint> {
+    return Layer.sync(Checkpoint.Checkpoint, () => Checkpoint.make(this.store, host))
+  }
+}
+
+/** This test process, on a host where only the pids in `alive` run. */
+export const testHost: Checkpoint.Host = {
+  hostname: "test-host",
+  pid: 1000,
+  isAlive: (pid) => pid === 1000
+}

@@ -1,0 +1,134 @@
+/**
+ * An in-memory ticket table behind the TicketRepo interface, with fault injection: fail or delay any
+ * call, raise a duplicate token, and record every commit in a shared event log.
+ */
+import { Effect, Layer, Option } from "effect"
+import { createHash } from "node:crypto"
+import { DatabaseError, DuplicateToken, type Scope } from "../../src/Domain.js"
+import { TicketRepo, type TicketRepoService } from "../../src/TicketRepo.js"
+import type { EventLog } from "./EventLog.js"
+
+export interface MemoryTicket {
+  readonly id: string
+  token: string
+  updatedAt: number
+  readonly createdAt: number
+  readonly deleted: boolean
+  readonly parentDeleted: boolean
+  readonly email: string
+}
+
+export type Fault = Effect.Effect<void, DatabaseError | DuplicateToken>
+
+/** Decides, per call, whether a repository operation misbehaves. `n` counts calls of that operation from 1. */
+export interface Faults {
+  readonly page?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
+  readonly rotate?: (n: number, ids: ReadonlyArray<string>) => Fault | undefined
+}
+
+export const transientError = (operation = "test") =>
+  new DatabaseError({ operation, transient: true, detail: "Deadlock found when trying to get lock (1213)" })
+export const fatalError = (operation = "test") =>
+  new DatabaseError({ operation, transient: false, detail: "Table 'ticket' is marked as crashed" })
+export const duplicateToken = () => new DuplicateToken({ detail: "Duplicate entry for key 'token'" })
+
+export const inScope = (scope: Scope) => (t: MemoryTicket): boolean =>
+  (!scope.liveOnly || (!t.deleted && !t.parentDeleted)) &&
+  (scope.emailDomain === null || t.email.endsWith(`@${scope.emailDomain}`)) &&
+  (scope.createdAfter === null || t.createdAt >= Date.parse(scope.createdAfter)) &&
+  (scope.createdBefore === null || t.createdAt < Date.parse(scope.createdBefore))
+
+/** `count` tickets with uniform random-looking hex ids (deterministic per seed); some soft-deleted, a third on example.org. */
+export const makeTickets = (count: number, seed = 1): Array<MemoryTicket> =>
+  Array.from({ length: count }, (_, i) => ({
+    id: createHash("sha256").update(`${seed}:${i}`).digest("hex").slice(0, 32),
+    token: `old-${i}`,
+    updatedAt: 0,
+    createdAt: Date.UTC(2024, 0, 1) + i * 3_600_000,
+    deleted: i % 7 === 3,
+    parentDeleted: i % 11 === 5,
+    email: i % 3 === 0 ? `u${i}@example.org` : `u${i}@example.com`
+  })).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+
+export class MemoryTable {
+  readonly byId = new Map<string, MemoryTicket>()
+  readonly sorted: Array<MemoryTicket>
+  /** Every commit, in order: the ids of the batch and its new tokens. */
+  readonly rotations: Array<ReadonlyArray<string>> = []
+  calls = { page: 0, rotate: 0, count: 0 }
+
+  constructor(tickets: ReadonlyArray<MemoryTicket>, readonly log: EventLog, public faults: Faults = {}) {
+    this.sorted = [...tickets].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    for (const t of this.sorted) this.byId.set(t.id, t)
+  }
+
+  /** How many times each id was rotated. */
+  rotationCounts(): Map<string, number> {
+    const counts = new Map<string, number>()
+    for (const ids of this.rotations) for (const id of ids) counts.set(id, (counts.get(id) ?? 0) + 1)
+    return counts
+  }
+
+  get service(): TicketRepoService {
+    const fault = (f: Fault | undefined) => f ?? Effect.void
+    return {
+      checkSchema: Effect.void,
+      page: (scope, after, limit) =>
+        Effect.suspend(() => {
+          const n = this.calls.page += 1
+          return this.faults.page?.(n) ?? Effect.void
+        }).pipe(
+          Effect.map(() =>
+            this.sorted.filter((t) => t.id > after && inScope(scope)(t)).slice(0, limit).map((t) => t.id)
+          )
+        ),
+      rotate: (ids, tokens, at) =>
+        Effect.suspend(() => {
+          const n = this.calls.rotate += 1
+          return fault(this.faults.rotate?.(n, ids))
+        }).pipe(
+          // The commit itself is one synchronous step: all of the batch or none of it.
+          Effect.flatMap(() =>
+            Effect.sync(() => {
+              let changed = 0
+              ids.forEach((id, i) => {
+                const t = this.byId.get(id)
+                if (t !== undefined) {
+                  t.token = tokens[i]!
+                  t.updatedAt = at.getTime()
+                  changed++
+                }
+              })
+              this.rotations.push(ids)
+              this.log.push({ _tag: "commit", ids })
+              return changed
+            })
+          )
+        ),
+      count: (scope) => Effect.sync(() => ++this.calls.count && this.sorted.filter(inScope(scope)).length),
+      idRange: Effect.sync(() =>
+        this.sorted.length === 0
+          ? Option.none()
+          : Option.some([this.sorted[0]!.id, this.sorted[this.sorted.length - 1]!.id] as const)
+      ),
+      audit: (scope, after, limit, since) =>
+        Effect.sync(() => {
+          const page = this.sorted.filter((t) => t.id > after && inScope(scope)(t)).slice(0, limit)
+          return {
+            ids: page.map((t) => t.id),
+            stale: page.filter((t) => t.updatedAt < since.getTime()).map((t) => t.id)
+          }
+        }),
+      duplicateTokens: Effect.sync(() => {
+        const seen = new Map<string, Array<string>>()
+        for (const t of this.sorted) seen.set(t.token, [...(seen.get(t.token) ?? []), t.id])
+        const dup = [...seen.values()].filter((ids) => ids.length > 1)
+        return { values: dup.length, sample: dup.flat().slice(0, 10) }
+      })
+    }
+  }
+
+  get layer(): Layer.Layer<TicketRepo> {
+    return Layer.sync(TicketRepo, () => this.service)
+  }
+}
