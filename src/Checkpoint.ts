@@ -149,9 +149,11 @@ const decodeHolder = Schema.decodeUnknownOption(HolderJson)
 
 const decodeRecord = (key: string, text: string) =>
   Schema.decodeUnknown(RecordJson)(text).pipe(
-    Effect.mapError((error) =>
-      new CheckpointCorrupt({ key, detail: ParseResult.TreeFormatter.formatErrorSync(error).split("\n")[0] ?? "" })
-    )
+    Effect.mapError((error) => {
+      const [first] = ParseResult.ArrayFormatter.formatErrorSync(error)
+      const where = first === undefined || first.path.length === 0 ? "" : `${first.path.join(".")}: `
+      return new CheckpointCorrupt({ key, detail: `${where}${first?.message ?? "unreadable"}` })
+    })
   )
 
 const unknownHolder = (value: string) =>

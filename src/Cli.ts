@@ -8,13 +8,15 @@ import { Console, Effect, Either, Layer, Option } from "effect"
 import * as Path from "node:path"
 import * as Checkpoint from "./Checkpoint.js"
 import * as Db from "./Db.js"
-import { Scope } from "./Domain.js"
+import { Scope, VerifyFailed } from "./Domain.js"
 import { migrate } from "./migrations/index.js"
 import * as Progress from "./Progress.js"
 import * as Regenerate from "./Regenerate.js"
 import * as Seed from "./Seed.js"
+import * as Status from "./Status.js"
 import * as TicketRepo from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
+import * as Verify from "./Verify.js"
 
 const between = (name: string, min: number, max: number) => (self: Options.Options<number>) =>
   Options.filterMap(
@@ -320,10 +322,47 @@ const regenerate = Command.make(
 )
 
 // ---------------------------------------------------------------------------------------------------------
+// status, verify
+
+const jsonFlag = Options.boolean("json").pipe(Options.withDescription("Print one JSON object on stdout."))
+
+/** No scope flags means "the run most recently started on this database". */
+const chosenScope = (scope: Scope) => (Scope.all.flags === scope.flags ? Option.none() : Option.some(scope))
+
+const statusCommand = Command.make(
+  "status",
+  { scope: scopeOptions, json: jsonFlag },
+  ({ json, scope }) =>
+    Effect.gen(function*() {
+      const report = yield* Status.status(chosenScope(scope))
+      if (json) yield* Console.log(JSON.stringify(Status.toJson(report)))
+      else for (const line of Status.render(report)) yield* Console.log(line)
+    })
+).pipe(
+  Command.withDescription("Show the current or last run: state, progress, rate, lock holder."),
+  Command.provide(Checkpoint.layer.pipe(Layer.provideMerge(Db.layer({ maxConnections: 1 }))))
+)
+
+const verifyCommand = Command.make(
+  "verify",
+  { scope: scopeOptions, json: jsonFlag },
+  ({ json, scope }) =>
+    Effect.gen(function*() {
+      const report = yield* Verify.verify(chosenScope(scope))
+      if (json) yield* Console.log(JSON.stringify(Verify.toJson(report)))
+      else for (const line of Verify.render(report)) yield* Console.log(line)
+      if (!Verify.isClean(report)) return yield* new VerifyFailed({ summary: Verify.summary(report) })
+    })
+).pipe(
+  Command.withDescription("Check that the last run rotated every ticket of its scope and that tokens are unique."),
+  Command.provide(({ json }) => appLayer(1, json ? "silent" : Progress.detectMode()))
+)
+
+// ---------------------------------------------------------------------------------------------------------
 
 const root = Command.make("ticket-tokens").pipe(
   Command.withDescription("Regenerate the secret token of every ticket, in batches, resumably."),
-  Command.withSubcommands([migrateCommand, seed, regenerate])
+  Command.withSubcommands([migrateCommand, seed, regenerate, statusCommand, verifyCommand])
 )
 
 /** Parses argv and runs the chosen command. */

@@ -44,6 +44,8 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
   batches: Schema.NonNegativeInt,
   retries: Schema.NonNegativeInt,
   total: Schema.NullOr(Schema.NonNegativeInt),
+  /** Time spent running, over all resumptions (for the rate). */
+  activeMillis: Schema.NonNegativeInt,
   startedAt: Schema.DateFromString,
   updatedAt: Schema.DateFromString,
   status: RunStatus,

@@ -19,7 +19,7 @@ export type ProgressEvent = Data.TaggedEnum<{
   Advanced: { readonly rows: number; readonly batchSize: number }
   Retried: { readonly reason: string }
   Phase: { readonly phase: Phase }
-  Finished: {}
+  Finished: { readonly outcome: string }
 }>
 export const ProgressEvent = Data.taggedEnum<ProgressEvent>()
 
@@ -45,7 +45,8 @@ export interface ProgressState {
   /** Milliseconds spent running: time retrying or throttled does not count toward the rate. */
   readonly active: number
   readonly samples: ReadonlyArray<Sample>
-  readonly finished: boolean
+  /** Set once the job ended: "done", "stopped". */
+  readonly outcome: string | undefined
 }
 
 /** How far back the rate looks. */
@@ -68,7 +69,7 @@ export const initial = (label: string, now: number): ProgressState => ({
   phase: "running",
   active: 0,
   samples: [{ at: now, done: 0, active: 0 }],
-  finished: false
+  outcome: undefined
 })
 
 /** Moves the clock of a state to `now`, accruing active time. */
@@ -103,7 +104,7 @@ export const step = (state: ProgressState, event: ProgressEvent, now: number): P
     case "Phase":
       return { ...s, phase: s.phase === "stopping" ? "stopping" : event.phase }
     case "Finished":
-      return sampled({ ...s, finished: true })
+      return sampled({ ...s, outcome: event.outcome })
   }
 }
 
@@ -172,7 +173,7 @@ export const renderPlain = (state: ProgressState): string => {
     `, elapsed ${formatDuration(state.now - state.startedAt)}`,
     `, retries ${state.retries}`,
     state.batchSize === undefined ? "" : `, batch ${state.batchSize}`,
-    state.finished ? ", done" : phaseNote(state)
+    state.outcome !== undefined ? `, ${state.outcome}` : phaseNote(state)
   ].join("")
 }
 
@@ -188,7 +189,7 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   const fraction = fractionOf(state)
   const eta = etaMillis(state)
   const counts = `${withSeparators(done)}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
-  const etaText = state.finished ? "done" : eta === undefined ? "ETA -" : `ETA ${formatDuration(eta)}`
+  const etaText = state.outcome ?? (eta === undefined ? "ETA -" : `ETA ${formatDuration(eta)}`)
   const tail = [
     `${formatRate(rate(state))} rows/s`,
     etaText,

@@ -171,6 +171,7 @@ const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
     batches: 0,
     retries: 0,
     total: null,
+    activeMillis: 0,
     startedAt: new Date(now),
     updatedAt: new Date(now),
     status: "running",
@@ -272,12 +273,18 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 
     const persist = (update: (record: RunRecord, now: Date) => RunRecord, target: RunLock = lock) =>
       Effect.gen(function*() {
-        const now = new Date(yield* Clock.currentTimeMillis)
+        const now = yield* Clock.currentTimeMillis
         const c = yield* Ref.get(counters)
-        const record = yield* Ref.updateAndGet(
-          state,
-          (r) => update(new RunRecord({ ...r, updatedAt: now, retries: starting.retries + c.retries }), now)
-        )
+        const record = yield* Ref.updateAndGet(state, (r) =>
+          update(
+            new RunRecord({
+              ...r,
+              updatedAt: new Date(now),
+              retries: starting.retries + c.retries,
+              activeMillis: starting.activeMillis + Math.round(now - startedAt)
+            }),
+            new Date(now)
+          ))
         yield* retrying(target.save(record))
         return record
       })
@@ -372,7 +379,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       Effect.zipRight(Ref.get(halted))
     )
     const final = yield* persist((r) => new RunRecord({ ...r, status: outcome ? "interrupted" : "completed" }))
-    yield* progress.emit(ProgressEvent.Finished())
+    yield* progress.emit(ProgressEvent.Finished({ outcome: outcome ? "stopped" : "done" }))
     const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
     return summaryOf(final, yield* Ref.get(counters), seconds, resumed, null)
   }))

@@ -252,7 +252,7 @@ const run = (seeding: Seeding, count: number) =>
         }),
       { concurrency: db.dialect === "mysql" ? 3 : 1, discard: true }
     )
-    yield* progress.emit(ProgressEvent.Finished())
+    yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
     const seconds = ((yield* Clock.currentTimeMillis) - start) / 1000
     return { table: seeding.table, inserted: count, seconds } satisfies SeedResult
   }).pipe(

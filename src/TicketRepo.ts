@@ -179,14 +179,18 @@ export const makeSql = Effect.gen(function*() {
     )
   }
 
+  // Token values stay inside this function: only counts and ticket ids leave it.
   const duplicates = "SELECT `token` FROM `ticket` GROUP BY `token` HAVING COUNT(*) > 1"
-  const duplicateTokens = Effect.all({
-    values: sql.unsafe(`SELECT COUNT(*) FROM (${duplicates}) d`).values.pipe(
-      Effect.map((rows) => toCount(rows[0]?.[0]))
-    ),
-    sample: sql.unsafe(
-      `SELECT t.\`id\` FROM \`ticket\` t JOIN (${duplicates} LIMIT 5) d ON d.\`token\` = t.\`token\` ORDER BY t.\`id\` LIMIT 10`
-    ).values.pipe(Effect.map((rows) => rows.map((row) => String(row[0]))))
+  const duplicateTokens = Effect.gen(function*() {
+    const values = yield* sql.unsafe(`SELECT COUNT(*) FROM (${duplicates}) d`).values
+    const count = toCount(values[0]?.[0])
+    if (count === 0) return { values: 0, sample: [] }
+    const tokens = (yield* sql.unsafe(`${duplicates} LIMIT 5`).values).map((row) => String(row[0]))
+    const sample = yield* sql.unsafe(
+      `SELECT \`id\` FROM \`ticket\` WHERE \`token\` IN (${tokens.map(() => "?").join(", ")}) ORDER BY \`id\` LIMIT 10`,
+      tokens
+    ).values
+    return { values: count, sample: sample.map((row) => String(row[0])) }
   }).pipe(Effect.mapError(databaseError("looking for duplicate tokens")))
 
   return TicketRepo.of({

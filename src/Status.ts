@@ -1,0 +1,102 @@
+/**
+ * `status`: the current or last run, from the checkpoint store alone, so it can be read from another
+ * terminal while a run is going.
+ */
+import { Clock, Effect, Option } from "effect"
+import { Checkpoint, type HeldLock } from "./Checkpoint.js"
+import { Db } from "./Db.js"
+import type { RunRecord, Scope } from "./Domain.js"
+import { formatDuration } from "./Progress.js"
+
+export interface StatusReport {
+  readonly database: string
+  readonly store: string
+  readonly run: Option.Option<RunRecord>
+  readonly lock: Option.Option<HeldLock>
+  readonly now: Date
+}
+
+/** The run of `scope`, or (without one) the run most recently started on this database. */
+export const status = (scope: Option.Option<Scope>) =>
+  Effect.gen(function*() {
+    const checkpoint = yield* Checkpoint
+    const db = yield* Db
+    const run = yield* Option.match(scope, {
+      onNone: () => checkpoint.latest(db.identity),
+      onSome: (s) => checkpoint.load({ database: db.identity, scope: s })
+    })
+    const lock = Option.isSome(run)
+      ? yield* checkpoint.holder({ database: db.identity, scope: run.value.scope })
+      : Option.none<HeldLock>()
+    const now = new Date(yield* Clock.currentTimeMillis)
+    return { database: db.display, store: checkpoint.store, run, lock, now } satisfies StatusReport
+  })
+
+const rateOf = (run: RunRecord) => (run.activeMillis > 0 ? (run.rotated * 1000) / run.activeMillis : 0)
+
+/** What the state means for the operator. */
+const stateLine = (run: RunRecord, lock: Option.Option<HeldLock>): string => {
+  if (Option.isSome(lock)) {
+    const held = lock.value
+    return held.stale
+      ? `${run.status}, but its process is gone (${held.holder.description}): resume with --resume`
+      : `running, lock held by ${held.holder.description} (lease ${Math.ceil(held.expiresInMillis / 1000)} s left)`
+  }
+  switch (run.status) {
+    case "running":
+      return "running, but no process holds its lock (it was killed): resume with --resume"
+    case "interrupted":
+      return "interrupted: resume with --resume"
+    case "failed":
+      return `failed (${run.error ?? "unknown error"}): resume with --resume once the cause is fixed`
+    case "completed":
+      return "completed"
+  }
+}
+
+export const render = (report: StatusReport): ReadonlyArray<string> =>
+  Option.match(report.run, {
+    onNone: () => [`no run is recorded for ${report.database} (checkpoints: ${report.store})`],
+    onSome: (run) => {
+      const total = run.total === null
+        ? ""
+        : ` / ${run.total} (${((run.rotated / Math.max(1, run.total)) * 100).toFixed(1)}%)`
+      const ago = formatDuration(report.now.getTime() - run.updatedAt.getTime())
+      return [
+        `run ${run.runId} on ${report.database} (${run.scope.description})`,
+        `  state:    ${stateLine(run, report.lock)}`,
+        `  rotated:  ${run.rotated}${total}, cursor ${run.cursor || "-"}`,
+        `  rate:     ${Math.round(rateOf(run))} rows/s over ${formatDuration(run.activeMillis)} of running, ` +
+        `${run.batches} batches, ${run.retries} retries`,
+        `  started:  ${run.startedAt.toISOString()}, updated ${run.updatedAt.toISOString()} (${ago} ago)`,
+        `  store:    ${report.store}`
+      ]
+    }
+  })
+
+export const toJson = (report: StatusReport) => ({
+  database: report.database,
+  store: report.store,
+  run: Option.getOrNull(Option.map(report.run, (run) => ({
+    runId: run.runId,
+    scope: run.scope,
+    status: run.status,
+    rotated: run.rotated,
+    total: run.total,
+    cursor: run.cursor,
+    batches: run.batches,
+    retries: run.retries,
+    rowsPerSecond: Math.round(rateOf(run)),
+    activeSeconds: run.activeMillis / 1000,
+    startedAt: run.startedAt.toISOString(),
+    updatedAt: run.updatedAt.toISOString(),
+    error: run.error
+  }))),
+  lock: Option.getOrNull(Option.map(report.lock, (held) => ({
+    host: held.holder.host,
+    pid: held.holder.pid,
+    since: held.holder.since.toISOString(),
+    expiresInSeconds: Math.ceil(held.expiresInMillis / 1000),
+    stale: held.stale
+  })))
+})

@@ -1,0 +1,96 @@
+/**
+ * `verify`: after a run, every ticket of its scope must have been rotated by it (updated at or after the
+ * run started) and no two tickets may share a token. Reads keyset pages; never the whole table at once.
+ */
+import { Effect, Option } from "effect"
+import { Checkpoint } from "./Checkpoint.js"
+import { Db } from "./Db.js"
+import { NoRun, type RunRecord, type Scope } from "./Domain.js"
+import { Progress, ProgressEvent } from "./Progress.js"
+import { TicketRepo } from "./TicketRepo.js"
+
+const pageSize = 10_000
+const sampleSize = 5
+
+export interface VerifyReport {
+  readonly database: string
+  readonly run: RunRecord
+  readonly inScope: number
+  readonly notRotated: number
+  readonly notRotatedSample: ReadonlyArray<string>
+  readonly duplicateTokens: number
+  readonly duplicateSample: ReadonlyArray<string>
+}
+
+export const isClean = (report: VerifyReport): boolean => report.notRotated === 0 && report.duplicateTokens === 0
+
+/** Verifies the run of `scope`, or (without one) the run most recently started on this database. */
+export const verify = (scope: Option.Option<Scope>) =>
+  Effect.gen(function*() {
+    const repo = yield* TicketRepo
+    const checkpoint = yield* Checkpoint
+    const progress = yield* Progress
+    const db = yield* Db
+    yield* repo.checkSchema
+    const found = yield* Option.match(scope, {
+      onNone: () => checkpoint.latest(db.identity),
+      onSome: (s) => checkpoint.load({ database: db.identity, scope: s })
+    })
+    if (Option.isNone(found)) return yield* new NoRun({ database: db.display })
+    const run = found.value
+    yield* progress.emit(ProgressEvent.Started({ label: "verify", base: 0, throttle: undefined }))
+    if (run.total !== null) yield* progress.emit(ProgressEvent.Total({ total: run.total }))
+    let cursor = ""
+    let inScope = 0
+    let notRotated = 0
+    const notRotatedSample: Array<string> = []
+    while (true) {
+      const page = yield* repo.audit(run.scope, cursor, pageSize, run.startedAt)
+      if (page.ids.length === 0) break
+      inScope += page.ids.length
+      notRotated += page.stale.length
+      notRotatedSample.push(...page.stale.slice(0, sampleSize - notRotatedSample.length))
+      cursor = page.ids[page.ids.length - 1]!
+      yield* progress.emit(ProgressEvent.Advanced({ rows: page.ids.length, batchSize: pageSize }))
+    }
+    const duplicates = yield* repo.duplicateTokens
+    yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
+    return {
+      database: db.display,
+      run,
+      inScope,
+      notRotated,
+      notRotatedSample,
+      duplicateTokens: duplicates.values,
+      duplicateSample: duplicates.sample
+    } satisfies VerifyReport
+  })
+
+export const summary = (report: VerifyReport): string =>
+  `${report.inScope} tickets in scope (${report.run.scope.description}), ` +
+  `${report.inScope - report.notRotated} rotated by run ${report.run.runId}, ${report.notRotated} not rotated; ` +
+  `${report.duplicateTokens} duplicate token values`
+
+export const render = (report: VerifyReport): ReadonlyArray<string> => [
+  `verify ${report.database}: ${summary(report)}`,
+  ...(report.run.status === "completed"
+    ? []
+    : [`  note: run ${report.run.runId} is ${report.run.status}, not completed`]),
+  ...(report.notRotatedSample.length === 0 ? [] : [`  not rotated, e.g.: ${report.notRotatedSample.join(", ")}`]),
+  ...(report.duplicateSample.length === 0 ? [] : [`  sharing a token, e.g.: ${report.duplicateSample.join(", ")}`]),
+  isClean(report) ? "  OK" : "  FAILED"
+]
+
+export const toJson = (report: VerifyReport) => ({
+  database: report.database,
+  runId: report.run.runId,
+  scope: report.run.scope,
+  runStatus: report.run.status,
+  inScope: report.inScope,
+  rotated: report.inScope - report.notRotated,
+  notRotated: report.notRotated,
+  notRotatedSample: report.notRotatedSample,
+  duplicateTokens: report.duplicateTokens,
+  duplicateSample: report.duplicateSample,
+  ok: isClean(report)
+})

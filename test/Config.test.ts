@@ -1,0 +1,63 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Either, Redacted } from "effect"
+import { parseDatabaseUrl, parseRedisUrl } from "../src/Config.js"
+
+describe("DATABASE_URL", () => {
+  it("unset means the embedded SQLite file", () => {
+    expect(parseDatabaseUrl(undefined)).toEqual(
+      Either.right(expect.objectContaining({ _tag: "sqlite", filename: "data/tickets.sqlite" }))
+    )
+    expect(parseDatabaseUrl("  ")).toEqual(Either.right(expect.objectContaining({ _tag: "sqlite" })))
+  })
+
+  it("parses mysql URLs, keeping the password redacted and out of the display form", () => {
+    const parsed = parseDatabaseUrl("mysql://app:p%40ss%3Aword@db.internal:3307/tickets")
+    expect(Either.isRight(parsed)).toBe(true)
+    const target = Either.getOrThrow(parsed)
+    expect(target).toMatchObject({
+      _tag: "mysql",
+      host: "db.internal",
+      port: 3307,
+      database: "tickets",
+      username: "app"
+    })
+    if (target._tag !== "mysql") throw new Error("not mysql")
+    expect(Redacted.value(target.password!)).toBe("p@ss:word")
+    expect(String(target.password)).not.toContain("word")
+    expect(target.display).toBe("mysql://db.internal:3307/tickets")
+    expect(Either.getOrThrow(parseDatabaseUrl("mysql://root@127.0.0.1/x"))).toMatchObject({ port: 3306 })
+  })
+
+  it("parses sqlite paths", () => {
+    expect(Either.getOrThrow(parseDatabaseUrl("sqlite:./x/y.db"))).toMatchObject({ filename: "./x/y.db" })
+    expect(Either.getOrThrow(parseDatabaseUrl("sqlite:///abs/y.db"))).toMatchObject({ filename: "/abs/y.db" })
+  })
+
+  it.each([
+    ["mysql//nope", "not a URL"],
+    ["postgres://a@b/c", "unsupported scheme"],
+    ["mysql://root:hunter2@host:99999/db", "not a URL"],
+    ["mysql://root:hunter2@:3306/db", "not a URL"],
+    ["mysql://root:hunter2@host:3306", "no database"],
+    ["mysql://root:hunter2@host:3306/", "no database"],
+    ["sqlite:", "file path"]
+  ])("rejects %s with a reason and never the password", (url, reason) => {
+    const parsed = parseDatabaseUrl(url)
+    expect(Either.isLeft(parsed)).toBe(true)
+    const error = Either.getLeft(parsed).pipe((o) => (o._tag === "Some" ? o.value : undefined))!
+    expect(error.message).toContain(reason)
+    expect(error.message).not.toContain("hunter2")
+  })
+})
+
+describe("REDIS_URL", () => {
+  it("parses redis URLs and hides the password", () => {
+    const target = Either.getOrThrow(parseRedisUrl("redis://:s3cret@cache:6380/2"))
+    expect(target.display).toBe("redis://cache:6380/2")
+    expect(Redacted.value(target.url)).toContain("s3cret")
+  })
+
+  it.each(["http://x", "redis://", "redis://h:0", "redis://h/abc", "nonsense"])("rejects %s", (url) => {
+    expect(Either.isLeft(parseRedisUrl(url))).toBe(true)
+  })
+})

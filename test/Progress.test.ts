@@ -1,0 +1,140 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, TestClock } from "effect"
+import {
+  etaMillis,
+  initial,
+  make,
+  type ProgressEvent,
+  ProgressEvent as E,
+  type ProgressState,
+  rate,
+  renderPlain,
+  renderTty,
+  step,
+  warmupMillis
+} from "../src/Progress.js"
+
+/** Folds timed events into a state: the renderer's whole input. */
+const play = (events: ReadonlyArray<readonly [at: number, event: ProgressEvent]>): ProgressState =>
+  events.reduce((s, [at, event]) => step(s, event, at), initial("", 0))
+
+const steady = (seconds: number, perSecond: number, total: number | null = 100_000) => {
+  const events: Array<readonly [number, ProgressEvent]> = [
+    [0, E.Started({ label: "regenerate", base: 0, throttle: undefined })]
+  ]
+  if (total !== null) events.push([0, E.Total({ total })])
+  for (let t = 1; t <= seconds * 10; t++) events.push([t * 100, E.Advanced({ rows: perSecond / 10, batchSize: 1000 })])
+  return events
+}
+
+describe("progress state", () => {
+  it("measures the rate over the recent window", () => {
+    const s = play(steady(20, 5000))
+    expect(rate(s)).toBeCloseTo(5000, 0)
+    expect(s.done).toBe(100_000)
+  })
+
+  it("has no ETA during the warm-up, then remaining / rate", () => {
+    expect(etaMillis(play(steady(2, 5000)))).toBeUndefined()
+    expect(warmupMillis).toBeLessThanOrEqual(5000)
+    const s = play(steady(10, 5000))
+    // 50,000 done of 100,000 at 5,000 rows/s.
+    expect(etaMillis(s)).toBeCloseTo(10_000, -2)
+  })
+
+  it("time spent retrying or throttled does not count toward the rate", () => {
+    const events = steady(10, 5000)
+    events.push([10_000, E.Retried({ reason: "database" })])
+    // 20 s stuck in retries, then it goes on at the same speed.
+    for (let t = 1; t <= 20; t++) events.push([30_000 + t * 100, E.Advanced({ rows: 500, batchSize: 1000 })])
+    const s = play(events)
+    expect(rate(s)).toBeGreaterThan(4000)
+    expect(s.retries).toBe(1)
+  })
+
+  it("a throttle caps the rate the ETA uses", () => {
+    const events = steady(10, 5000)
+    events[0] = [0, E.Started({ label: "regenerate", base: 0, throttle: 1000 })]
+    expect(etaMillis(play(events))).toBeCloseTo(50_000, -3)
+  })
+
+  it("a resumed run counts what was done before", () => {
+    const s = play([
+      [0, E.Started({ label: "regenerate", base: 40_000, throttle: undefined })],
+      [0, E.Total({ total: 100_000 })],
+      [1000, E.Advanced({ rows: 1000, batchSize: 1000 })]
+    ])
+    expect(renderPlain(s)).toContain("41000/100000 rows (41.0%)")
+  })
+
+  it("without a total, shows the key space estimate", () => {
+    const events = steady(5, 1000, null)
+    events.push([5000, E.Estimate({ fraction: 0.25 })])
+    const line = renderPlain(play(events))
+    expect(line).toContain("5000 rows (~25.0%)")
+    expect(line).not.toMatch(/\d\/\d/)
+  })
+})
+
+describe("rendering", () => {
+  const state = play([...steady(10, 5000), [10_000, E.Retried({ reason: "database" })]])
+
+  it("plain lines have no control characters", () => {
+    const line = renderPlain(state)
+    expect(line).toMatch(
+      /^regenerate: 50000\/100000 rows \(50\.0%\), 5000 rows\/s, ETA \d+s, elapsed 10s, retries 1, batch 1000 retrying/
+    )
+
+    expect(line).not.toMatch(/[\x00-\x1f\x7f]/)
+  })
+
+  it("the TTY line has a bar, %, rate, ETA and fits the terminal", () => {
+    const line = renderTty(play(steady(10, 5000)), 120)
+    expect(line).toContain("50,000/100,000")
+    expect(line).toContain("50.0%")
+    expect(line).toContain("█")
+    expect(line).toContain("5000 rows/s")
+    expect(line).toMatch(/ETA \d+s/)
+    expect(line.length).toBeLessThan(120)
+    expect(renderTty(state, 40).length).toBeLessThan(40)
+  })
+
+  it("shows throttled and finished states", () => {
+    const throttled = play([...steady(5, 1000), [5000, E.Phase({ phase: "throttled" })]])
+    expect(renderTty(throttled, 150)).toContain("throttled")
+    const finished = play([...steady(5, 1000), [5000, E.Finished({ outcome: "stopped" })]])
+    expect(renderPlain(finished)).toMatch(/, stopped$/)
+  })
+})
+
+describe("the drawing service", () => {
+  it.scoped("plain mode prints a line every few seconds and a last one at the end", () =>
+    Effect.gen(function*() {
+      const written: Array<string> = []
+      const progress = yield* make("plain", { write: (t) => void written.push(t), columns: () => 80 })
+      yield* progress.emit(E.Started({ label: "seed tickets", base: 0, throttle: undefined }))
+      yield* progress.emit(E.Total({ total: 10 }))
+      yield* TestClock.adjust("2 seconds")
+      expect(written).toEqual([])
+      yield* progress.emit(E.Advanced({ rows: 5, batchSize: 5 }))
+      yield* TestClock.adjust("2 seconds")
+      expect(written).toHaveLength(1)
+      expect(written[0]).toContain("seed tickets: 5/10 rows (50.0%)")
+      yield* progress.emit(E.Finished({ outcome: "done" }))
+      expect(written).toHaveLength(2)
+      expect(written.at(-1)).toMatch(/5\/10 rows .*, done\n$/)
+    }))
+
+  it.effect("the TTY line is redrawn in place and the cursor restored when the scope closes", () =>
+    Effect.gen(function*() {
+      const written: Array<string> = []
+      yield* Effect.scoped(Effect.gen(function*() {
+        const progress = yield* make("tty", { write: (t) => void written.push(t), columns: () => 100 })
+        yield* progress.emit(E.Started({ label: "regenerate", base: 0, throttle: undefined }))
+        yield* TestClock.adjust("1 second")
+      }))
+      expect(written[0]).toBe("\x1b[?25l")
+      expect(written.some((t) => t.startsWith("\r\x1b[2K"))).toBe(true)
+      expect(written.at(-1)).toBe("\x1b[?25h")
+    }))
+})
