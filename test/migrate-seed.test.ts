@@ -1,0 +1,386 @@
+/**
+ * `migrate` and `seed` through the built CLI, on the embedded SQLite file and on MariaDB, and the errors an
+ * operator meets before a regeneration ever starts (no schema, unreachable or malformed DATABASE_URL, bad
+ * flags): right exit code, one clean line, no secret, nothing written.
+ */
+import type * as mysql from "mysql2/promise"
+import { createHash } from "node:crypto"
+import * as Fs from "node:fs"
+import { createRequire } from "node:module"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { type CliResult, runCli } from "./support/cli.js"
+import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
+
+// better-sqlite3 ships without type declarations: the little of it these tests use, typed here.
+interface SqliteStatement {
+  all(...params: Array<unknown>): Array<Record<string, unknown>>
+  get(...params: Array<unknown>): Record<string, unknown> | undefined
+}
+interface SqliteDatabase {
+  prepare(sql: string): SqliteStatement
+  close(): void
+}
+type SqliteConstructor = new(
+  filename: string,
+  options?: { readonly readonly?: boolean; readonly fileMustExist?: boolean }
+) => SqliteDatabase
+const Sqlite = createRequire(import.meta.url)("better-sqlite3") as SqliteConstructor
+
+const hex32 = /^[0-9a-f]{32}$/
+
+/** Non-empty lines of everything the process printed. */
+const linesOf = (r: CliResult) => `${r.stdout}\n${r.stderr}`.split("\n").filter((l) => l.trim() !== "")
+
+const describeResult = (r: CliResult) => `exit ${r.code} (${r.signal})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`
+
+/** Runs the CLI and expects the exit code, showing the output when it differs. */
+const expectExit = async (promise: Promise<CliResult>, code: number) => {
+  const r = await promise
+  expect(r.code, describeResult(r)).toBe(code)
+  return r
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Embedded SQLite (DATABASE_URL unset)
+
+describe("migrate and seed on the embedded SQLite database", () => {
+  let cwd: string
+  const env = { DATABASE_URL: undefined, REDIS_URL: undefined, REDIS_PREFIX: undefined }
+  const cli = (args: ReadonlyArray<string>) => runCli(args, { cwd, env })
+
+  beforeAll(() => {
+    cwd = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-seed-"))
+  })
+  afterAll(() => {
+    if (cwd !== undefined) Fs.rmSync(cwd, { recursive: true, force: true })
+  })
+
+  it("refuses to seed before migrate, pointing to migrate", async () => {
+    const r = await expectExit(cli(["seed", "tickets", "--count", "10"]), 2)
+    expect(r.stderr).toMatch(/^error: /m)
+    expect(r.stderr).toContain("migrate")
+    expect(linesOf(r)).toHaveLength(1)
+  })
+
+  it("migrates, and a second migrate says the schema is up to date", async () => {
+    const first = await expectExit(cli(["migrate"]), 0)
+    expect(first.stderr).toContain("0001_create_tables")
+    const second = await expectExit(cli(["migrate"]), 0)
+    expect(second.stderr).toContain("up to date")
+    expect(second.stderr).not.toContain("0001_create_tables")
+    expect(Fs.existsSync(Path.join(cwd, "data", "tickets.sqlite"))).toBe(true)
+  })
+
+  it("refuses children without parents", async () => {
+    const tickets = await expectExit(cli(["seed", "tickets", "--count", "10"]), 2)
+    expect(tickets.stderr).toContain("no orders: run `seed orders` first")
+    const orders = await expectExit(cli(["seed", "orders", "--count", "10"]), 2)
+    expect(orders.stderr).toContain("no users: run `seed users` first")
+  })
+
+  it("seeds users, orders and tickets with valid keys, references and tokens", async () => {
+    await expectExit(cli(["seed", "users", "--count", "50"]), 0)
+    await expectExit(cli(["seed", "orders", "--count", "500"]), 0)
+    const seeded = await expectExit(cli(["seed", "tickets", "--count", "20000"]), 0)
+    expect(seeded.stderr).toContain("seeded 20000 tickets")
+
+    const db = new Sqlite(Path.join(cwd, "data", "tickets.sqlite"), { readonly: true, fileMustExist: true })
+    try {
+      const one = (sql: string) => Number(Object.values(db.prepare(sql).get() ?? {})[0])
+      expect(one(`SELECT COUNT(*) FROM "user"`)).toBe(50)
+      expect(one(`SELECT COUNT(*) FROM "order"`)).toBe(500)
+      expect(one(`SELECT COUNT(*) FROM "ticket"`)).toBe(20000)
+      expect(one(`SELECT COUNT(*) FROM "ticket" t LEFT JOIN "order" o ON o.id = t.order_id WHERE o.id IS NULL`))
+        .toBe(0)
+      expect(one(`SELECT COUNT(*) FROM "order" o LEFT JOIN "user" u ON u.id = o.user_id WHERE u.id IS NULL`)).toBe(0)
+      expect(one(`SELECT COUNT(DISTINCT token) FROM "ticket"`)).toBe(20000)
+      expect(one(`SELECT COUNT(DISTINCT email) FROM "user"`)).toBe(50)
+
+      const tickets = db.prepare(`SELECT id, token, order_id, created_at, updated_at FROM "ticket"`).all()
+      const badTicket = tickets.find((t) =>
+        !hex32.test(String(t.id)) || !hex32.test(String(t.token)) || !hex32.test(String(t.order_id))
+      )
+      expect(badTicket).toBeUndefined()
+      // Datetimes as Django stores them: UTC text with microseconds.
+      const datetime = /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$/
+      expect(tickets.find((t) => !datetime.test(String(t.created_at)) || !datetime.test(String(t.updated_at))))
+        .toBeUndefined()
+      for (const table of ["user", "order"]) {
+        const ids = db.prepare(`SELECT id FROM "${table}"`).all().map((r) => String(r.id))
+        expect(ids.filter((id) => !hex32.test(id)), table).toEqual([])
+      }
+    } finally {
+      db.close()
+    }
+  })
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// MariaDB
+
+describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
+  let db: Awaited<ReturnType<typeof createDatabase>>
+  let admin: mysql.Connection
+  const cli = (args: ReadonlyArray<string>) => runCli(args, { env: { DATABASE_URL: db.url } })
+  const rows = async (sql: string, params: Array<unknown> = []) =>
+    (await admin.query(sql, params))[0] as Array<Record<string, unknown>>
+  const one = async (sql: string, params: Array<unknown> = []) =>
+    Number(Object.values((await rows(sql, params))[0]!)[0])
+
+  beforeAll(async () => {
+    db = await createDatabase("tt_seed")
+    admin = await adminConnection(db.name)
+  })
+  afterAll(async () => {
+    await admin?.end()
+    await db?.drop()
+  })
+
+  it("migrates, and a second migrate says the schema is up to date", async () => {
+    const first = await expectExit(cli(["migrate"]), 0)
+    expect(first.stderr).toContain("0001_create_tables")
+    expect(first.stderr).toContain("0002_checkpoint_table")
+    const second = await expectExit(cli(["migrate"]), 0)
+    expect(second.stderr).toContain("up to date")
+  })
+
+  it("creates the Django schema: types, nullability, unique keys, foreign keys and indexes", async () => {
+    const columns = await rows(
+      `SELECT TABLE_NAME AS t, COLUMN_NAME AS c, COLUMN_TYPE AS type, IS_NULLABLE AS nullable
+       FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN ('user', 'order', 'ticket')`,
+      [db.name]
+    )
+    const actual = Object.fromEntries(columns.map((r) => [`${r.t}.${r.c}`, `${r.type} ${r.nullable}`]))
+    const common = (t: string) => ({
+      [`${t}.id`]: "char(32) NO",
+      [`${t}.created_at`]: "datetime(6) NO",
+      [`${t}.updated_at`]: "datetime(6) NO",
+      [`${t}.deleted_at`]: "datetime(6) YES"
+    })
+    expect(actual).toEqual({
+      ...common("user"),
+      "user.password": "varchar(128) NO",
+      "user.last_login": "datetime(6) YES",
+      "user.first_name": "varchar(150) NO",
+      "user.last_name": "varchar(150) NO",
+      "user.email": "varchar(254) NO",
+      ...common("order"),
+      "order.name": "varchar(255) NO",
+      "order.user_id": "char(32) NO",
+      ...common("ticket"),
+      "ticket.name": "varchar(255) NO",
+      "ticket.token": "varchar(255) NO",
+      "ticket.order_id": "char(32) NO"
+    })
+
+    // Indexes as (table, index) → ordered columns and uniqueness.
+    const stats = await rows(
+      `SELECT TABLE_NAME AS t, INDEX_NAME AS i, NON_UNIQUE AS nu, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX) AS cols
+       FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN ('user', 'order', 'ticket')
+       GROUP BY TABLE_NAME, INDEX_NAME, NON_UNIQUE`,
+      [db.name]
+    )
+    const indexes = stats.map((r) => ({ table: String(r.t), columns: String(r.cols), unique: Number(r.nu) === 0 }))
+    const has = (table: string, columns: string, unique: boolean) =>
+      indexes.some((i) => i.table === table && i.columns === columns && i.unique === unique)
+    expect(has("user", "id", true) && has("order", "id", true) && has("ticket", "id", true)).toBe(true)
+    expect(has("ticket", "token", true), "unique index on ticket.token").toBe(true)
+    expect(has("user", "email", true), "unique index on user.email").toBe(true)
+    expect(indexes.some((i) => i.table === "ticket" && i.columns.split(",")[0] === "created_at")).toBe(true)
+    expect(indexes.some((i) => i.table === "ticket" && i.columns.split(",")[0] === "order_id")).toBe(true)
+
+    const fks = await rows(
+      `SELECT TABLE_NAME AS t, COLUMN_NAME AS c, REFERENCED_TABLE_NAME AS rt, REFERENCED_COLUMN_NAME AS rc
+       FROM information_schema.KEY_COLUMN_USAGE
+       WHERE TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME IS NOT NULL ORDER BY TABLE_NAME`,
+      [db.name]
+    )
+    expect(fks.map((r) => `${r.t}.${r.c}->${r.rt}.${r.rc}`)).toEqual([
+      "order.user_id->user.id",
+      "ticket.order_id->order.id"
+    ])
+  })
+
+  it("refuses to seed tickets before any orders, inserting nothing", async () => {
+    const r = await expectExit(cli(["seed", "tickets", "--count", "100"]), 2)
+    expect(r.stderr).toContain("no orders: run `seed orders` first")
+    expect(linesOf(r)).toHaveLength(1)
+    expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(0)
+  })
+
+  it("seeds twice without email collisions, then orders and tickets with valid references", async () => {
+    await expectExit(cli(["seed", "users", "--count", "300"]), 0)
+    await expectExit(cli(["seed", "users", "--count", "300"]), 0)
+    await expectExit(cli(["seed", "orders", "--count", "3000"]), 0)
+    await expectExit(cli(["seed", "tickets", "--count", "50000"]), 0)
+
+    expect(await one("SELECT COUNT(*) FROM `user`")).toBe(600)
+    expect(await one("SELECT COUNT(DISTINCT `email`) FROM `user`")).toBe(600)
+    expect(await one("SELECT COUNT(*) FROM `order`")).toBe(3000)
+    expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(50000)
+    expect(await one("SELECT COUNT(DISTINCT `token`) FROM `ticket`")).toBe(50000)
+    expect(
+      await one("SELECT COUNT(*) FROM `ticket` t LEFT JOIN `order` o ON o.`id` = t.`order_id` WHERE o.`id` IS NULL")
+    ).toBe(0)
+    expect(
+      await one("SELECT COUNT(*) FROM `order` o LEFT JOIN `user` u ON u.`id` = o.`user_id` WHERE u.`id` IS NULL")
+    ).toBe(0)
+    // Every order's user and every ticket's order is among the seeded rows, spread over more than a handful.
+    expect(await one("SELECT COUNT(DISTINCT `order_id`) FROM `ticket`")).toBeGreaterThan(2500)
+    // BINARY: MariaDB's REGEXP is case-insensitive on a case-insensitive collation.
+    for (const [table, column] of [["user", "id"], ["order", "id"], ["ticket", "id"], ["ticket", "token"]]) {
+      expect(
+        await one(`SELECT COUNT(*) FROM \`${table}\` WHERE BINARY \`${column}\` NOT REGEXP '^[0-9a-f]{32}$'`),
+        `${table}.${column}`
+      ).toBe(0)
+    }
+    expect(await one("SELECT COUNT(*) FROM `ticket` WHERE `updated_at` < `created_at`")).toBe(0)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors before any work starts
+
+describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () => {
+  let empty: Awaited<ReturnType<typeof createDatabase>>
+  let seeded: Awaited<ReturnType<typeof createDatabase>>
+  let admin: mysql.Connection
+
+  /** A digest of every ticket's token and updated_at, to prove a refused command changed nothing. */
+  const ticketsDigest = async () => {
+    const [result] = await admin.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
+    const hash = createHash("sha256")
+    for (const r of result as Array<Record<string, unknown>>) hash.update(`${r.id}:${r.token}:${r.updated_at}\n`)
+    return hash.digest("hex")
+  }
+  const stateRows = async () =>
+    Number(
+      ((await admin.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`"))[0] as Array<Record<string, unknown>>)[0]!
+        .n
+    )
+
+  beforeAll(async () => {
+    empty = await createDatabase("tt_empty")
+    seeded = await createDatabase("tt_flags")
+    const env = { DATABASE_URL: seeded.url }
+    for (
+      const args of [["migrate"], ["seed", "users", "--count", "20"], ["seed", "orders", "--count", "100"], [
+        "seed",
+        "tickets",
+        "--count",
+        "3000"
+      ]]
+    ) {
+      const r = await runCli(args, { env })
+      if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
+    }
+    admin = await adminConnection(seeded.name)
+  })
+  afterAll(async () => {
+    await admin?.end()
+    await empty?.drop()
+    await seeded?.drop()
+  })
+
+  it("a database without tables: regenerate and seed point to migrate (exit 2)", async () => {
+    const commands = [["regenerate"], ["seed", "users", "--count", "5"]]
+    const results = await Promise.all(commands.map((args) => runCli(args, { env: { DATABASE_URL: empty.url } })))
+    for (const r of results) {
+      expect(r.code, describeResult(r)).toBe(2)
+      expect(r.stderr).toMatch(/^error: .*`migrate`/)
+      expect(linesOf(r)).toHaveLength(1)
+    }
+    const admin = await adminConnection(empty.name)
+    try {
+      const [tables] = await admin.query("SHOW TABLES")
+      expect(tables).toEqual([])
+    } finally {
+      await admin.end()
+    }
+  })
+
+  it("an unreachable server: non-zero exit, short message, no password, no stack trace", async () => {
+    const env = { DATABASE_URL: "mysql://root:s3cretPassw0rd@127.0.0.1:1/x" }
+    const commands = [["regenerate"], ["migrate"], ["seed", "users", "--count", "5"]]
+    const results = await Promise.all(commands.map((args) => runCli(args, { env, timeoutMs: 60_000 })))
+    for (const r of results) {
+      const output = `${r.stdout}\n${r.stderr}`
+      expect(r.code, describeResult(r)).not.toBe(0)
+      expect(r.code).not.toBeNull()
+      expect(output).not.toContain("s3cretPassw0rd")
+      expect(output).not.toMatch(/^ {4}at /m)
+      expect(linesOf(r).length).toBeGreaterThan(0)
+      expect(linesOf(r).length).toBeLessThanOrEqual(6)
+      expect(r.stderr).toMatch(/^error: /m)
+    }
+  })
+
+  it("an unreachable Redis: non-zero exit, no password, tokens unchanged", async () => {
+    const before = await ticketsDigest()
+    const r = await runCli(["regenerate"], {
+      env: { DATABASE_URL: seeded.url, REDIS_URL: "redis://:r3disPassw0rd@127.0.0.1:1" },
+      timeoutMs: 60_000
+    })
+    expect(r.code, describeResult(r)).not.toBe(0)
+    expect(`${r.stdout}${r.stderr}`).not.toContain("r3disPassw0rd")
+    expect(`${r.stdout}${r.stderr}`).not.toMatch(/^ {4}at /m)
+    expect(await ticketsDigest()).toBe(before)
+  })
+
+  it("a malformed DATABASE_URL: exit 2, one line", async () => {
+    const urls = ["mysql//nope", "postgres://a@b/c", "mysql://root@127.0.0.1:99999/x", "mysql://root@127.0.0.1:3306/"]
+    const results = await Promise.all(urls.map((url) => runCli(["regenerate"], { env: { DATABASE_URL: url } })))
+    results.forEach((r, i) => {
+      expect(r.code, `${urls[i]}: ${describeResult(r)}`).toBe(2)
+      expect(linesOf(r), urls[i]).toHaveLength(1)
+      expect(r.stderr, urls[i]).toMatch(/^error: DATABASE_URL is malformed/)
+      expect(r.stdout, urls[i]).toBe("")
+    })
+  })
+
+  it("bad regenerate flags: exit 2 and nothing changes", async () => {
+    const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+      [["--batch-size", "0"], "--batch-size"],
+      [["--batch-size", "abc"], "abc"],
+      [["--batch-size", "10001"], "--batch-size"],
+      [["--concurrency", "-3"], "--concurrency"],
+      [["--concurrency", "0"], "--concurrency"],
+      [["--resume", "--restart"], "--restart"],
+      [["--email-domain", "not a domain"], "--email-domain"],
+      [["--created-after", "yesterday"], "--created-after"],
+      [["--created-after", "2024-02-01", "--created-before", "2024-01-01"], "--created-after"]
+    ]
+    const before = await ticketsDigest()
+    // Three at a time: each is a full process start on a 2-core machine.
+    const results: Array<CliResult> = []
+    for (let i = 0; i < cases.length; i += 3) {
+      results.push(
+        ...await Promise.all(
+          cases.slice(i, i + 3).map(([flags]) =>
+            runCli(["regenerate", ...flags], { env: { DATABASE_URL: seeded.url } })
+          )
+        )
+      )
+    }
+    results.forEach((r, i) => {
+      const [flags, mentioned] = cases[i]!
+      const label = flags.join(" ")
+      expect(r.code, `${label}: ${describeResult(r)}`).toBe(2)
+      expect(`${r.stdout}${r.stderr}`, label).toContain(mentioned)
+      expect(`${r.stdout}${r.stderr}`, label).not.toMatch(/^ {4}at /m)
+    })
+    expect(await ticketsDigest()).toBe(before)
+    expect(await stateRows()).toBe(0)
+  })
+
+  it("--dry-run reports the plan and changes nothing", async () => {
+    const before = await ticketsDigest()
+    const r = await expectExit(runCli(["regenerate", "--dry-run", "--json"], { env: { DATABASE_URL: seeded.url } }), 0)
+    const plan = JSON.parse(r.stdout) as Record<string, unknown>
+    expect(plan).toMatchObject({ dryRun: true, total: 3000, batches: 3, existingRun: null, lockHeld: false })
+    expect(await ticketsDigest()).toBe(before)
+    expect(await stateRows()).toBe(0)
+  })
+})

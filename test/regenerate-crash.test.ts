@@ -1,0 +1,519 @@
+/**
+ * The engine's acceptance test: `regenerate` killed with SIGKILL at random moments and resumed, again and
+ * again, must end with every ticket holding a new unique token and every other column untouched; SIGINT
+ * must stop it gracefully with a resume hint. Run on MariaDB with a Redis checkpoint and on the embedded
+ * SQLite file with the checkpoint table.
+ *
+ * After every kill the checkpoint itself is checked against the table: every ticket up to the recorded
+ * cursor has a new token (the cursor never runs ahead of a commit), and the only new tokens beyond it are in
+ * the `concurrency` batches right after it (the batches that were in flight).
+ */
+import { Redis } from "ioredis"
+import type * as mysql from "mysql2/promise"
+import * as Fs from "node:fs"
+import { createRequire } from "node:module"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { setTimeout as sleep } from "node:timers/promises"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { type CliOptions, type CliResult, runCli, spawnCli } from "./support/cli.js"
+import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
+
+// better-sqlite3 ships without type declarations: the little of it these tests use, typed here.
+interface SqliteStatement {
+  all(...params: Array<unknown>): Array<Record<string, unknown>>
+  get(...params: Array<unknown>): Record<string, unknown> | undefined
+}
+interface SqliteDatabase {
+  prepare(sql: string): SqliteStatement
+  close(): void
+}
+type SqliteConstructor = new(
+  filename: string,
+  options?: { readonly readonly?: boolean; readonly fileMustExist?: boolean; readonly timeout?: number }
+) => SqliteDatabase
+const Sqlite = createRequire(import.meta.url)("better-sqlite3") as SqliteConstructor
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+
+interface Ticket {
+  readonly id: string
+  readonly created_at: string
+  readonly updated_at: string
+  readonly deleted_at: string | null
+  readonly name: string
+  readonly token: string
+  readonly order_id: string
+}
+
+const ticketColumns = "`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`"
+
+const toTicket = (r: Record<string, unknown>): Ticket => ({
+  id: String(r.id),
+  created_at: String(r.created_at),
+  updated_at: String(r.updated_at),
+  deleted_at: r.deleted_at === null ? null : String(r.deleted_at),
+  name: String(r.name),
+  token: String(r.token),
+  order_id: String(r.order_id)
+})
+
+/** What the tests read from a run record (the checkpoint). */
+interface RunView {
+  readonly runId: string
+  readonly cursor: string
+  readonly rotated: number
+  readonly status: string
+}
+
+const toRunView = (text: string): RunView => {
+  const r = JSON.parse(text) as Record<string, unknown>
+  return { runId: String(r.runId), cursor: String(r.cursor), rotated: Number(r.rotated), status: String(r.status) }
+}
+
+const describeResult = (r: CliResult) => `exit ${r.code} (${r.signal})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`
+
+const expectExit = async (promise: Promise<CliResult>, code: number) => {
+  const r = await promise
+  expect(r.code, describeResult(r)).toBe(code)
+  return r
+}
+
+const randomBetween = (min: number, max: number) => min + Math.floor(Math.random() * (max - min))
+
+/**
+ * Starts the CLI, lets `waitBeforeKill` decide the moment (it gets a predicate telling whether the process
+ * already exited by itself, and its pid), then kills it with SIGKILL unless it is gone.
+ */
+const runAndKill = async (
+  args: ReadonlyArray<string>,
+  options: CliOptions,
+  waitBeforeKill: (exited: () => boolean, pid: number) => Promise<void>
+): Promise<CliResult> => {
+  const started = spawnCli(args, options)
+  const exited = () => started.child.exitCode !== null || started.child.signalCode !== null
+  await waitBeforeKill(exited, started.child.pid!)
+  if (!exited()) started.child.kill("SIGKILL")
+  return started.result
+}
+
+/** Waits `ms`, or less if the process exits. */
+const waitMillis = (ms: number) => async (exited: () => boolean) => {
+  const until = Date.now() + ms
+  while (Date.now() < until && !exited()) await sleep(Math.min(20, until - Date.now()))
+}
+
+/** Waits until the checkpoint shows more than `baseline` rotated tickets (this process committed work). */
+const waitProgress = (read: () => Promise<RunView | undefined>, baseline: number, timeoutMs = 60_000) =>
+async (
+  exited: () => boolean
+) => {
+  const until = Date.now() + timeoutMs
+  while (Date.now() < until && !exited()) {
+    const run = await read()
+    if (run !== undefined && run.rotated > baseline) return
+    await sleep(15)
+  }
+}
+
+/** How a test picks the moment of a kill: it may wait on the process (exited, pid). */
+type Wait = (exited: () => boolean, pid: number) => Promise<void>
+
+const sequence = (...waits: ReadonlyArray<Wait>): Wait => async (exited, pid) => {
+  for (const wait of waits) await wait(exited, pid)
+}
+
+/**
+ * The checkpoint against the table (`tickets` sorted by id): nothing at or before the cursor still has its
+ * old token, and every new token after it lies in the first `window` tickets after it.
+ */
+const expectCheckpointConsistent = (
+  label: string,
+  tickets: ReadonlyArray<{ readonly id: string; readonly token: string }>,
+  before: ReadonlyMap<string, Ticket>,
+  cursor: string,
+  window: number
+) => {
+  let behind = 0
+  let unchangedBehind = 0
+  const changedAhead: Array<number> = []
+  tickets.forEach((t, i) => {
+    const changed = before.get(t.id)?.token !== t.token
+    if (t.id <= cursor) {
+      behind++
+      if (!changed) unchangedBehind++
+    } else if (changed) {
+      changedAhead.push(i)
+    }
+  })
+  expect(unchangedBehind, `${label}: tickets up to the cursor ${cursor} with their old token`).toBe(0)
+  const beyond = changedAhead.filter((i) => i >= behind + window)
+  expect(
+    beyond.length,
+    `${label}: ${changedAhead.length} new tokens after the cursor, ${beyond.length} of them beyond the ` +
+      `${window} tickets that can be in flight`
+  ).toBe(0)
+  return { behind, changedAhead: changedAhead.length }
+}
+
+/** The final comparison: new unique tokens everywhere, every other column but updated_at unchanged. */
+const expectAllRotated = (before: ReadonlyMap<string, Ticket>, after: ReadonlyArray<Ticket>) => {
+  expect(after.length).toBe(before.size)
+  const oldTokens = new Set([...before.values()].map((t) => t.token))
+  const newTokens = new Set<string>()
+  const problems: Array<string> = []
+  for (const t of after) {
+    const old = before.get(t.id)
+    if (old === undefined) {
+      problems.push(`${t.id}: not in the snapshot`)
+      continue
+    }
+    if (t.token === old.token) problems.push(`${t.id}: token unchanged`)
+    if (oldTokens.has(t.token)) problems.push(`${t.id}: new token equals an old token`)
+    if (!/^[0-9a-f]{32}$/.test(t.token)) problems.push(`${t.id}: token ${JSON.stringify(t.token)} is not 32 hex`)
+    if (!(t.updated_at > old.updated_at)) problems.push(`${t.id}: updated_at ${t.updated_at} <= ${old.updated_at}`)
+    for (const column of ["created_at", "deleted_at", "name", "order_id"] as const) {
+      if (t[column] !== old[column]) problems.push(`${t.id}: ${column} ${old[column]} -> ${t[column]}`)
+    }
+    newTokens.add(t.token)
+    if (problems.length > 20) break
+  }
+  expect(problems).toEqual([])
+  expect(newTokens.size).toBe(after.length)
+}
+
+const parseJsonSummary = (r: CliResult) => {
+  const lines = r.stdout.split("\n").filter((l) => l.trim() !== "")
+  expect(lines, `stdout must be one JSON line: ${r.stdout}`).toHaveLength(1)
+  const summary: unknown = JSON.parse(lines[0]!)
+  expect(typeof summary === "object" && summary !== null && !Array.isArray(summary)).toBe(true)
+  return summary as Record<string, unknown>
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// MariaDB + Redis
+
+describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoint", () => {
+  const ticketCount = 200_000
+  const batchSize = 1000
+  const concurrency = 4
+  let db: Awaited<ReturnType<typeof createDatabase>>
+  let admin: mysql.Connection
+  let redis: Redis
+  const prefixes: Array<ReturnType<typeof createRedisPrefix>> = []
+
+  const freshPrefix = () => {
+    const prefix = createRedisPrefix("tt-crash")
+    prefixes.push(prefix)
+    return prefix
+  }
+  const envFor = (prefix: string) => ({ DATABASE_URL: db.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix })
+
+  const readRun = async (prefix: string): Promise<RunView | undefined> => {
+    const keys = await redis.keys(`${prefix}:run:*`)
+    if (keys.length > 1) throw new Error(`more than one run record under ${prefix}: ${keys.join(", ")}`)
+    if (keys.length === 0) return undefined
+    const text = await redis.get(keys[0]!)
+    return text === null ? undefined : toRunView(text)
+  }
+
+  /** The pid in the run lock of this prefix (the lock value is the holder as JSON), if any. */
+  const lockHolderPid = async (prefix: string): Promise<number | undefined> => {
+    const keys = await redis.keys(`${prefix}:lock:*`)
+    const value = keys.length === 0 ? null : await redis.get(keys[0]!)
+    if (value === null) return undefined
+    try {
+      return Number((JSON.parse(value) as Record<string, unknown>).pid)
+    } catch {
+      return undefined
+    }
+  }
+
+  const readTickets = async (): Promise<Array<Ticket>> => {
+    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
+    return (rows as Array<Record<string, unknown>>).map(toTicket)
+  }
+  const readTokens = async () => {
+    const [rows] = await admin.query("SELECT `id`, `token` FROM `ticket` ORDER BY `id`")
+    return (rows as Array<Record<string, unknown>>).map((r) => ({ id: String(r.id), token: String(r.token) }))
+  }
+  const snapshot = async () => new Map((await readTickets()).map((t) => [t.id, t]))
+  const expectTokensUnique = async () => {
+    const [rows] = await admin.query("SELECT COUNT(*) AS n, COUNT(DISTINCT `token`) AS d FROM `ticket`")
+    const [row] = rows as Array<Record<string, unknown>>
+    expect(Number(row!.d)).toBe(Number(row!.n))
+    expect(Number(row!.n)).toBe(ticketCount)
+  }
+
+  beforeAll(async () => {
+    db = await createDatabase("tt_crash")
+    redis = new Redis(redisUrl, { maxRetriesPerRequest: 2 })
+    const env = { DATABASE_URL: db.url }
+    for (
+      const args of [
+        ["migrate"],
+        ["seed", "users", "--count", "100"],
+        ["seed", "orders", "--count", "2000"],
+        ["seed", "tickets", "--count", String(ticketCount)]
+      ]
+    ) {
+      const r = await runCli(args, { env })
+      if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
+    }
+    admin = await adminConnection(db.name)
+  }, 180_000)
+
+  afterAll(async () => {
+    await admin?.end()
+    await db?.drop()
+    for (const prefix of prefixes) await prefix.drop()
+    redis?.disconnect()
+  })
+
+  it("survives kill -9 at random moments and resumes to a complete, exact rotation", { timeout: 300_000 }, async () => {
+    const prefix = freshPrefix()
+    const env = envFor(prefix.name)
+    const read = () => readRun(prefix.name)
+    const base = ["regenerate", "--batch-size", String(batchSize), "--concurrency", String(concurrency)]
+    const window = batchSize * concurrency
+    const before = await snapshot()
+
+    // 1. A plain run, killed after ~2 s (and not before its first checkpoint, so that it really is a run).
+    const first = await runAndKill(base, { env }, sequence(waitMillis(2000), waitProgress(read, 0)))
+    expect(first.signal, `the first run must still be running after 2 s: ${describeResult(first)}`).toBe("SIGKILL")
+    const afterFirst = await read()
+    expect(afterFirst?.status).toBe("running")
+    expectCheckpointConsistent("first kill", await readTokens(), before, afterFirst!.cursor, window)
+
+    // 2. A plain regenerate now is refused: there is an unfinished run (its dead owner's lock is stale).
+    const refused = await expectExit(runCli(base, { env }), 2)
+    expect(refused.stderr).toMatch(/^error: /m)
+    expect(refused.stderr).toContain("--resume")
+    expect(refused.stderr).toContain("--restart")
+    expect(await read(), "a refused run leaves the checkpoint alone").toEqual(afterFirst)
+
+    // 3. Resume and kill again, eight times, at moments of three kinds: a random moment after the start
+    // (with the CLI's startup time this often lands while it is still starting or taking over the stale
+    // lock), a random moment after it took the lock, and a random moment after it committed a batch.
+    let next = [...base, "--resume"]
+    let kills = 0
+    let advanced = 0
+    let tookLock = 0
+    let noRunAnswers = 0
+    let runId: string | undefined = afterFirst!.runId
+    const log: Array<string> = []
+    const kinds = ["start", "progress", "lock", "progress", "start", "lock", "progress", "progress"] as const
+    for (const [cycle, kind] of kinds.entries()) {
+      const start = await read()
+      const baseline = start?.rotated ?? 0
+      let lockSeen = false
+      const waitLock: Wait = async (exited, pid) => {
+        while (!exited() && !lockSeen) {
+          lockSeen = (await lockHolderPid(prefix.name)) === pid
+          // Recorded progress also means it holds the lock (and keeps this wait bounded).
+          if (!lockSeen && ((await read())?.rotated ?? 0) > baseline) return
+          if (!lockSeen) await sleep(10)
+        }
+      }
+      const moment = kind === "start"
+        ? waitMillis(randomBetween(300, 2500))
+        : kind === "lock"
+        ? sequence(waitLock, waitMillis(randomBetween(0, 500)))
+        : sequence(waitProgress(read, baseline), waitMillis(randomBetween(0, 400)))
+      const r = await runAndKill(next, { env }, moment)
+      const end = await read()
+      log.push(`cycle ${cycle} (${kind}): ${r.signal ?? `exit ${r.code}`}, rotated ${baseline} -> ${end?.rotated}`)
+      if (r.signal === "SIGKILL") {
+        kills++
+        if ((end?.rotated ?? 0) > baseline) advanced++
+        // Progress is only ever recorded through the held lock.
+        if (lockSeen || (end?.rotated ?? 0) > baseline) tookLock++
+        next = [...base, "--resume"]
+      } else if (r.code === 2 && /no run to resume/.test(r.stderr)) {
+        // The kill before landed ahead of the tool's first checkpoint: there is legitimately nothing to
+        // resume, so the next cycle starts a plain run instead.
+        noRunAnswers++
+        next = base
+        runId = undefined
+        continue
+      } else {
+        expect.fail(`cycle ${cycle}: unexpected ${describeResult(r)}\n${log.join("\n")}`)
+      }
+      expect(end?.status, log.join("\n")).toBe("running")
+      runId ??= end!.runId
+      expect(end!.runId, "every resumption continues the same run").toBe(runId)
+      expect(end!.cursor >= (start?.cursor ?? ""), "the cursor never moves back").toBe(true)
+      expectCheckpointConsistent(`cycle ${cycle}`, await readTokens(), before, end!.cursor, window)
+    }
+    expect(kills, log.join("\n")).toBeGreaterThanOrEqual(6)
+    expect(noRunAnswers, log.join("\n")).toBeLessThanOrEqual(1)
+    expect(tookLock, `most cycles must really resume (take the lock over)\n${log.join("\n")}`)
+      .toBeGreaterThanOrEqual(6)
+    expect(advanced, `cycles that committed work\n${log.join("\n")}`).toBeGreaterThanOrEqual(4)
+    const beforeFinal = await read()
+    expect(beforeFinal!.rotated).toBeLessThan(ticketCount)
+
+    // 4. Resume to the end.
+    const final = await expectExit(runCli([...next, "--json"], { env }), 0)
+    const summary = parseJsonSummary(final)
+    expect(summary).toMatchObject({ status: "completed", resumed: true, runId })
+    // Each checkpointed batch is a disjoint id range, so the run's total counts every ticket exactly once.
+    expect(summary.rotatedTotal).toBe(ticketCount)
+    expect(summary.rotated).toBe(ticketCount - beforeFinal!.rotated)
+    expect((await read())?.status).toBe("completed")
+
+    expectAllRotated(before, await readTickets())
+    await expectTokensUnique()
+
+    // A completed run has nothing to resume.
+    const again = await expectExit(runCli([...base, "--resume"], { env }), 0)
+    expect(`${again.stdout}${again.stderr}`).toContain("nothing to resume")
+  })
+
+  it("stops gracefully on SIGINT (exit 130, resume hint) and --resume completes", { timeout: 120_000 }, async () => {
+    const prefix = freshPrefix()
+    const env = envFor(prefix.name)
+    const read = () => readRun(prefix.name)
+    const before = await snapshot()
+
+    const started = spawnCli(["regenerate", "--batch-size", "500"], { env })
+    const exited = () => started.child.exitCode !== null || started.child.signalCode !== null
+    // ~1.5 s, and at least one committed batch, so that the signal reaches a running regeneration.
+    await sequence(waitMillis(1500), waitProgress(read, 0))(exited, started.child.pid!)
+    expect(exited(), "the run must still be going when the signal is sent").toBe(false)
+    started.child.kill("SIGINT")
+    const r = await started.result
+
+    expect(r.code, describeResult(r)).toBe(130)
+    // Soft: when the stop is not graceful, every symptom below is worth seeing, and the resume must still work.
+    expect.soft(`${r.stdout}${r.stderr}`).toContain("--resume")
+    expect.soft(r.stdout, "stdout names the command that resumes").toMatch(/^resume with: .*regenerate.*--resume$/m)
+    expect.soft(r.stdout).toMatch(/^stopped: /m)
+    const stopped = await read()
+    expect.soft(stopped?.status, "the checkpoint records the interruption").toBe("interrupted")
+    // A graceful stop lets the batches in flight commit and records them: no new token beyond the cursor.
+    expect.soft(
+      expectCheckpointConsistent("after SIGINT", await readTokens(), before, stopped!.cursor, 0).changedAhead
+    ).toBe(0)
+
+    const resumed = await expectExit(runCli(["regenerate", "--batch-size", "500", "--resume"], { env }), 0)
+    expect(resumed.stdout).toMatch(/^done: rotated \d+ tickets/m)
+    expect((await read())?.status).toBe("completed")
+    expectAllRotated(before, await readTickets())
+    await expectTokensUnique()
+  })
+
+  it("--json prints exactly one JSON object on stdout", { timeout: 120_000 }, async () => {
+    const prefix = freshPrefix()
+    const r = await expectExit(
+      runCli(["regenerate", "--json", "--batch-size", "2000"], { env: envFor(prefix.name) }),
+      0
+    )
+    const summary = parseJsonSummary(r)
+    expect(typeof summary.rotated).toBe("number")
+    expect(summary.rotated).toBe(ticketCount)
+    expect(summary.status).toBe("completed")
+    expect(summary.rotatedTotal).toBe(ticketCount)
+    expect(summary.resumed).toBe(false)
+    // Human output goes to stderr in JSON mode.
+    expect(r.stderr).toContain("done: rotated")
+    await expectTokensUnique()
+  })
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// Embedded SQLite, checkpoint table
+
+describe("regenerate on the embedded SQLite database with the checkpoint table", () => {
+  const ticketCount = 60_000
+  const batchSize = 1000
+  const concurrency = 4
+  let cwd: string
+  let sqlite: SqliteDatabase | undefined
+  const env = { DATABASE_URL: undefined, REDIS_URL: undefined, REDIS_PREFIX: undefined }
+
+  const readRun = async (): Promise<RunView | undefined> => {
+    const rows = sqlite!.prepare("SELECT `value` FROM `ticket_tokens_state` WHERE `key` LIKE 'run:%'").all()
+    if (rows.length > 1) throw new Error(`more than one run record: ${rows.length}`)
+    return rows.length === 0 ? undefined : toRunView(String(rows[0]!.value))
+  }
+  const readTickets = () =>
+    sqlite!.prepare(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``).all().map(toTicket)
+  const readTokens = () =>
+    sqlite!.prepare("SELECT `id`, `token` FROM `ticket` ORDER BY `id`").all().map((r) => ({
+      id: String(r.id),
+      token: String(r.token)
+    }))
+
+  beforeAll(async () => {
+    cwd = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-crash-"))
+    for (
+      const args of [
+        ["migrate"],
+        ["seed", "users", "--count", "50"],
+        ["seed", "orders", "--count", "500"],
+        ["seed", "tickets", "--count", String(ticketCount)]
+      ]
+    ) {
+      const r = await runCli(args, { cwd, env })
+      if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
+    }
+    // WAL mode (set by the tool): this reader never blocks its writes.
+    sqlite = new Sqlite(Path.join(cwd, "data", "tickets.sqlite"), {
+      readonly: true,
+      fileMustExist: true,
+      timeout: 5000
+    })
+  }, 120_000)
+
+  afterAll(() => {
+    sqlite?.close()
+    if (cwd !== undefined) Fs.rmSync(cwd, { recursive: true, force: true })
+  })
+
+  it("survives kill -9 three times and resumes to a complete, exact rotation", { timeout: 180_000 }, async () => {
+    const base = ["regenerate", "--batch-size", String(batchSize), "--concurrency", String(concurrency)]
+    const window = batchSize * concurrency
+    const before = new Map(readTickets().map((t) => [t.id, t]))
+    expect(before.size).toBe(ticketCount)
+    const opts = { cwd, env }
+
+    // A whole run takes ~1.5 s here, so every kill waits for this process's first commit and then a random
+    // moment more, which lands it in the middle of the run.
+    const first = await runAndKill(base, opts, sequence(waitProgress(readRun, 0), waitMillis(randomBetween(0, 250))))
+    expect(first.signal, describeResult(first)).toBe("SIGKILL")
+    const afterFirst = await readRun()
+    expectCheckpointConsistent("first kill", readTokens(), before, afterFirst!.cursor, window)
+
+    const refused = await expectExit(runCli(base, opts), 2)
+    expect(refused.stderr).toContain("--resume")
+    expect(refused.stderr).toContain("--restart")
+
+    for (let cycle = 0; cycle < 2; cycle++) {
+      const start = await readRun()
+      const r = await runAndKill(
+        [...base, "--resume"],
+        opts,
+        sequence(waitProgress(readRun, start!.rotated), waitMillis(randomBetween(0, 250)))
+      )
+      expect(r.signal, `cycle ${cycle}: ${describeResult(r)}`).toBe("SIGKILL")
+      const end = await readRun()
+      expect(end!.runId).toBe(afterFirst!.runId)
+      expect(end!.rotated).toBeGreaterThan(start!.rotated)
+      expectCheckpointConsistent(`cycle ${cycle}`, readTokens(), before, end!.cursor, window)
+    }
+    const beforeFinal = await readRun()
+    expect(beforeFinal!.rotated).toBeLessThan(ticketCount)
+
+    const final = await expectExit(runCli([...base, "--resume", "--json"], opts), 0)
+    const summary = parseJsonSummary(final)
+    expect(summary).toMatchObject({ status: "completed", resumed: true, rotatedTotal: ticketCount })
+    expect((await readRun())?.status).toBe("completed")
+
+    expectAllRotated(before, readTickets())
+    const counts = sqlite!.prepare("SELECT COUNT(*) AS n, COUNT(DISTINCT `token`) AS d FROM `ticket`").get()!
+    expect(Number(counts.d)).toBe(ticketCount)
+    expect(Number(counts.n)).toBe(ticketCount)
+  })
+})
