@@ -5,10 +5,20 @@
  * Records are written only through a held lock and the write checks the lock in the same atomic step
  * (fencing), so a runner that lost its lock can never move another runner's checkpoint.
  */
-import { SqlClient } from "@effect/sql"
-import { Clock, Context, Duration, Effect, Layer, Option, ParseResult, Redacted, Ref, Schedule, Schema } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
+import * as Redacted from "effect/Redacted"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
 import type { Scope as EffectScope } from "effect/Scope"
-import { Redis } from "ioredis"
+import type { Redis } from "ioredis"
 import { createHash, randomBytes } from "node:crypto"
 import * as Os from "node:os"
 import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
@@ -273,6 +283,8 @@ export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, Re
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
+        // Loaded on demand: without REDIS_URL the client is never needed.
+        const { Redis } = await import("ioredis")
         const client = new Redis(Redacted.value(target.url), {
           lazyConnect: true,
           enableOfflineQueue: false,
@@ -281,7 +293,9 @@ export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, Re
           commandTimeout: 3_000,
           retryStrategy: (times: number) => Math.min(times * 200, 1_000)
         })
-        client.on("error", () => {}) // reported through the failing commands
+        // Errors surface through the failing commands; the last one explains a failed connect.
+        let lastError: unknown
+        client.on("error", (error) => (lastError = error))
         for (const [name, script] of Object.entries(scripts)) {
           client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua })
         }
@@ -290,7 +304,7 @@ export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, Re
           await client.ping()
         } catch (error) {
           client.disconnect()
-          throw error
+          throw lastError ?? error
         }
         return client as ScriptClient
       },

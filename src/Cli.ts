@@ -2,13 +2,21 @@
  * The command tree. Parses flags, chooses the layers each command needs, and hands over to the modules
  * below; nothing here runs an Effect.
  */
-import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as HelpDoc from "@effect/cli/HelpDoc"
+import * as Options from "@effect/cli/Options"
+import * as ValidationError from "@effect/cli/ValidationError"
 import type { SqlClient } from "@effect/sql"
-import { Console, Effect, Either, Layer, Option } from "effect"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Path from "node:path"
 import * as Checkpoint from "./Checkpoint.js"
 import * as Db from "./Db.js"
 import { Scope, VerifyFailed } from "./Domain.js"
+import * as Memory from "./Memory.js"
 import { migrate } from "./migrations/index.js"
 import * as Progress from "./Progress.js"
 import * as Regenerate from "./Regenerate.js"
@@ -46,6 +54,7 @@ const migrateCommand = Command.make("migrate", {}, () =>
 const seedLayer = Layer.mergeAll(
   Db.layer({ maxConnections: 4 }),
   TokenGen.layer,
+  Memory.layer(),
   Layer.suspend(() => Progress.layer(Progress.detectMode()))
 )
 
@@ -206,7 +215,8 @@ const appLayer = (concurrency: number, mode: Progress.ProgressMode) => {
     TicketRepo.layerSql,
     Checkpoint.layer,
     TokenGen.layer,
-    Progress.layer(mode)
+    Progress.layer(mode),
+    Memory.layer()
   ).pipe(Layer.provideMerge(db))
 }
 

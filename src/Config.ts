@@ -2,7 +2,11 @@
  * Environment configuration: which database and which checkpoint store. Secrets stay `Redacted`; the
  * `display` forms are what messages may show (never a user name or password).
  */
-import { Config, Effect, Either, Option, Redacted } from "effect"
+import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Path from "node:path"
 import { BadDatabaseUrl, BadRedisUrl } from "./Domain.js"
 

@@ -3,11 +3,12 @@
  * difference between the two dialects: connection, identity, error classification, bulk statements.
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
-import { SqlClient } from "@effect/sql"
-import { MysqlClient } from "@effect/sql-mysql2"
-import { SqliteClient } from "@effect/sql-sqlite-node"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Effect, Layer, Predicate } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Predicate from "effect/Predicate"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { type DatabaseTarget, databaseTarget } from "./Config.js"
@@ -56,7 +57,7 @@ export const describe = (error: unknown): string => {
   const text = [cause.sqlMessage, cause.message, Predicate.hasProperty(error, "message") ? error.message : undefined]
     .find((s): s is string => typeof s === "string" && s !== "") ?? String(cause.code ?? "unknown error")
   const code = typeof cause.code === "string" && !text.includes(cause.code) ? ` (${cause.code})` : ""
-  return text.replace(/Duplicate entry '[^']*'/g, "Duplicate entry").replace(/\s+/g, " ").trim() + code
+  return text.replace(/Duplicate entry '[^']*'/g, "Duplicate entry").replace(/\s+/g, " ").trim().replace(/\.+$/, "") + code
 }
 
 const transientMysqlErrnos = new Set([
@@ -122,32 +123,35 @@ export const toCount = (value: unknown): number => {
   return Number.isFinite(n) ? n : 0
 }
 
+// Drivers load on demand: a MySQL run never loads better-sqlite3, and the embedded default never loads mysql2.
 const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options: DbOptions) =>
-  MysqlClient.make({
-    host: target.host,
-    port: target.port,
-    database: target.database,
-    username: target.username,
-    password: target.password,
-    maxConnections: options.maxConnections,
-    poolConfig: {
-      connectTimeout: 5_000,
-      // Datetimes stay strings, exactly as stored (microseconds included), in both dialects.
-      dateStrings: true,
-      timezone: "Z",
-      charset: "utf8mb4",
-      maxIdle: options.maxConnections,
-      enableKeepAlive: true,
-      // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.
-      maxPreparedStatements: 64
-    }
-  })
+  Effect.flatMap(Effect.promise(() => import("@effect/sql-mysql2/MysqlClient")), (MysqlClient) =>
+    MysqlClient.make({
+      host: target.host,
+      port: target.port,
+      database: target.database,
+      username: target.username,
+      password: target.password,
+      maxConnections: options.maxConnections,
+      poolConfig: {
+        connectTimeout: 5_000,
+        // Datetimes stay strings, exactly as stored (microseconds included), in both dialects.
+        dateStrings: true,
+        timezone: "Z",
+        charset: "utf8mb4",
+        maxIdle: options.maxConnections,
+        enableKeepAlive: true,
+        // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.
+        maxPreparedStatements: 64
+      }
+    }))
 
 const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>) =>
   Effect.gen(function*() {
     yield* Effect.try(() => {
       if (target.filename !== ":memory:") Fs.mkdirSync(Path.dirname(Path.resolve(target.filename)), { recursive: true })
     })
+    const SqliteClient = yield* Effect.promise(() => import("@effect/sql-sqlite-node/SqliteClient"))
     return yield* SqliteClient.make({ filename: target.filename })
   }).pipe(Effect.catchAllDefect((defect) => Effect.fail(defect)))
 

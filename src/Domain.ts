@@ -2,7 +2,9 @@
  * The vocabulary shared by every module: the scope of a run, the run record kept in the checkpoint
  * store, and every failure a user can meet, each with the one line it is rendered as and its exit code.
  */
-import { Data, Predicate, Schema } from "effect"
+import * as Data from "effect/Data"
+import * as Predicate from "effect/Predicate"
+import * as Schema from "effect/Schema"
 
 /** Which tickets a run rotates. Dates are ISO-8601 instants; `createdAfter` inclusive, `createdBefore` exclusive. */
 export class Scope extends Schema.Class<Scope>("Scope")({

@@ -4,7 +4,12 @@
  * service only decides when and where to draw: a line redrawn in place on a TTY, a plain line every few
  * seconds when piped, nothing in JSON mode.
  */
-import { Clock, Context, Data, Effect, Layer, Ref } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Ref from "effect/Ref"
 
 export type Phase = "running" | "retrying" | "throttled" | "stopping"
 

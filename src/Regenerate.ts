@@ -8,7 +8,14 @@
  *   redoes at most concurrency × batch size tickets and misses none;
  * - a stop request ends the page source; batches in flight still commit and are checkpointed.
  */
-import { Clock, Duration, Effect, Fiber, Option, Ref, Schedule, Stream } from "effect"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
 import { Checkpoint, fingerprint, type HeldLock, type RunKey, type RunLock } from "./Checkpoint.js"
 import { Db } from "./Db.js"
 import {

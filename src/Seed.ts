@@ -3,8 +3,9 @@
  * uniformly random existing parents (any number of them), new ids are time-ordered (v7) so inserts append
  * to the primary key, tokens come from TokenGen, and emails stay unique across runs.
  */
-import { SqlClient } from "@effect/sql"
-import { Clock, Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
 import { randomBytes } from "node:crypto"
 import { databaseError, datetime, Db, requireSchema, writeError } from "./Db.js"
 import { DatabaseError, NoParents, SchemaMismatch } from "./Domain.js"

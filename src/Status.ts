@@ -2,7 +2,9 @@
  * `status`: the current or last run, from the checkpoint store alone, so it can be read from another
  * terminal while a run is going.
  */
-import { Clock, Effect, Option } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import { Checkpoint, type HeldLock } from "./Checkpoint.js"
 import { Db } from "./Db.js"
 import type { RunRecord, Scope } from "./Domain.js"

@@ -2,8 +2,11 @@
  * Tickets as the regeneration sees them: pages of ids in scope by keyset, one set-based UPDATE per batch,
  * counts, and the reads `verify` needs. The SQL implementation serves MySQL/MariaDB and SQLite.
  */
-import { SqlClient } from "@effect/sql"
-import { Context, Effect, Layer, Option } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { affectedRows, databaseError, datetime, Db, requireSchema, toCount, writeError } from "./Db.js"
 import type { DatabaseError, DuplicateToken, SchemaMismatch, SchemaMissing, Scope } from "./Domain.js"
 

@@ -2,7 +2,9 @@
  * New ticket tokens. Production tokens come from node:crypto only: 32 lowercase hex characters of a
  * random (v4) UUID, the format the Django app writes.
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Uuid from "./Uuid.js"
 
 export interface TokenGenService {

@@ -2,7 +2,8 @@
  * `verify`: after a run, every ticket of its scope must have been rotated by it (updated at or after the
  * run started) and no two tickets may share a token. Reads keyset pages; never the whole table at once.
  */
-import { Effect, Option } from "effect"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import { Checkpoint } from "./Checkpoint.js"
 import { Db } from "./Db.js"
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"

@@ -3,9 +3,15 @@
  * The entry point and the only place an Effect is run: composes the platform layer, renders failures as
  * one line, and maps the outcome to the exit code (0 done, 1 failed, 2 bad usage, 130/143 interrupted).
  */
-import { ValidationError } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, Console, Effect, Exit, Logger, Option } from "effect"
+import * as ValidationError from "@effect/cli/ValidationError"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Cause from "effect/Cause"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Logger from "effect/Logger"
+import * as Option from "effect/Option"
 import * as Fs from "node:fs"
 import * as Cli from "./Cli.js"
 import { exitCodeOf, isAppError } from "./Domain.js"

@@ -2,8 +2,8 @@
  * The ticket app's tables, as Django creates them on MySQL (uuid hex `char(32)` keys, `datetime(6)`
  * timestamps, soft delete). `IF NOT EXISTS` so that `migrate` against the app's own database is harmless.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 const mysql = [
   `CREATE TABLE IF NOT EXISTS \`user\` (

@@ -1,8 +1,8 @@
 /**
  * Where run records and run locks live when REDIS_URL is unset: one small key-value table with expiry.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 export default Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient

@@ -1,5 +1,6 @@
-import { Migrator } from "@effect/sql"
-import { Effect, Option } from "effect"
+import * as Migrator from "@effect/sql/Migrator"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import { databaseError } from "../Db.js"
 import { DatabaseError } from "../Domain.js"
 import createTables from "./0001_create_tables.js"
