@@ -42,6 +42,8 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
   scope: Scope,
   batchSize: Schema.Int.pipe(Schema.positive()),
   cursor: Schema.String.pipe(Schema.pattern(/^[0-9A-Za-z_-]{0,64}$/)),
+  /** Id ranges (inclusive) committed beyond the cursor; a resume skips them. */
+  done: Schema.Array(Schema.Tuple(Schema.String, Schema.String)),
   rotated: Schema.NonNegativeInt,
   batches: Schema.NonNegativeInt,
   retries: Schema.NonNegativeInt,
@@ -152,8 +154,8 @@ export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailab
   readonly transient: boolean
 }> {
   override get message() {
-    return `checkpoint store ${this.store} failed while ${this.operation}: ${this.detail}. ` +
-      `Every committed batch before this point is recorded; rerun with --resume once it is back.`
+    return `the checkpoint store (${this.store}) is unavailable while ${this.operation}: ${this.detail}. ` +
+      `Every batch committed before this point is recorded; rerun with --resume once it is back.`
   }
 }
 

@@ -16,7 +16,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
-import { Checkpoint, fingerprint, type HeldLock, type RunKey, type RunLock } from "./Checkpoint.js"
+import { Checkpoint, fingerprint, type HeldLock, type RunKey } from "./Checkpoint.js"
 import { Db } from "./Db.js"
 import {
   type CheckpointCorrupt,
@@ -131,16 +131,22 @@ export const adaptBatchSize = (size: number, millis: number, target: number): nu
   return Math.min(defaults.maxBatchSize, Math.max(defaults.minBatchSize, rounded))
 }
 
-interface Batch {
-  readonly ids: ReadonlyArray<string>
-  readonly last: string
-}
+/** A committed id range beyond the low-water mark, as the checkpoint keeps it (both ends inclusive). */
+export type DoneRange = readonly [first: string, last: string]
 
-interface Rotated {
-  readonly batch: Batch
-  readonly rotated: number
-  readonly millis: number
-}
+/**
+ * What the page source emits, numbered in key order: a batch to rotate, or a range an earlier process
+ * already committed and recorded (it is skipped, and only moves the low-water mark).
+ */
+type Item =
+  | { readonly _tag: "Batch"; readonly seq: number; readonly ids: ReadonlyArray<string> }
+  | { readonly _tag: "Done"; readonly seq: number; readonly range: DoneRange }
+
+const rangeOf = (item: Item): DoneRange =>
+  item._tag === "Done" ? item.range : [item.ids[0]!, item.ids[item.ids.length - 1]!]
+
+/** Batches allowed beyond the low-water mark (committed or in flight), per unit of concurrency. */
+const windowPerConcurrency = 4
 
 /** A token bucket over rows; waiting shows as "throttled" in progress. */
 const makeThrottle = (rowsPerSecond: number | undefined, burst: number) =>
@@ -174,6 +180,7 @@ const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
     scope: key.scope,
     batchSize: options.batchSize,
     cursor: "",
+    done: [],
     rotated: 0,
     batches: 0,
     retries: 0,
@@ -278,25 +285,26 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         while: isRetryable
       })
 
-    const persist = (update: (record: RunRecord, now: Date) => RunRecord, target: RunLock = lock) =>
+    type Patch = Partial<Pick<RunRecord, "cursor" | "done" | "rotated" | "batches" | "total" | "status" | "error">>
+
+    /** Writes the run record with `patch` applied (built from valid parts, so not validated again here). */
+    const persist = (patch: (record: RunRecord) => Patch) =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const c = yield* Ref.get(counters)
         const record = yield* Ref.updateAndGet(state, (r) =>
-          update(
-            new RunRecord({
-              ...r,
-              updatedAt: new Date(now),
-              retries: starting.retries + c.retries,
-              activeMillis: starting.activeMillis + Math.round(now - startedAt)
-            }),
-            new Date(now)
-          ))
-        yield* retrying(target.save(record))
+          new RunRecord({
+            ...r,
+            ...patch(r),
+            updatedAt: new Date(now),
+            retries: starting.retries + c.retries,
+            activeMillis: starting.activeMillis + Math.round(now - startedAt)
+          }, true))
+        yield* retrying(lock.save(record))
         return record
       })
 
-    yield* persist((r) => r)
+    yield* persist(() => ({}))
     yield* progress.emit(
       ProgressEvent.Started({ label: "regenerate", base: starting.rotated, throttle: options.maxRowsPerSecond })
     )
@@ -306,7 +314,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const range = yield* Ref.make(Option.none<readonly [string, string]>())
     if (options.count) {
       yield* repo.count(options.scope).pipe(
-        Effect.tap((total) => Ref.update(state, (r) => new RunRecord({ ...r, total }))),
+        Effect.tap((total) => Ref.update(state, (r) => new RunRecord({ ...r, total }, true))),
         Effect.tap((total) => progress.emit(ProgressEvent.Total({ total }))),
         Effect.catchAll((error) => Effect.logWarning(`could not count the scope: ${error.message}`)),
         Effect.forkScoped
@@ -321,71 +329,121 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 
     const batchSize = yield* Ref.make(options.batchSize)
     const throttle = yield* makeThrottle(options.maxRowsPerSecond, options.batchSize)
-    const window = yield* Effect.makeSemaphore(options.concurrency)
+    const window = yield* Effect.makeSemaphore(options.concurrency * windowPerConcurrency)
+    const recording = yield* Effect.makeSemaphore(1)
     const halted = yield* Ref.make(false)
+    // Items completed beyond the low-water mark, by sequence number; `next` is the first one not yet passed.
+    const ledger = yield* Ref.make({ next: 1, above: new Map<number, DoneRange>() })
 
-    const pages = Stream.unfoldEffect(starting.cursor, (cursor) =>
+    interface Source {
+      readonly cursor: string
+      readonly seq: number
+      readonly skips: ReadonlyArray<DoneRange>
+    }
+
+    const nextItem = (s: Source): Effect.Effect<Option.Option<readonly [Item, Source]>, DatabaseError> =>
       Effect.gen(function*() {
         if (yield* stopRequested) {
           yield* Ref.set(halted, true)
           return Option.none()
         }
         const limit = yield* Ref.get(batchSize)
-        const ids = yield* retrying(repo.page(options.scope, cursor, limit))
+        const ids = yield* retrying(repo.page(options.scope, s.cursor, limit))
+        const skip = s.skips[0]
+        const seq = s.seq + 1
+        if (skip !== undefined) {
+          // Stop the batch before a range committed by an earlier process; once there, step over the range.
+          const cut = ids.findIndex((id) => id >= skip[0])
+          const before = cut === -1 ? ids : ids.slice(0, cut)
+          if (before.length === 0) {
+            return Option.some(
+              [{ _tag: "Done", seq, range: skip }, { cursor: skip[1], seq, skips: s.skips.slice(1) }] as const
+            )
+          }
+          yield* throttle(before.length)
+          return Option.some([{ _tag: "Batch", seq, ids: before }, { ...s, cursor: before.at(-1)!, seq }] as const)
+        }
         if (ids.length === 0) return Option.none()
         yield* throttle(ids.length)
-        const batch: Batch = { ids, last: ids[ids.length - 1]! }
-        return Option.some([batch, batch.last] as const)
+        return Option.some([{ _tag: "Batch", seq, ids }, { ...s, cursor: ids.at(-1)!, seq }] as const)
+      })
+
+    const rotate = (ids: ReadonlyArray<string>) =>
+      retrying(Effect.gen(function*() {
+        // Fresh tokens on every attempt: a retried duplicate gets new ones.
+        const tokens = yield* tokenGen.tokens(ids.length)
+        const now = yield* Clock.currentTimeMillis
+        return yield* repo.rotate(ids, tokens, new Date(now))
       }))
 
-    const rotate = (batch: Batch) =>
-      Effect.gen(function*() {
-        const start = yield* Clock.currentTimeMillis
-        const rotated = yield* retrying(Effect.gen(function*() {
-          // Fresh tokens on every attempt: a retried duplicate gets new ones.
-          const tokens = yield* tokenGen.tokens(batch.ids.length)
-          const now = yield* Clock.currentTimeMillis
-          return yield* repo.rotate(batch.ids, tokens, new Date(now))
+    /**
+     * Records a completed item: the low-water mark moves over every item completed in sequence, the
+     * ranges completed beyond it are kept, and the checkpoint is written before the batch's slot frees.
+     */
+    const record = (item: Item, rotated: number) =>
+      recording.withPermits(1)(Effect.gen(function*() {
+        const { next, above } = yield* Ref.get(ledger)
+        above.set(item.seq, rangeOf(item))
+        let passed = 0
+        let cursor: string | undefined
+        while (above.has(next + passed)) {
+          cursor = above.get(next + passed)![1]
+          above.delete(next + passed)
+          passed++
+        }
+        yield* Ref.set(ledger, { next: next + passed, above })
+        const done = [...above.values()].sort((a, b) => (a[0] < b[0] ? -1 : 1))
+        const isBatch = item._tag === "Batch"
+        const saved = yield* persist((r) => ({
+          cursor: cursor ?? r.cursor,
+          done,
+          rotated: r.rotated + rotated,
+          batches: r.batches + (isBatch ? 1 : 0)
         }))
-        return { batch, rotated, millis: (yield* Clock.currentTimeMillis) - start } satisfies Rotated
-      })
-
-    const commit = (done: Rotated) =>
-      Effect.gen(function*() {
+        yield* window.release(passed)
+        if (!isBatch) return
         yield* Ref.update(counters, (c) => ({
           ...c,
-          rotated: c.rotated + done.rotated,
-          skipped: c.skipped + (done.batch.ids.length - done.rotated),
+          rotated: c.rotated + rotated,
+          skipped: c.skipped + (item.ids.length - rotated),
           batches: c.batches + 1
         }))
-        const record = yield* persist((r) =>
-          new RunRecord({ ...r, cursor: done.batch.last, rotated: r.rotated + done.rotated, batches: r.batches + 1 })
-        )
-        yield* window.release(1)
-        yield* progress.emit(ProgressEvent.Advanced({ rows: done.rotated, batchSize: done.batch.ids.length }))
+        yield* progress.emit(ProgressEvent.Advanced({ rows: rotated, batchSize: item.ids.length }))
         const bounds = yield* Ref.get(range)
         if (Option.isSome(bounds)) {
-          const fraction = keyFraction(record.cursor, bounds.value[0], bounds.value[1])
+          const fraction = keyFraction(saved.cursor, bounds.value[0], bounds.value[1])
           if (fraction !== undefined) yield* progress.emit(ProgressEvent.Estimate({ fraction }))
         }
+      }))
+
+    const processItem = (item: Item) =>
+      Effect.gen(function*() {
+        if (item._tag === "Done") return yield* record(item, 0)
+        const start = yield* Clock.currentTimeMillis
+        const rotated = yield* rotate(item.ids)
+        const millis = (yield* Clock.currentTimeMillis) - start
         if (options.targetBatchMillis !== undefined) {
           const target = options.targetBatchMillis
-          yield* Ref.update(batchSize, (size) => adaptBatchSize(size, done.millis, target))
+          yield* Ref.update(batchSize, (size) => adaptBatchSize(size, millis, target))
         }
+        yield* record(item, rotated)
       })
 
-    const outcome = yield* pages.pipe(
+    const start: Source = { cursor: starting.cursor, seq: 0, skips: starting.done }
+    const outcome = yield* Stream.unfoldEffect(start, nextItem).pipe(
       Stream.tap(() => window.take(1)),
-      Stream.mapEffect(rotate, { concurrency: options.concurrency }),
-      Stream.runForEach(commit),
+      // Unordered: a slow batch does not hold the others back. A batch keeps its slot until its commit is
+      // recorded, so at most `concurrency` batches are ever committed but unrecorded (the crash redo bound).
+      Stream.mapEffect(processItem, { concurrency: options.concurrency, unordered: true }),
+      Stream.runDrain,
       Effect.tapError((error) =>
         error._tag === "LockLost"
           ? Effect.void
-          : Effect.ignore(persist((r) => new RunRecord({ ...r, status: "failed", error: error.message })))
+          : Effect.ignore(persist(() => ({ status: "failed", error: error.message })))
       ),
       Effect.zipRight(Ref.get(halted))
     )
-    const final = yield* persist((r) => new RunRecord({ ...r, status: outcome ? "interrupted" : "completed" }))
+    const final = yield* persist(() => ({ status: outcome ? "interrupted" : "completed" }))
     yield* progress.emit(ProgressEvent.Finished({ outcome: outcome ? "stopped" : "done" }))
     const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
     return summaryOf(final, yield* Ref.get(counters), seconds, resumed, null)

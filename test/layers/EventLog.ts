@@ -4,7 +4,12 @@
  */
 export type Event =
   | { readonly _tag: "commit"; readonly ids: ReadonlyArray<string> }
-  | { readonly _tag: "save"; readonly cursor: string; readonly status: string }
+  | {
+    readonly _tag: "save"
+    readonly cursor: string
+    readonly done: ReadonlyArray<readonly [string, string]>
+    readonly status: string
+  }
 
 export class EventLog {
   readonly events: Array<Event> = []
@@ -13,10 +18,15 @@ export class EventLog {
   }
 }
 
+/** Whether a checkpoint (cursor and committed ranges beyond it) covers an id. */
+export const covers =
+  (save: { readonly cursor: string; readonly done: ReadonlyArray<readonly [string, string]> }) =>
+  (id: string): boolean => id <= save.cursor || save.done.some(([first, last]) => id >= first && id <= last)
+
 /**
- * Replays the log and checks, after every event: (1) every in-scope id at or below the saved cursor has
- * committed; (2) committed ids above the saved cursor (what a crash at that instant would redo) are at most
- * `maxRedo`. Returns the first violation, or undefined.
+ * Replays the log and checks, after every event: (1) every in-scope id the saved checkpoint covers has
+ * committed; (2) committed ids it does not cover (what a crash at that instant would redo) are at most
+ * `maxRedo`; (3) the cursor never moves back. Returns the first violation, or undefined.
  */
 export const checkInvariants = (
   log: EventLog,
@@ -24,24 +34,23 @@ export const checkInvariants = (
   maxRedo: number,
   initialCursor = ""
 ): string | undefined => {
-  const sorted = [...scopeIds].sort()
   const committed = new Set<string>()
-  let cursor = initialCursor
-  let redo = new Set<string>()
+  let saved: { cursor: string; done: ReadonlyArray<readonly [string, string]> } = { cursor: initialCursor, done: [] }
   for (const [i, event] of log.events.entries()) {
     if (event._tag === "commit") {
-      for (const id of event.ids) {
-        committed.add(id)
-        if (id > cursor) redo.add(id)
-      }
+      for (const id of event.ids) committed.add(id)
     } else {
-      if (event.cursor < cursor) return `event ${i}: the checkpoint moved back from ${cursor} to ${event.cursor}`
-      cursor = event.cursor
-      const missing = sorted.find((id) => id <= cursor && id > initialCursor && !committed.has(id))
-      if (missing !== undefined) return `event ${i}: checkpoint ${cursor} passes uncommitted id ${missing}`
-      redo = new Set([...redo].filter((id) => id > cursor))
+      if (event.cursor < saved.cursor) {
+        return `event ${i}: the checkpoint moved back from ${saved.cursor} to ${event.cursor}`
+      }
+      saved = event
+      const covered = covers(saved)
+      const missing = scopeIds.find((id) => id > initialCursor && covered(id) && !committed.has(id))
+      if (missing !== undefined) return `event ${i}: checkpoint ${saved.cursor} covers uncommitted id ${missing}`
     }
-    if (redo.size > maxRedo) return `event ${i}: ${redo.size} committed ids beyond the checkpoint (max ${maxRedo})`
+    const covered = covers(saved)
+    const redo = [...committed].filter((id) => !covered(id)).length
+    if (redo > maxRedo) return `event ${i}: ${redo} committed ids not covered by the checkpoint (max ${maxRedo})`
   }
   return undefined
 }

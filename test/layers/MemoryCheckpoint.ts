@@ -48,8 +48,8 @@ export class MemoryStore {
           if (this.faults.save?.(n) === true) return Effect.fail(unavailable("writing the checkpoint"))
           if (this.live(lockKey, now)?.value !== holder) return Effect.succeed(false)
           this.data.set(key, { value, expiresAt: undefined })
-          const record = JSON.parse(value) as { cursor: string; status: string }
-          this.log?.push({ _tag: "save", cursor: record.cursor, status: record.status })
+          const record = JSON.parse(value) as { cursor: string; done: Array<[string, string]>; status: string }
+          this.log?.push({ _tag: "save", cursor: record.cursor, done: record.done, status: record.status })
           return Effect.succeed(true)
         }),
       acquire: (lockKey, holder, ttl) =>
