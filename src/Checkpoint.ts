@@ -322,7 +322,14 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
   const call = <A>(operation: string, f: () => Promise<A>) =>
     Effect.tryPromise({
       try: f,
-      catch: (error) => new CheckpointUnavailable({ store: name, operation, detail: describe(error), transient: true })
+      catch: (error) =>
+        new CheckpointUnavailable({
+          store: name,
+          operation,
+          // ioredis's words for "no connection right now" (the offline queue is off so commands fail fast).
+          detail: describe(error).replace(/Stream isn't writeable.*/, "not connected"),
+          transient: true
+        })
     })
   return {
     name,

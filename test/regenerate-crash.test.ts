@@ -4,9 +4,9 @@
  * must stop it gracefully with a resume hint. Run on MariaDB with a Redis checkpoint and on the embedded
  * SQLite file with the checkpoint table.
  *
- * After every kill the checkpoint itself is checked against the table: every ticket up to the recorded
- * cursor has a new token (the cursor never runs ahead of a commit), and the only new tokens beyond it are in
- * the `concurrency` batches right after it (the batches that were in flight).
+ * After every kill the checkpoint itself is checked against the table: every ticket it covers (up to the
+ * recorded cursor, or in a committed range recorded beyond it) has a new token, and the new tokens it does
+ * not cover (what a resume redoes) are at most concurrency × batch size.
  */
 import { Redis } from "ioredis"
 import type * as mysql from "mysql2/promise"
@@ -18,6 +18,15 @@ import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type CliOptions, type CliResult, runCli, spawnCli } from "./support/cli.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
+import {
+  describeResult,
+  expectAllRotated,
+  expectExit,
+  parseJsonSummary,
+  type Ticket,
+  ticketColumns,
+  toTicket
+} from "./support/tickets.js"
 
 // better-sqlite3 ships without type declarations: the little of it these tests use, typed here.
 interface SqliteStatement {
@@ -37,47 +46,24 @@ const Sqlite = createRequire(import.meta.url)("better-sqlite3") as SqliteConstru
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
 
-interface Ticket {
-  readonly id: string
-  readonly created_at: string
-  readonly updated_at: string
-  readonly deleted_at: string | null
-  readonly name: string
-  readonly token: string
-  readonly order_id: string
-}
-
-const ticketColumns = "`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`"
-
-const toTicket = (r: Record<string, unknown>): Ticket => ({
-  id: String(r.id),
-  created_at: String(r.created_at),
-  updated_at: String(r.updated_at),
-  deleted_at: r.deleted_at === null ? null : String(r.deleted_at),
-  name: String(r.name),
-  token: String(r.token),
-  order_id: String(r.order_id)
-})
-
 /** What the tests read from a run record (the checkpoint). */
 interface RunView {
   readonly runId: string
   readonly cursor: string
+  readonly done: ReadonlyArray<readonly [string, string]>
   readonly rotated: number
   readonly status: string
 }
 
 const toRunView = (text: string): RunView => {
   const r = JSON.parse(text) as Record<string, unknown>
-  return { runId: String(r.runId), cursor: String(r.cursor), rotated: Number(r.rotated), status: String(r.status) }
-}
-
-const describeResult = (r: CliResult) => `exit ${r.code} (${r.signal})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`
-
-const expectExit = async (promise: Promise<CliResult>, code: number) => {
-  const r = await promise
-  expect(r.code, describeResult(r)).toBe(code)
-  return r
+  return {
+    runId: String(r.runId),
+    cursor: String(r.cursor),
+    done: (r.done as Array<[string, string]>).map(([a, b]) => [String(a), String(b)] as const),
+    rotated: Number(r.rotated),
+    status: String(r.status)
+  }
 }
 
 const randomBetween = (min: number, max: number) => min + Math.floor(Math.random() * (max - min))
@@ -125,70 +111,38 @@ const sequence = (...waits: ReadonlyArray<Wait>): Wait => async (exited, pid) =>
 }
 
 /**
- * The checkpoint against the table (`tickets` sorted by id): nothing at or before the cursor still has its
- * old token, and every new token after it lies in the first `window` tickets after it.
+ * The checkpoint against the table: no ticket it covers (up to the cursor, or in a recorded committed range
+ * beyond it) still has its old token, and the new tokens it does not cover are at most `maxRedo`.
  */
 const expectCheckpointConsistent = (
   label: string,
   tickets: ReadonlyArray<{ readonly id: string; readonly token: string }>,
   before: ReadonlyMap<string, Ticket>,
-  cursor: string,
-  window: number
+  checkpoint: Pick<RunView, "cursor" | "done">,
+  maxRedo: number
 ) => {
-  let behind = 0
-  let unchangedBehind = 0
-  const changedAhead: Array<number> = []
-  tickets.forEach((t, i) => {
+  const covered = (id: string) =>
+    id <= checkpoint.cursor || checkpoint.done.some(([first, last]) => id >= first && id <= last)
+  let unchangedCovered = 0
+  let changedAhead = 0
+  for (const t of tickets) {
     const changed = before.get(t.id)?.token !== t.token
-    if (t.id <= cursor) {
-      behind++
-      if (!changed) unchangedBehind++
+    if (covered(t.id)) {
+      if (!changed) unchangedCovered++
     } else if (changed) {
-      changedAhead.push(i)
+      changedAhead++
     }
-  })
-  expect(unchangedBehind, `${label}: tickets up to the cursor ${cursor} with their old token`).toBe(0)
-  const beyond = changedAhead.filter((i) => i >= behind + window)
-  expect(
-    beyond.length,
-    `${label}: ${changedAhead.length} new tokens after the cursor, ${beyond.length} of them beyond the ` +
-      `${window} tickets that can be in flight`
-  ).toBe(0)
-  return { behind, changedAhead: changedAhead.length }
-}
-
-/** The final comparison: new unique tokens everywhere, every other column but updated_at unchanged. */
-const expectAllRotated = (before: ReadonlyMap<string, Ticket>, after: ReadonlyArray<Ticket>) => {
-  expect(after.length).toBe(before.size)
-  const oldTokens = new Set([...before.values()].map((t) => t.token))
-  const newTokens = new Set<string>()
-  const problems: Array<string> = []
-  for (const t of after) {
-    const old = before.get(t.id)
-    if (old === undefined) {
-      problems.push(`${t.id}: not in the snapshot`)
-      continue
-    }
-    if (t.token === old.token) problems.push(`${t.id}: token unchanged`)
-    if (oldTokens.has(t.token)) problems.push(`${t.id}: new token equals an old token`)
-    if (!/^[0-9a-f]{32}$/.test(t.token)) problems.push(`${t.id}: token ${JSON.stringify(t.token)} is not 32 hex`)
-    if (!(t.updated_at > old.updated_at)) problems.push(`${t.id}: updated_at ${t.updated_at} <= ${old.updated_at}`)
-    for (const column of ["created_at", "deleted_at", "name", "order_id"] as const) {
-      if (t[column] !== old[column]) problems.push(`${t.id}: ${column} ${old[column]} -> ${t[column]}`)
-    }
-    newTokens.add(t.token)
-    if (problems.length > 20) break
   }
-  expect(problems).toEqual([])
-  expect(newTokens.size).toBe(after.length)
-}
-
-const parseJsonSummary = (r: CliResult) => {
-  const lines = r.stdout.split("\n").filter((l) => l.trim() !== "")
-  expect(lines, `stdout must be one JSON line: ${r.stdout}`).toHaveLength(1)
-  const summary: unknown = JSON.parse(lines[0]!)
-  expect(typeof summary === "object" && summary !== null && !Array.isArray(summary)).toBe(true)
-  return summary as Record<string, unknown>
+  expect(
+    unchangedCovered,
+    `${label}: tickets covered by the checkpoint (cursor ${checkpoint.cursor}) with their old token`
+  )
+    .toBe(0)
+  expect(
+    changedAhead,
+    `${label}: ${changedAhead} new tokens not covered by the checkpoint, more than the ${maxRedo} that can be in flight`
+  ).toBeLessThanOrEqual(maxRedo)
+  return { changedAhead }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -284,7 +238,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     expect(first.signal, `the first run must still be running after 2 s: ${describeResult(first)}`).toBe("SIGKILL")
     const afterFirst = await read()
     expect(afterFirst?.status).toBe("running")
-    expectCheckpointConsistent("first kill", await readTokens(), before, afterFirst!.cursor, window)
+    expectCheckpointConsistent("first kill", await readTokens(), before, afterFirst!, window)
 
     // 2. A plain regenerate now is refused: there is an unfinished run (its dead owner's lock is stale).
     const refused = await expectExit(runCli(base, { env }), 2)
@@ -344,7 +298,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
       runId ??= end!.runId
       expect(end!.runId, "every resumption continues the same run").toBe(runId)
       expect(end!.cursor >= (start?.cursor ?? ""), "the cursor never moves back").toBe(true)
-      expectCheckpointConsistent(`cycle ${cycle}`, await readTokens(), before, end!.cursor, window)
+      expectCheckpointConsistent(`cycle ${cycle}`, await readTokens(), before, end!, window)
     }
     expect(kills, log.join("\n")).toBeGreaterThanOrEqual(6)
     expect(noRunAnswers, log.join("\n")).toBeLessThanOrEqual(1)
@@ -394,7 +348,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     expect.soft(stopped?.status, "the checkpoint records the interruption").toBe("interrupted")
     // A graceful stop lets the batches in flight commit and records them: no new token beyond the cursor.
     expect.soft(
-      expectCheckpointConsistent("after SIGINT", await readTokens(), before, stopped!.cursor, 0).changedAhead
+      expectCheckpointConsistent("after SIGINT", await readTokens(), before, stopped!, 0).changedAhead
     ).toBe(0)
 
     const resumed = await expectExit(runCli(["regenerate", "--batch-size", "500", "--resume"], { env }), 0)
@@ -484,7 +438,7 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
     const first = await runAndKill(base, opts, sequence(waitProgress(readRun, 0), waitMillis(randomBetween(0, 250))))
     expect(first.signal, describeResult(first)).toBe("SIGKILL")
     const afterFirst = await readRun()
-    expectCheckpointConsistent("first kill", readTokens(), before, afterFirst!.cursor, window)
+    expectCheckpointConsistent("first kill", readTokens(), before, afterFirst!, window)
 
     const refused = await expectExit(runCli(base, opts), 2)
     expect(refused.stderr).toContain("--resume")
@@ -501,7 +455,7 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
       const end = await readRun()
       expect(end!.runId).toBe(afterFirst!.runId)
       expect(end!.rotated).toBeGreaterThan(start!.rotated)
-      expectCheckpointConsistent(`cycle ${cycle}`, readTokens(), before, end!.cursor, window)
+      expectCheckpointConsistent(`cycle ${cycle}`, readTokens(), before, end!, window)
     }
     const beforeFinal = await readRun()
     expect(beforeFinal!.rotated).toBeLessThan(ticketCount)

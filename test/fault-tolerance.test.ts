@@ -1,0 +1,396 @@
+/**
+ * Other people's faults, against the real MariaDB and Redis, through the built CLI: Redis going away and
+ * coming back, MySQL connections killed, row locks held past the lock wait timeout, live site traffic, a
+ * second runner, corrupt or foreign checkpoints, and secrets that must never show. Every test ends with a
+ * snapshot comparison of the ticket table.
+ */
+import { Redis } from "ioredis"
+import type * as mysql from "mysql2/promise"
+import { type ChildProcess, spawn } from "node:child_process"
+import { randomBytes } from "node:crypto"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { setTimeout as sleep } from "node:timers/promises"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { runCli, spawnCli } from "./support/cli.js"
+import {
+  adminConnection,
+  createDatabase,
+  createRedisPrefix,
+  mysqlHost,
+  mysqlPort,
+  redisUrl,
+  servicesAvailable
+} from "./support/services.js"
+import {
+  expectAllRotated,
+  expectExit,
+  parseJsonSummary,
+  type Ticket,
+  ticketColumns,
+  toTicket
+} from "./support/tickets.js"
+
+const ticketCount = 40_000
+/** Slow enough that a fault can land in the middle of a run (about 4 s for the whole table). */
+const throttle = ["--max-rows-per-second", "10000", "--batch-size", "500"]
+
+/** A private redis-server on a spare port (with a password and an append-only file), to stop and restart. */
+const privateRedis = () => {
+  const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-redis-"))
+  const port = 20_000 + Math.floor(Math.random() * 20_000)
+  const password = `rp-${randomBytes(6).toString("hex")}`
+  let process: ChildProcess | undefined
+  const client = () => {
+    const c = new Redis({ port, password, maxRetriesPerRequest: 1, lazyConnect: true })
+    c.on("error", () => {})
+    return c
+  }
+  const start = async () => {
+    process = spawn("redis-server", [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--requirepass",
+      password,
+      "--dir",
+      dir,
+      "--appendonly",
+      "yes",
+      "--appendfsync",
+      "always",
+      "--save",
+      ""
+    ], { stdio: "ignore" })
+    for (let i = 0; i < 100; i++) {
+      const c = client()
+      try {
+        await c.connect()
+        await c.ping()
+        return
+      } catch {
+        await sleep(50)
+      } finally {
+        c.disconnect()
+      }
+    }
+    throw new Error("the private redis-server did not start")
+  }
+  const stop = async () => {
+    const exited = new Promise((resolve) => process?.once("exit", resolve))
+    process?.kill("SIGTERM") // redis-server shuts down cleanly on SIGTERM, flushing its append-only file
+    await exited
+  }
+  return { url: `redis://:${password}@127.0.0.1:${port}`, password, port, start, stop, client, dir }
+}
+
+describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => {
+  let db: Awaited<ReturnType<typeof createDatabase>>
+  let admin: mysql.Connection
+  const prefixes: Array<ReturnType<typeof createRedisPrefix>> = []
+  const env = (extra: Record<string, string> = {}) => {
+    const prefix = createRedisPrefix("tt-fault")
+    prefixes.push(prefix)
+    return { DATABASE_URL: db.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix.name, ...extra }
+  }
+
+  const readTickets = async () => {
+    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
+    return (rows as Array<Record<string, unknown>>).map(toTicket)
+  }
+  const snapshot = async () => new Map((await readTickets()).map((t) => [t.id, t]))
+  const expectUnchanged = async (before: ReadonlyMap<string, Ticket>) => {
+    const after = await readTickets()
+    expect(after.filter((t) => before.get(t.id)?.token !== t.token || before.get(t.id)?.updated_at !== t.updated_at))
+      .toEqual([])
+  }
+
+  beforeAll(async () => {
+    db = await createDatabase("tt_fault")
+    admin = await adminConnection(db.name)
+    const base = { DATABASE_URL: db.url }
+    await expectExit(runCli(["migrate"], { env: base }), 0)
+    await expectExit(runCli(["seed", "users", "--count", "100"], { env: base }), 0)
+    await expectExit(runCli(["seed", "orders", "--count", "1000"], { env: base }), 0)
+    await expectExit(runCli(["seed", "tickets", "--count", String(ticketCount)], { env: base }), 0)
+  })
+
+  afterAll(async () => {
+    await admin?.end()
+    await db?.drop()
+    for (const p of prefixes) await p.drop()
+  })
+
+  it("Redis restarted mid-run: checkpoint writes are retried and the run completes", async () => {
+    const redis = privateRedis()
+    await redis.start()
+    try {
+      const before = await snapshot()
+      const run = spawnCli(["regenerate", "--json", ...throttle], { env: env({ REDIS_URL: redis.url }) })
+      await sleep(1500)
+      await redis.stop()
+      await sleep(2500)
+      await redis.start()
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(0)
+      const summary = parseJsonSummary(result)
+      expect(summary.status).toBe("completed")
+      expect(Number(summary.retries)).toBeGreaterThan(0)
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await redis.stop()
+    }
+  })
+
+  it("Redis down for longer than the retries last: a clean stop (exit 1), then --resume finishes", async () => {
+    const redis = privateRedis()
+    await redis.start()
+    try {
+      const before = await snapshot()
+      const runEnv = env({ REDIS_URL: redis.url })
+      const run = spawnCli(["regenerate", ...throttle], { env: runEnv, timeoutMs: 180_000 })
+      await sleep(1500)
+      await redis.stop()
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(1)
+      const lines = result.stderr.split("\n").filter((l) => l.startsWith("error: "))
+      expect(lines).toHaveLength(1)
+      expect(lines[0]).toMatch(/redis/i)
+      expect(lines[0]).toContain("--resume")
+      expect(result.stderr + result.stdout).not.toContain(redis.password)
+      await redis.start()
+      const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
+      expect(resumed.code, resumed.stderr).toBe(0)
+      expect(parseJsonSummary(resumed).status).toBe("completed")
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await redis.stop()
+    }
+  })
+
+  it("MySQL connections killed mid-run: batches are retried on fresh connections", async () => {
+    const before = await snapshot()
+    const run = spawnCli(["regenerate", "--json", ...throttle], { env: env() })
+    let kills = 0
+    await sleep(800)
+    for (let round = 0; round < 4 && run.child.exitCode === null; round++) {
+      const [rows] = await admin.query(
+        "SELECT `ID` AS id FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID()",
+        [db.name]
+      )
+      for (const { id } of rows as Array<{ id: number }>) {
+        await admin.query(`KILL CONNECTION ${Number(id)}`).then(() => kills++, () => undefined)
+      }
+      await sleep(700)
+    }
+    const result = await run.result
+    expect(kills).toBeGreaterThan(0)
+    expect(result.code, result.stderr).toBe(0)
+    const summary = parseJsonSummary(result)
+    expect(summary.status).toBe("completed")
+    expect(Number(summary.retries)).toBeGreaterThan(0)
+    expectAllRotated(before, await readTickets())
+  })
+
+  it("rows locked past the lock wait timeout: the batch is retried with backoff and completes", async () => {
+    const [[{ timeout }]] = (await admin.query("SELECT @@GLOBAL.innodb_lock_wait_timeout AS timeout")) as unknown as [
+      [{ timeout: number }]
+    ]
+    await admin.query("SET GLOBAL innodb_lock_wait_timeout = 1")
+    const locker = await adminConnection(db.name)
+    try {
+      const before = await snapshot()
+      const ids = [...before.keys()].sort().slice(20_000, 20_050)
+      await locker.query("BEGIN")
+      await locker.query("SELECT `id` FROM `ticket` WHERE `id` IN (?) FOR UPDATE", [ids])
+      const run = spawnCli(["regenerate", "--json", "--batch-size", "1000"], { env: env() })
+      await sleep(5000)
+      expect(run.child.exitCode, "the run waits for the locked rows").toBeNull()
+      await locker.query("ROLLBACK")
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(0)
+      const summary = parseJsonSummary(result)
+      expect(Number(summary.retries)).toBeGreaterThan(0)
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await locker.end()
+      await admin.query("SET GLOBAL innodb_lock_wait_timeout = ?", [timeout])
+    }
+  })
+
+  it("live site traffic: no rename is lost, every old ticket is rotated, new tickets keep valid tokens", async () => {
+    const before = await snapshot()
+    const [orders] = await admin.query("SELECT `id` FROM `order` LIMIT 50")
+    const orderIds = (orders as Array<{ id: string }>).map((o) => o.id)
+    const site = await adminConnection(db.name)
+    const renamed = new Map<string, string>()
+    const inserted: Array<string> = []
+    const ids = [...before.keys()]
+    let running = true
+    const traffic = (async () => {
+      for (let n = 0; running; n++) {
+        const id = randomBytes(16).toString("hex")
+        const now = new Date().toISOString().replace("T", " ").replace("Z", "000")
+        await site.query(
+          "INSERT INTO `ticket` (`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`) VALUES (?, ?, ?, NULL, ?, ?, ?)",
+          [id, now, now, `walk-in ${n}`, randomBytes(16).toString("hex"), orderIds[n % orderIds.length]]
+        )
+        inserted.push(id)
+        const target = ids[Math.floor(Math.random() * ids.length)]!
+        const name = `renamed ${n}`
+        await site.query("UPDATE `ticket` SET `name` = ?, `updated_at` = ? WHERE `id` = ?", [name, now, target])
+        renamed.set(target, name)
+        await sleep(10)
+      }
+    })()
+    try {
+      const result = await runCli(["regenerate", "--json", ...throttle], { env: env() })
+      expect(result.code, result.stderr).toBe(0)
+      expect(parseJsonSummary(result).status).toBe("completed")
+    } finally {
+      running = false
+      await traffic
+      await site.end()
+    }
+    expect(renamed.size).toBeGreaterThan(20)
+    expect(inserted.length).toBeGreaterThan(20)
+    const after = await readTickets()
+    expectAllRotated(before, after, (old) => renamed.get(old.id) ?? old.name)
+    const fresh = after.filter((t) => !before.has(t.id))
+    expect(fresh).toHaveLength(inserted.length)
+    expect(fresh.every((t) => /^[0-9a-f]{32}$/.test(t.token))).toBe(true)
+  })
+
+  it("a second runner is refused at once, naming the holder; after kill -9 of the first it takes over", async () => {
+    const before = await snapshot()
+    const runEnv = env()
+    const first = spawnCli(["regenerate", ...throttle], { env: runEnv })
+    await sleep(1500)
+    const started = Date.now()
+    const second = await runCli(["regenerate", "--resume"], { env: runEnv })
+    expect(Date.now() - started).toBeLessThan(10_000)
+    expect(second.code, second.stderr).toBe(1)
+    expect(second.stderr).toContain(`pid ${first.child.pid} on ${Os.hostname()}`)
+    first.child.kill("SIGKILL")
+    await first.result
+    const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
+    expect(resumed.code, resumed.stderr).toBe(0)
+    expect(parseJsonSummary(resumed).status).toBe("completed")
+    expectAllRotated(before, await readTickets())
+  })
+
+  it("a corrupt or foreign checkpoint is a clear error, nothing is rotated, and --restart recovers", async () => {
+    const runEnv = env()
+    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
+    try {
+      // A stopped run leaves a record; then the record is damaged.
+      const stopped = spawnCli(["regenerate", ...throttle], { env: runEnv })
+      await sleep(1500)
+      stopped.child.kill("SIGINT")
+      expect((await stopped.result).code).toBe(130)
+      const [key] = await redis.keys(`${runEnv.REDIS_PREFIX}:run:*`)
+      expect(key).toBeDefined()
+      const record = (await redis.get(key!))!
+      await redis.set(key!, "{\"version\":1,\"runId\":")
+      const before = await snapshot()
+      for (const args of [["regenerate"], ["regenerate", "--resume"], ["status"]]) {
+        const r = await runCli(args, { env: runEnv })
+        expect(r.code, r.stderr).toBe(2)
+        expect(r.stderr).toMatch(/^error: the checkpoint .* cannot be read .*--restart/m)
+      }
+      await expectUnchanged(before)
+
+      // The record of "all tickets" under the key of another scope is foreign to it.
+      await redis.set(key!, record)
+      // Find the --live-only slot's key by letting a run create it, then plant the foreign record there.
+      const own = spawnCli(["regenerate", "--live-only", ...throttle], { env: runEnv })
+      await sleep(1200)
+      own.child.kill("SIGINT")
+      await own.result
+      const liveOnlyKey = (await redis.keys(`${runEnv.REDIS_PREFIX}:run:*`)).find((k) => k !== key)!
+      await redis.set(liveOnlyKey, record)
+      const beforeForeign = await snapshot()
+      const foreign = await runCli(["regenerate", "--live-only", "--resume"], { env: runEnv })
+      expect(foreign.code, foreign.stderr).toBe(2)
+      expect(foreign.stderr).toContain("belongs to another database or scope")
+      await expectUnchanged(beforeForeign)
+
+      const restarted = await runCli(["regenerate", "--restart", "--json"], { env: runEnv })
+      expect(restarted.code, restarted.stderr).toBe(0)
+      expect(parseJsonSummary(restarted).status).toBe("completed")
+      expectAllRotated(beforeForeign, await readTickets())
+      const liveRestart = await runCli(["regenerate", "--live-only", "--restart"], { env: runEnv })
+      expect(liveRestart.code, liveRestart.stderr).toBe(0)
+    } finally {
+      redis.disconnect()
+    }
+  })
+
+  it("garbage in the checkpoint table (no Redis) is a clear error; --restart recovers", async () => {
+    const sqlEnv = { DATABASE_URL: db.url }
+    const stopped = spawnCli(["regenerate", ...throttle], { env: sqlEnv })
+    await sleep(1500)
+    stopped.child.kill("SIGINT")
+    expect((await stopped.result).code).toBe(130)
+    await admin.query("UPDATE `ticket_tokens_state` SET `value` = 'not json' WHERE `key` LIKE 'run:%'")
+    const before = await snapshot()
+    const r = await runCli(["regenerate", "--resume"], { env: sqlEnv })
+    expect(r.code, r.stderr).toBe(2)
+    expect(r.stderr).toContain("cannot be read")
+    await expectUnchanged(before)
+    const restarted = await runCli(["regenerate", "--restart"], { env: sqlEnv })
+    expect(restarted.code, restarted.stderr).toBe(0)
+    expectAllRotated(before, await readTickets())
+  })
+
+  it("no output ever shows a password or a token", async () => {
+    const password = `Pw-${randomBytes(8).toString("hex")}`
+    const user = `tt_secret_${randomBytes(3).toString("hex")}`
+    await admin.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${password}'`)
+    await admin.query(`CREATE USER '${user}'@'localhost' IDENTIFIED BY '${password}'`)
+    await admin.query(`GRANT ALL ON \`${db.name}\`.* TO '${user}'@'%', '${user}'@'localhost'`)
+    const redis = privateRedis()
+    await redis.start()
+    const outputs: Array<string> = []
+    try {
+      const url = `mysql://${user}:${encodeURIComponent(password)}@${mysqlHost}:${mysqlPort}/${db.name}`
+      const secretEnv = env({ DATABASE_URL: url, REDIS_URL: redis.url })
+      const commands: Array<ReadonlyArray<string>> = [
+        ["regenerate", "--dry-run"],
+        ["regenerate", "--json", "--log-level", "debug"],
+        ["status"],
+        ["status", "--json"],
+        ["verify"],
+        ["verify", "--json"],
+        ["regenerate", "--resume", "--live-only", "--log-level", "debug"],
+        ["seed", "tickets", "--count", "10", "--log-level", "debug"]
+      ]
+      for (const args of commands) {
+        const r = await runCli(args, { env: secretEnv })
+        outputs.push(`$ ${args.join(" ")} (exit ${r.code})\n${r.stdout}${r.stderr}`)
+      }
+      // Failures too: a wrong password, an unreachable Redis.
+      for (
+        const bad of [{ DATABASE_URL: url.replace(encodeURIComponent(password), `${password}x`) }, {
+          REDIS_URL: redis.url.replace(String(redis.port), "1")
+        }]
+      ) {
+        const r = await runCli(["regenerate", "--log-level", "debug"], { env: { ...secretEnv, ...bad } })
+        expect(r.code).not.toBe(0)
+        outputs.push(`${r.stdout}${r.stderr}`)
+      }
+      const all = outputs.join("\n")
+      expect(all).toContain("verify")
+      expect(all).not.toContain(password)
+      expect(all).not.toContain(redis.password)
+      const tokens = new Set((await readTickets()).map((t) => t.token))
+      const leaked = (all.match(/[0-9a-f]{32}/g) ?? []).filter((hex) => tokens.has(hex))
+      expect(leaked).toEqual([])
+    } finally {
+      await redis.stop()
+      await admin.query(`DROP USER '${user}'@'%', '${user}'@'localhost'`)
+    }
+  })
+})

@@ -1,0 +1,79 @@
+/**
+ * Snapshots of the ticket table and the checks every end-to-end test makes against them.
+ */
+import { expect } from "vitest"
+import type { CliResult } from "./cli.js"
+
+export interface Ticket {
+  readonly id: string
+  readonly created_at: string
+  readonly updated_at: string
+  readonly deleted_at: string | null
+  readonly name: string
+  readonly token: string
+  readonly order_id: string
+}
+
+export const ticketColumns = "`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`"
+
+export const toTicket = (r: Record<string, unknown>): Ticket => ({
+  id: String(r.id),
+  created_at: String(r.created_at),
+  updated_at: String(r.updated_at),
+  deleted_at: r.deleted_at === null ? null : String(r.deleted_at),
+  name: String(r.name),
+  token: String(r.token),
+  order_id: String(r.order_id)
+})
+
+export const describeResult = (r: CliResult) => `exit ${r.code} (${r.signal})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`
+
+export const expectExit = async (promise: Promise<CliResult>, code: number) => {
+  const r = await promise
+  expect(r.code, describeResult(r)).toBe(code)
+  return r
+}
+
+export const parseJsonSummary = (r: CliResult) => {
+  const lines = r.stdout.split("\n").filter((l) => l.trim() !== "")
+  expect(lines, `stdout must be one JSON line: ${r.stdout}`).toHaveLength(1)
+  const summary: unknown = JSON.parse(lines[0]!)
+  expect(typeof summary === "object" && summary !== null && !Array.isArray(summary)).toBe(true)
+  return summary as Record<string, unknown>
+}
+
+/**
+ * Every ticket of the snapshot has a new, unique, 32-hex token that is none of the old ones, a later
+ * updated_at, and every other column as expected (`expectedName` lets a test account for renames made by
+ * others while the run went on). Tickets not in the snapshot (inserted meanwhile) are left to the caller.
+ */
+export const expectAllRotated = (
+  before: ReadonlyMap<string, Ticket>,
+  after: ReadonlyArray<Ticket>,
+  expectedName: (old: Ticket) => string = (old) => old.name
+) => {
+  const oldTokens = new Set([...before.values()].map((t) => t.token))
+  const newTokens = new Set<string>()
+  const problems: Array<string> = []
+  const seen = new Set<string>()
+  for (const t of after) {
+    newTokens.add(t.token)
+    const old = before.get(t.id)
+    if (old === undefined) continue
+    seen.add(t.id)
+    if (t.token === old.token) problems.push(`${t.id}: token unchanged`)
+    if (oldTokens.has(t.token)) problems.push(`${t.id}: new token equals an old token`)
+    if (!/^[0-9a-f]{32}$/.test(t.token)) problems.push(`${t.id}: token ${JSON.stringify(t.token)} is not 32 hex`)
+    if (!(t.updated_at > old.updated_at)) problems.push(`${t.id}: updated_at ${t.updated_at} <= ${old.updated_at}`)
+    if (t.name !== expectedName(old)) {
+      problems.push(`${t.id}: name ${JSON.stringify(t.name)}, expected ${expectedName(old)}`)
+    }
+    for (const column of ["created_at", "deleted_at", "order_id"] as const) {
+      if (t[column] !== old[column]) problems.push(`${t.id}: ${column} ${old[column]} -> ${t[column]}`)
+    }
+    if (problems.length > 20) break
+  }
+  expect(problems).toEqual([])
+  expect(seen.size, "every ticket of the snapshot is still there").toBe(before.size)
+  expect(newTokens.size, "tokens are unique").toBe(after.length)
+}
