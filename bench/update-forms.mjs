@@ -1,0 +1,165 @@
+// Compares UPDATE forms for one batch of (id, token) pairs on a MySQL/MariaDB ticket table, back to back.
+//   node bench/update-forms.mjs <database-url> [--batches 200] [--batch-size 1000] [--concurrency 1,4]
+// Each form rotates the same keyset batches of the table (tokens changed, updated_at set).
+import * as mysql from "mysql2/promise"
+import { randomBytes } from "node:crypto"
+
+const args = process.argv.slice(2)
+const url = new URL(args[0] ?? "mysql://root@127.0.0.1:3306/tt_b")
+const opt = (name, fallback) => {
+  const i = args.indexOf(`--${name}`)
+  return i === -1 ? fallback : args[i + 1]
+}
+const batches = Number(opt("batches", 200))
+const batchSize = Number(opt("batch-size", 1000))
+const concurrencies = String(opt("concurrency", "1,4")).split(",").map(Number)
+const only = opt("forms", undefined)?.split(",")
+
+const tokens = (n) => {
+  const hex = randomBytes(16 * n).toString("hex")
+  return Array.from({ length: n }, (_, i) => hex.slice(i * 32, i * 32 + 32))
+}
+const now = () => new Date().toISOString().replace("T", " ").replace("Z", "000")
+
+const forms = {
+  "join-union-all": (ids, toks) => ({
+    sql: "UPDATE `ticket` AS t JOIN (SELECT ? AS `id`, ? AS `token`" + " UNION ALL SELECT ?, ?".repeat(ids.length - 1) +
+      ") AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?",
+    params: [...ids.flatMap((id, i) => [id, toks[i]]), now()]
+  }),
+  "join-json-table": (ids, toks) => ({
+    sql:
+      "UPDATE `ticket` AS t JOIN JSON_TABLE(?, '$[*]' COLUMNS (`id` CHAR(32) PATH '$[0]', `token` VARCHAR(255) PATH '$[1]')) AS v " +
+      "ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?",
+    params: [JSON.stringify(ids.map((id, i) => [id, toks[i]])), now()]
+  }),
+  "join-values (MariaDB)": (ids, toks) => ({
+    sql: "UPDATE `ticket` AS t JOIN (SELECT ? AS `id`, ? AS `token` UNION ALL VALUES " +
+      new Array(ids.length - 1).fill("(?, ?)").join(", ") +
+      ") AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?",
+    params: [...ids.flatMap((id, i) => [id, toks[i]]), now()]
+  }),
+  "subquery-union-all": (ids, toks) => ({
+    sql: "UPDATE `ticket` AS t SET t.`token` = (SELECT v.`token` FROM (SELECT ? AS `id`, ? AS `token`" +
+      " UNION ALL SELECT ?, ?".repeat(ids.length - 1) +
+      ") AS v WHERE v.`id` = t.`id`), t.`updated_at` = ? WHERE t.`id` IN (" +
+      new Array(ids.length).fill("?").join(", ") + ")",
+    params: [...ids.flatMap((id, i) => [id, toks[i]]), now(), ...ids]
+  }),
+  "case (Django bulk_update)": (ids, toks) => ({
+    sql: "UPDATE `ticket` SET `token` = CASE `id`" + " WHEN ? THEN ?".repeat(ids.length) +
+      " END, `updated_at` = ? WHERE `id` IN (" +
+      new Array(ids.length).fill("?").join(", ") + ")",
+    params: [...ids.flatMap((id, i) => [id, toks[i]]), now(), ...ids]
+  })
+}
+
+const pool = mysql.createPool({
+  multipleStatements: true,
+  host: url.hostname,
+  port: Number(url.port || 3306),
+  user: decodeURIComponent(url.username || "root"),
+  password: decodeURIComponent(url.password),
+  database: url.pathname.slice(1),
+  connectionLimit: 16,
+  maxIdle: 16
+})
+
+// CPU time of the local server process (Linux), to compare forms by server work per row, not only by speed.
+import { execSync } from "node:child_process"
+import { readFileSync } from "node:fs"
+const serverPid = (() => {
+  try {
+    return execSync("pgrep -x mariadbd || pgrep -x mysqld").toString().trim().split("\n")[0]
+  } catch {
+    return undefined
+  }
+})()
+const serverCpuSeconds = () => {
+  if (serverPid === undefined) return NaN
+  const fields = readFileSync(`/proc/${serverPid}/stat`, "utf8").split(") ")[1].split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
+const pages = []
+let cursor = ""
+for (let b = 0; b < batches; b++) {
+  const [rows] = await pool.query(`SELECT id FROM ticket WHERE id > ? ORDER BY id LIMIT ${batchSize}`, [cursor])
+  if (rows.length === 0) break
+  pages.push(rows.map((r) => r.id))
+  cursor = rows[rows.length - 1].id
+}
+const rowsTotal = pages.reduce((n, p) => n + p.length, 0)
+console.log(`${pages.length} batches of ${batchSize} (${rowsTotal} rows) from ${url.pathname.slice(1)}`)
+
+// A single-table UPDATE (updated on the fly, no join): the i-th matched row takes the i-th token of one
+// concatenated parameter, counted by a session variable reset in the same multi-statement query.
+const sessionCounter = async (conn, ids, toks) => {
+  const [results] = await conn.query(
+    "SET @i = 0; UPDATE `ticket` SET `token` = SUBSTRING(?, (@i := @i + 1) * 32 - 31, 32), `updated_at` = ? WHERE `id` IN (?)",
+    [toks.join(""), now(), ids]
+  )
+  return results[1]
+}
+
+// A per-connection temporary table: a multi-row INSERT (one query block), then UPDATE … JOIN, in one transaction.
+const temporaryTable = async (conn, ids, toks) => {
+  await conn.query(
+    "CREATE TEMPORARY TABLE IF NOT EXISTS `batch` (`id` CHAR(32) PRIMARY KEY, `token` VARCHAR(255)) ENGINE=MEMORY"
+  )
+  await conn.query("BEGIN")
+  await conn.execute(
+    "INSERT INTO `batch` VALUES " + new Array(ids.length).fill("(?, ?)").join(", "),
+    ids.flatMap((id, i) => [id, toks[i]])
+  )
+  const [result] = await conn.execute(
+    "UPDATE `ticket` AS t JOIN `batch` AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?",
+    [now()]
+  )
+  await conn.query("COMMIT")
+  await conn.query("DELETE FROM `batch`")
+  return result
+}
+
+for (const concurrency of concurrencies) {
+  for (const [name, build] of [...Object.entries(forms), ["temporary-table", undefined], ["session-counter", null]]) {
+    if (only && !only.some((o) => name.startsWith(o))) continue
+    let next = 0
+    const start = performance.now()
+    const cpu0 = serverCpuSeconds()
+    try {
+      await Promise.all(Array.from({ length: concurrency }, async () => {
+        const conn = await pool.getConnection()
+        try {
+          while (next < pages.length) {
+            const ids = pages[next++]
+            const toks = tokens(ids.length)
+            let result
+            if (build === undefined) result = await temporaryTable(conn, ids, toks)
+            else if (build === null) result = await sessionCounter(conn, ids, toks)
+            else {
+              const { params, sql } = build(ids, toks)
+              result = (await conn.execute(sql, params))[0]
+            }
+            if (result.affectedRows !== ids.length) {
+              throw new Error(`${name}: ${result.affectedRows} rows changed of ${ids.length}`)
+            }
+          }
+        } finally {
+          conn.release()
+        }
+      }))
+      const seconds = (performance.now() - start) / 1000
+      const cpuPer100k = ((serverCpuSeconds() - cpu0) * 100_000) / rowsTotal
+      console.log(
+        `concurrency ${concurrency}  ${name.padEnd(26)} ${
+          Math.round(rowsTotal / seconds).toString().padStart(7)
+        } rows/s` +
+          `  server CPU ${cpuPer100k.toFixed(2)} s per 100k rows`
+      )
+    } catch (error) {
+      console.log(`concurrency ${concurrency}  ${name.padEnd(26)} failed: ${error.message}`)
+    }
+  }
+}
+await pool.end()
