@@ -308,7 +308,7 @@ export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, Re
         }
         return client as ScriptClient
       },
-      catch: (error) => new RedisUnavailable({ target: target.display, reason: describe(error) })
+      catch: (error) => new RedisUnavailable({ target: target.display, reason: describe(error), cause: error })
     }),
     (client) =>
       Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(

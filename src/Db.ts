@@ -57,7 +57,8 @@ export const describe = (error: unknown): string => {
   const text = [cause.sqlMessage, cause.message, Predicate.hasProperty(error, "message") ? error.message : undefined]
     .find((s): s is string => typeof s === "string" && s !== "") ?? String(cause.code ?? "unknown error")
   const code = typeof cause.code === "string" && !text.includes(cause.code) ? ` (${cause.code})` : ""
-  return text.replace(/Duplicate entry '[^']*'/g, "Duplicate entry").replace(/\s+/g, " ").trim().replace(/\.+$/, "") + code
+  return text.replace(/Duplicate entry '[^']*'/g, "Duplicate entry").replace(/\s+/g, " ").trim().replace(/\.+$/, "") +
+    code
 }
 
 const transientMysqlErrnos = new Set([
@@ -156,7 +157,7 @@ const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>) =>
   }).pipe(Effect.catchAllDefect((defect) => Effect.fail(defect)))
 
 const unreachable = (target: DatabaseTarget) => (error: unknown) =>
-  new DatabaseUnreachable({ target: target.display, reason: describe(error) })
+  new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
 
 const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
   target._tag === "sqlite"

@@ -93,6 +93,7 @@ export class BadRedisUrl extends Data.TaggedError("BadRedisUrl")<{ readonly reas
 export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")<{
   readonly target: string
   readonly reason: string
+  readonly cause?: unknown
 }> {
   override get message() {
     return `cannot connect to the database at ${this.target}: ${this.reason}. Check DATABASE_URL and that the server is up.`
@@ -102,6 +103,7 @@ export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")
 export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
   readonly target: string
   readonly reason: string
+  readonly cause?: unknown
 }> {
   override get message() {
     return `Redis at ${this.target} is not reachable: ${this.reason}. Check REDIS_URL and that Redis is up; ` +

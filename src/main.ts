@@ -49,7 +49,10 @@ const report = (cause: Cause.Cause<unknown>) =>
     } else {
       yield* Console.error(`internal error: ${Cause.squash(cause)}`)
     }
-    yield* Effect.logDebug("failure detail", cause)
+    // The failure is rendered outside the command, where its --log-level no longer applies: honour it here.
+    if (/(^| )--log-level[ =](debug|trace|all)( |$)/.test(process.argv.slice(2).join(" "))) {
+      yield* Console.error(Cause.pretty(cause, { renderErrorCause: true }))
+    }
   })
 
 const exitCode = (exit: Exit.Exit<unknown, unknown>): number => {
