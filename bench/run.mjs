@@ -161,6 +161,16 @@ const ours = async (db, extra = []) => {
 }
 
 const originalPool = Number(await scalar("SELECT @@GLOBAL.innodb_buffer_pool_size"))
+
+/** Resizes the buffer pool online and waits until the server reports the new size. */
+const setBufferPool = async (bytes) => {
+  await admin.query("SET GLOBAL innodb_buffer_pool_size = ?", [bytes])
+  const start = Date.now()
+  while (Number(await scalar("SELECT @@GLOBAL.innodb_buffer_pool_size")) !== bytes && Date.now() - start < 120_000) {
+    await sleep(500)
+  }
+  await sleep(2000)
+}
 const mib = (bytes) => Math.round(bytes / 1048576)
 const databases = []
 const results = []
@@ -171,9 +181,7 @@ try {
         mib(originalPool)
       } MiB; restored at the end)`
     )
-    await admin.query("SET GLOBAL innodb_buffer_pool_size = ?", [Number(bufferPoolMib) * 1048576])
-    while ((await status("Innodb_buffer_pool_resize_status_code").catch(() => 0)) !== 0) await sleep(500)
-    await sleep(2000)
+    await setBufferPool(Number(bufferPoolMib) * 1048576)
   }
   const pool = Number(await scalar("SELECT @@GLOBAL.innodb_buffer_pool_size"))
   log(
@@ -278,7 +286,7 @@ try {
   redis.disconnect()
   if (Number(await scalar("SELECT @@GLOBAL.innodb_buffer_pool_size")) !== originalPool) {
     log(`restoring innodb_buffer_pool_size to ${mib(originalPool)} MiB`)
-    await admin.query("SET GLOBAL innodb_buffer_pool_size = ?", [originalPool])
+    await setBufferPool(originalPool)
   }
   await admin.end()
 }

@@ -339,15 +339,18 @@ const jsonFlag = Options.boolean("json").pipe(Options.withDescription("Print one
 /** No scope flags means "the run most recently started on this database". */
 const chosenScope = (scope: Scope) => (Scope.all.flags === scope.flags ? Option.none() : Option.some(scope))
 
+/** Prints a report as JSON or as lines. */
+const printReport = <R>(report: R, json: boolean, toJson: (r: R) => unknown, render: (r: R) => ReadonlyArray<string>) =>
+  json ? Console.log(JSON.stringify(toJson(report))) : Effect.forEach(render(report), (line) => Console.log(line))
+
 const statusCommand = Command.make(
   "status",
   { scope: scopeOptions, json: jsonFlag },
   ({ json, scope }) =>
-    Effect.gen(function*() {
-      const report = yield* Status.status(chosenScope(scope))
-      if (json) yield* Console.log(JSON.stringify(Status.toJson(report)))
-      else for (const line of Status.render(report)) yield* Console.log(line)
-    })
+    Effect.flatMap(
+      Status.status(chosenScope(scope)),
+      (report) => printReport(report, json, Status.toJson, Status.render)
+    )
 ).pipe(
   Command.withDescription("Show the current or last run: state, progress, rate, lock holder."),
   Command.provide(Checkpoint.layer.pipe(Layer.provideMerge(Db.layer({ maxConnections: 1 }))))
@@ -359,8 +362,7 @@ const verifyCommand = Command.make(
   ({ json, scope }) =>
     Effect.gen(function*() {
       const report = yield* Verify.verify(chosenScope(scope))
-      if (json) yield* Console.log(JSON.stringify(Verify.toJson(report)))
-      else for (const line of Verify.render(report)) yield* Console.log(line)
+      yield* printReport(report, json, Verify.toJson, Verify.render)
       if (!Verify.isClean(report)) return yield* new VerifyFailed({ summary: Verify.summary(report) })
     })
 ).pipe(

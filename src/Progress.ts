@@ -47,7 +47,7 @@ export interface ProgressState {
   readonly batchSize: number | undefined
   readonly throttle: number | undefined
   readonly phase: Phase
-  /** Milliseconds spent running: time retrying or throttled does not count toward the rate. */
+  /** Milliseconds spent working: time backing off between retries does not count toward the rate. */
   readonly active: number
   readonly samples: ReadonlyArray<Sample>
   /** Set once the job ended: "done", "stopped". */
@@ -56,7 +56,7 @@ export interface ProgressState {
 
 /** How far back the rate looks. */
 export const rateWindowMillis = 10_000
-/** No ETA before this much running time: the first batches warm caches and pools. */
+/** No ETA before this much time: the first batches warm caches and pools. */
 export const warmupMillis = 3_000
 
 export const initial = (label: string, now: number): ProgressState => ({
@@ -80,7 +80,8 @@ export const initial = (label: string, now: number): ProgressState => ({
 /** Moves the clock of a state to `now`, accruing active time. */
 const tick = (state: ProgressState, now: number): ProgressState => {
   const elapsed = Math.max(0, now - state.now)
-  return { ...state, now, active: state.active + (state.phase === "running" ? elapsed : 0) }
+  // A throttle sets the real pace, so throttled time counts; a retry's back-off is a pause, so it does not.
+  return { ...state, now, active: state.active + (state.phase === "retrying" ? 0 : elapsed) }
 }
 
 const sampled = (state: ProgressState): ProgressState => {
@@ -133,7 +134,7 @@ export const fractionOf = (state: ProgressState): number | undefined =>
 
 export const etaMillis = (state: ProgressState): number | undefined => {
   const r = rate(state)
-  if (r === undefined || r <= 0 || state.active < warmupMillis) return undefined
+  if (r === undefined || r <= 0 || state.now - state.startedAt < warmupMillis) return undefined
   const effective = state.throttle === undefined ? r : Math.min(r, state.throttle)
   if (state.total !== undefined) return (Math.max(0, state.total - doneOf(state)) * 1000) / effective
   const fraction = state.fraction
@@ -227,12 +228,16 @@ export interface Sink {
 
 const stderrSink: Sink = {
   write: (text) => void process.stderr.write(text),
-  columns: () => process.stderr.columns ?? 100
+  // Some pseudo-terminals report 0 columns: fall back to $COLUMNS, then 100.
+  columns: () => process.stderr.columns || Number(process.env.COLUMNS) || 100
 }
+
+const underCi = (value = process.env.CI): boolean =>
+  value !== undefined && value !== "" && value !== "0" && value.toLowerCase() !== "false"
 
 /** `tty` when stderr is a terminal (and not under CI), else `plain`. */
 export const detectMode = (): ProgressMode =>
-  process.stderr.isTTY === true && process.env.CI === undefined && process.env.TERM !== "dumb" ? "tty" : "plain"
+  process.stderr.isTTY === true && !underCi() && process.env.TERM !== "dumb" ? "tty" : "plain"
 
 const plainEveryMillis = 3_000
 const ttyEveryMillis = 200

@@ -57,7 +57,7 @@ export interface RegenerateOptions {
 
 export const defaults = {
   batchSize: 1000,
-  concurrency: 4,
+  concurrency: 8,
   minBatchSize: 100,
   maxBatchSize: 10_000
 } as const

@@ -25,19 +25,21 @@ const version = (): string => {
   }
 }
 
-// Which signal stopped us decides the exit code (130 for SIGINT, 143 for SIGTERM). The runtime's own
-// handler interrupts the program on the first signal; both handlers are removed then, so a second signal
-// terminates the process at once.
+// The first signal: the runtime's own handler interrupts the program, which stops gracefully; which signal
+// it was decides the exit code (130 for SIGINT, 143 for SIGTERM). A second signal exits at once — the
+// checkpoint is still correct, as it only ever moves after a commit — with the terminal's cursor restored
+// (the live progress line hides it).
 let signal: "SIGINT" | "SIGTERM" | undefined
 const onSignal = (name: "SIGINT" | "SIGTERM") => () => {
-  signal ??= name
-  process.removeListener("SIGINT", onSigint)
-  process.removeListener("SIGTERM", onSigterm)
+  if (signal === undefined) {
+    signal = name
+    return
+  }
+  if (process.stderr.isTTY) process.stderr.write("\x1b[?25h\n")
+  process.exit(name === "SIGTERM" ? 143 : 130)
 }
-const onSigint = onSignal("SIGINT")
-const onSigterm = onSignal("SIGTERM")
-process.on("SIGINT", onSigint)
-process.on("SIGTERM", onSigterm)
+process.on("SIGINT", onSignal("SIGINT"))
+process.on("SIGTERM", onSignal("SIGTERM"))
 
 const report = (cause: Cause.Cause<unknown>) =>
   Effect.gen(function*() {

@@ -42,7 +42,7 @@ describe("progress state", () => {
     expect(etaMillis(s)).toBeCloseTo(10_000, -2)
   })
 
-  it("time spent retrying or throttled does not count toward the rate", () => {
+  it("time spent backing off between retries does not count toward the rate", () => {
     const events = steady(10, 5000)
     events.push([10_000, E.Retried({ reason: "database" })])
     // 20 s stuck in retries, then it goes on at the same speed.
@@ -50,6 +50,22 @@ describe("progress state", () => {
     const s = play(events)
     expect(rate(s)).toBeGreaterThan(4000)
     expect(s.retries).toBe(1)
+  })
+
+  it("throttled time counts: the rate is the throttled pace", () => {
+    const events: Array<readonly [number, ProgressEvent]> = [
+      [0, E.Started({ label: "regenerate", base: 0, throttle: 1000 })],
+      [0, E.Total({ total: 20_000 })]
+    ]
+    // Each batch of 1,000 takes 100 ms, then the throttle holds the next one for 900 ms.
+    for (let s = 0; s < 12; s++) {
+      events.push([s * 1000 + 100, E.Advanced({ rows: 1000, batchSize: 1000 })])
+      events.push([s * 1000 + 100, E.Phase({ phase: "throttled" })])
+    }
+    const state = play(events)
+    expect(rate(state)).toBeCloseTo(1000, -1)
+    expect(etaMillis(state)).toBeCloseTo(8_000, -3)
+    expect(renderTty(state, 150)).toContain("throttled")
   })
 
   it("a throttle caps the rate the ETA uses", () => {

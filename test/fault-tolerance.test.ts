@@ -173,17 +173,18 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
   it("MySQL connections killed mid-run: batches are retried on fresh connections", async () => {
     const before = await snapshot()
     const run = spawnCli(["regenerate", "--json", ...throttle], { env: env() })
+    // Kill connections in the middle of a statement (not idle ones, which the pool just replaces), a few times.
     let kills = 0
-    await sleep(800)
-    for (let round = 0; round < 4 && run.child.exitCode === null; round++) {
+    await sleep(500)
+    while (kills < 4 && run.child.exitCode === null) {
       const [rows] = await admin.query(
-        "SELECT `ID` AS id FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID()",
+        "SELECT `ID` AS id FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID() AND `COMMAND` <> 'Sleep'",
         [db.name]
       )
       for (const { id } of rows as Array<{ id: number }>) {
         await admin.query(`KILL CONNECTION ${Number(id)}`).then(() => kills++, () => undefined)
       }
-      await sleep(700)
+      await sleep(rows === undefined || (rows as Array<unknown>).length === 0 ? 5 : 300)
     }
     const result = await run.result
     expect(kills).toBeGreaterThan(0)
@@ -217,6 +218,34 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     } finally {
       await locker.end()
       await admin.query("SET GLOBAL innodb_lock_wait_timeout = ?", [timeout])
+    }
+  })
+
+  it("a second Ctrl-C exits at once while a batch is stuck; the checkpoint stays right and --resume completes", async () => {
+    const locker = await adminConnection(db.name)
+    try {
+      const before = await snapshot()
+      const ids = [...before.keys()].sort().slice(10_000, 10_010)
+      await locker.query("BEGIN")
+      await locker.query("SELECT `id` FROM `ticket` WHERE `id` IN (?) FOR UPDATE", [ids])
+      const runEnv = env()
+      const run = spawnCli(["regenerate", "--batch-size", "500"], { env: runEnv })
+      await sleep(3000)
+      run.child.kill("SIGINT")
+      await sleep(1500)
+      expect(run.child.exitCode, "the first Ctrl-C waits for the batch in flight").toBeNull()
+      const second = Date.now()
+      run.child.kill("SIGINT")
+      const result = await run.result
+      expect(Date.now() - second).toBeLessThan(3000)
+      expect(result.code).toBe(130)
+      await locker.query("ROLLBACK")
+      const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
+      expect(resumed.code, resumed.stderr).toBe(0)
+      expect(parseJsonSummary(resumed).status).toBe("completed")
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await locker.end()
     }
   })
 

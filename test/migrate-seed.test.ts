@@ -6,27 +6,13 @@
 import type * as mysql from "mysql2/promise"
 import { createHash } from "node:crypto"
 import * as Fs from "node:fs"
-import { createRequire } from "node:module"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type CliResult, runCli } from "./support/cli.js"
 import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
 
-// better-sqlite3 ships without type declarations: the little of it these tests use, typed here.
-interface SqliteStatement {
-  all(...params: Array<unknown>): Array<Record<string, unknown>>
-  get(...params: Array<unknown>): Record<string, unknown> | undefined
-}
-interface SqliteDatabase {
-  prepare(sql: string): SqliteStatement
-  close(): void
-}
-type SqliteConstructor = new(
-  filename: string,
-  options?: { readonly readonly?: boolean; readonly fileMustExist?: boolean }
-) => SqliteDatabase
-const Sqlite = createRequire(import.meta.url)("better-sqlite3") as SqliteConstructor
+import { Sqlite } from "./support/sqlite.js"
 
 const hex32 = /^[0-9a-f]{32}$/
 

@@ -11,7 +11,6 @@
 import { Redis } from "ioredis"
 import type * as mysql from "mysql2/promise"
 import * as Fs from "node:fs"
-import { createRequire } from "node:module"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
@@ -28,20 +27,7 @@ import {
   toTicket
 } from "./support/tickets.js"
 
-// better-sqlite3 ships without type declarations: the little of it these tests use, typed here.
-interface SqliteStatement {
-  all(...params: Array<unknown>): Array<Record<string, unknown>>
-  get(...params: Array<unknown>): Record<string, unknown> | undefined
-}
-interface SqliteDatabase {
-  prepare(sql: string): SqliteStatement
-  close(): void
-}
-type SqliteConstructor = new(
-  filename: string,
-  options?: { readonly readonly?: boolean; readonly fileMustExist?: boolean; readonly timeout?: number }
-) => SqliteDatabase
-const Sqlite = createRequire(import.meta.url)("better-sqlite3") as SqliteConstructor
+import { Sqlite, type SqliteDatabase } from "./support/sqlite.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers

@@ -1,0 +1,103 @@
+/**
+ * What the operator sees, against MariaDB + Redis through the built CLI: `status` during and after a run,
+ * `verify` passing and then failing when one ticket gets its old token back, `--dry-run`, and the live
+ * progress line under a pseudo-terminal.
+ */
+import type * as mysql from "mysql2/promise"
+import { execFileSync } from "node:child_process"
+import { setTimeout as sleep } from "node:timers/promises"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { mainJs, runCli, spawnCli } from "./support/cli.js"
+import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
+import { expectExit, parseJsonSummary, ticketColumns, toTicket } from "./support/tickets.js"
+
+const ticketCount = 30_000
+
+describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", () => {
+  let db: Awaited<ReturnType<typeof createDatabase>>
+  let admin: mysql.Connection
+  const prefix = createRedisPrefix("tt-operator")
+  const env = () => ({ DATABASE_URL: db.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix.name })
+
+  const readTickets = async () => {
+    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
+    return (rows as Array<Record<string, unknown>>).map(toTicket)
+  }
+
+  beforeAll(async () => {
+    db = await createDatabase("tt_operator")
+    admin = await adminConnection(db.name)
+    await expectExit(runCli(["migrate"], { env: env() }), 0)
+    await expectExit(runCli(["seed", "users", "--count", "50"], { env: env() }), 0)
+    await expectExit(runCli(["seed", "orders", "--count", "500"], { env: env() }), 0)
+    await expectExit(runCli(["seed", "tickets", "--count", String(ticketCount)], { env: env() }), 0)
+  })
+
+  afterAll(async () => {
+    await admin?.end()
+    await db?.drop()
+    await prefix.drop()
+  })
+
+  it("--dry-run counts and plans, and writes nothing (not even a checkpoint)", async () => {
+    const before = await readTickets()
+    const r = await expectExit(runCli(["regenerate", "--dry-run", "--batch-size", "700"], { env: env() }), 0)
+    expect(r.stdout).toContain(
+      `would rotate ${ticketCount} tickets (all tickets) in ${Math.ceil(ticketCount / 700)} batches`
+    )
+    expect(await readTickets()).toEqual(before)
+    const status = await expectExit(runCli(["status"], { env: env() }), 0)
+    expect(status.stdout).toContain("no run is recorded")
+  })
+
+  it("status shows a run while it goes, then the finished run; verify passes, then fails on one old token", async () => {
+    const before = new Map((await readTickets()).map((t) => [t.id, t]))
+    const run = spawnCli(["regenerate", "--max-rows-per-second", "8000", "--batch-size", "500"], { env: env() })
+    await sleep(2000)
+    const during = await expectExit(runCli(["status"], { env: env() }), 0)
+    expect(during.stdout).toMatch(new RegExp(`state: +running, lock held by pid ${run.child.pid} on `))
+    expect(during.stdout).toMatch(new RegExp(`rotated: +\\d+ / ${ticketCount} \\(`))
+    expect((await run.result).code).toBe(0)
+
+    const after = await expectExit(runCli(["status"], { env: env() }), 0)
+    expect(after.stdout).toMatch(/state: +completed/)
+    expect(after.stdout).toContain(`rotated:  ${ticketCount} / ${ticketCount} (100.0%)`)
+    const json = parseJsonSummary(await expectExit(runCli(["status", "--json"], { env: env() }), 0))
+    expect(json).toMatchObject({ run: { status: "completed", rotated: ticketCount, total: ticketCount }, lock: null })
+
+    const ok = await expectExit(runCli(["verify"], { env: env() }), 0)
+    expect(ok.stdout).toContain(`${ticketCount} tickets in scope (all tickets), ${ticketCount} rotated by run`)
+    expect(ok.stdout).toContain("0 not rotated; 0 duplicate token values")
+
+    // One ticket gets its old token and timestamp back, as if the run had missed it.
+    const victim = [...before.values()][ticketCount >> 1]!
+    await admin.query("UPDATE `ticket` SET `token` = ?, `updated_at` = ? WHERE `id` = ?", [
+      victim.token,
+      victim.updated_at,
+      victim.id
+    ])
+    const failed = await runCli(["verify"], { env: env() })
+    expect(failed.code).toBe(1)
+    expect(failed.stdout).toContain("1 not rotated")
+    expect(failed.stdout).toContain(victim.id)
+    expect(failed.stdout + failed.stderr).not.toContain(victim.token)
+    const failedJson = parseJsonSummary(await runCli(["verify", "--json"], { env: env() }))
+    expect(failedJson).toMatchObject({ ok: false, notRotated: 1, notRotatedSample: [victim.id] })
+  })
+
+  // `script` (util-linux) gives the CLI a pseudo-terminal.
+  it("under a pseudo-terminal the live line shows %, a bar, rows/s and an ETA", async () => {
+    const command = `node ${mainJs} regenerate --restart --max-rows-per-second 5000 --batch-size 500`
+    const output = execFileSync("script", ["-qfec", command, "/dev/null"], {
+      env: { ...process.env, ...env(), COLUMNS: "140", LINES: "40", TERM: "xterm", CI: "false" },
+      encoding: "utf8",
+      timeout: 60_000
+    })
+    const frames = output.split("\r").map((f) => f.replace("\x1b[2K", ""))
+    expect(frames.some((f) => /regenerate [\d,]+\/30,000 \d+\.\d% \[[█░]+\] [\d.k]+ rows\/s {2}ETA \d+s/.test(f))).toBe(
+      true
+    )
+    expect(output).toContain("\x1b[?25l")
+    expect(output).toContain("\x1b[?25h")
+  })
+})
