@@ -14,3 +14,5 @@ cli seed tickets --count ${DEMO_TICKETS:-200000}
 cli regenerate --dry-run
 cli regenerate
 cli regenerate --resume
+cli status
+cli verify
