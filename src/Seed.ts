@@ -217,8 +217,8 @@ interface Seeding {
   readonly table: "user" | "order" | "ticket"
   readonly label: string
   readonly columns: ReadonlyArray<string>
-  /** The rows of one INSERT (`count` of them, each with one value per column). */
-  readonly rows: (count: number, offset: number) => Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>>
+  /** The rows of one INSERT (`count` of them, each with one value per column); `at` dates their new ids. */
+  readonly rows: (count: number, offset: number, at: number) => Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>>
 }
 
 export interface SeedResult {
@@ -242,7 +242,7 @@ const run = (seeding: Seeding, count: number) =>
       (i) =>
         Effect.gen(function*() {
           const size = Math.min(rowsPerInsert, count - i * rowsPerInsert)
-          const rows = yield* seeding.rows(size, i * rowsPerInsert)
+          const rows = yield* seeding.rows(size, i * rowsPerInsert, yield* Clock.currentTimeMillis)
           const statement = `INSERT INTO \`${seeding.table}\` (${columns}) VALUES ${
             placeholders(seeding.columns.length, size)
           }`
@@ -284,9 +284,9 @@ export const users = (count: number) =>
         "last_name",
         "email"
       ],
-      rows: (n, offset) =>
+      rows: (n, offset, at) =>
         Effect.sync(() => {
-          const ids = Uuid.v7(n, Date.now())
+          const ids = Uuid.v7(n, at)
           return ids.map((id, i) => {
             const t = timestamps(now, 0.01)
             const first = pick(firstNames)
@@ -309,9 +309,9 @@ export const orders = (count: number) =>
       table: "order",
       label: "seed orders",
       columns: ["id", "created_at", "updated_at", "deleted_at", "name", "user_id"],
-      rows: (n) =>
+      rows: (n, _offset, at) =>
         Effect.sync(() =>
-          Uuid.v7(n, Date.now()).map((id) => {
+          Uuid.v7(n, at).map((id) => {
             const t = timestamps(now, 0.02)
             return [id, t.created, t.created, t.deleted, `${pick(events)} order`, parents.random()]
           })
@@ -330,9 +330,9 @@ export const tickets = (count: number) =>
       table: "ticket",
       label: "seed tickets",
       columns: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"],
-      rows: (n) =>
+      rows: (n, _offset, at) =>
         Effect.map(tokenGen.tokens(n), (tokens) =>
-          Uuid.v7(n, Date.now()).map((id, i) => {
+          Uuid.v7(n, at).map((id, i) => {
             const t = timestamps(now, 0.03)
             const seat = `${String.fromCharCode(65 + Math.floor(Math.random() * 20))}${
               1 + Math.floor(Math.random() * 40)
