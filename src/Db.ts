@@ -213,3 +213,15 @@ export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch |
       )
     }
   })
+
+const statementTexts = new Map<string, string>()
+
+/** Statement text built once per shape (batch size, dialect): long placeholder lists are not rebuilt per batch. */
+export const statementText = (key: string, build: () => string): string => {
+  let text = statementTexts.get(key)
+  if (text === undefined) {
+    text = build()
+    statementTexts.set(key, text)
+  }
+  return text
+}

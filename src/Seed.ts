@@ -7,7 +7,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import { randomBytes } from "node:crypto"
-import { databaseError, datetime, Db, requireSchema, writeError } from "./Db.js"
+import { databaseError, datetime, Db, requireSchema, statementText, writeError } from "./Db.js"
 import { DatabaseError, NoParents, SchemaMismatch } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TokenGen } from "./TokenGen.js"
@@ -201,17 +201,11 @@ const loadIds = (table: "user" | "order") =>
     }
   })
 
-const placeholderCache = new Map<string, string>()
-const placeholders = (columns: number, rows: number): string => {
-  const key = `${columns}x${rows}`
-  let text = placeholderCache.get(key)
-  if (text === undefined) {
-    const tuple = `(${new Array(columns).fill("?").join(",")})`
-    text = new Array(rows).fill(tuple).join(",")
-    placeholderCache.set(key, text)
-  }
-  return text
-}
+const placeholders = (columns: number, rows: number): string =>
+  statementText(
+    `values:${columns}x${rows}`,
+    () => new Array(rows).fill(`(${new Array(columns).fill("?").join(",")})`).join(",")
+  )
 
 interface Seeding {
   readonly table: "user" | "order" | "ticket"

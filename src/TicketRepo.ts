@@ -7,7 +7,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { affectedRows, databaseError, datetime, Db, requireSchema, toCount, writeError } from "./Db.js"
+import { affectedRows, databaseError, datetime, Db, requireSchema, statementText, toCount, writeError } from "./Db.js"
 import type { DatabaseError, DuplicateToken, SchemaMismatch, SchemaMissing, Scope } from "./Domain.js"
 
 export interface AuditPage {
@@ -88,22 +88,12 @@ export const scopeSql = (
   }
 }
 
-const statementCache = new Map<string, string>()
-const cached = (key: string, build: () => string): string => {
-  let text = statementCache.get(key)
-  if (text === undefined) {
-    text = build()
-    statementCache.set(key, text)
-  }
-  return text
-}
-
 /**
  * The batch UPDATE. MySQL joins the ticket table to a derived table of (id, token) pairs; SQLite uses
  * UPDATE … FROM (VALUES …). Both touch only `token` and `updated_at`.
  */
 export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): string =>
-  cached(`${dialect}:${size}`, () =>
+  statementText(`rotate:${dialect}:${size}`, () =>
     dialect === "mysql"
       ? "UPDATE `ticket` AS t JOIN (SELECT ? AS `id`, ? AS `token`" + " UNION ALL SELECT ?, ?".repeat(size - 1) +
         ") AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?"

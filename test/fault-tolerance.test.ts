@@ -25,8 +25,8 @@ import {
 } from "./support/services.js"
 import {
   expectAllRotated,
-  expectExit,
   parseJsonSummary,
+  seedFixture,
   type Ticket,
   ticketColumns,
   toTicket
@@ -100,6 +100,10 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
     return (rows as Array<Record<string, unknown>>).map(toTicket)
   }
+  /** `regenerate --resume` to the end: exit 0, status completed. */
+  const resumeToEnd = async (runEnv: Record<string, string>) => {
+    await resumeToEnd(runEnv)
+  }
   const snapshot = async () => new Map((await readTickets()).map((t) => [t.id, t]))
   const expectUnchanged = async (before: ReadonlyMap<string, Ticket>) => {
     const after = await readTickets()
@@ -110,11 +114,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
   beforeAll(async () => {
     db = await createDatabase("tt_fault")
     admin = await adminConnection(db.name)
-    const base = { DATABASE_URL: db.url }
-    await expectExit(runCli(["migrate"], { env: base }), 0)
-    await expectExit(runCli(["seed", "users", "--count", "100"], { env: base }), 0)
-    await expectExit(runCli(["seed", "orders", "--count", "1000"], { env: base }), 0)
-    await expectExit(runCli(["seed", "tickets", "--count", String(ticketCount)], { env: base }), 0)
+    await seedFixture({ env: { DATABASE_URL: db.url } }, { users: 100, orders: 1000, tickets: ticketCount })
   })
 
   afterAll(async () => {
@@ -161,9 +161,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       expect(lines[0]).toContain("--resume")
       expect(result.stderr + result.stdout).not.toContain(redis.password)
       await redis.start()
-      const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
-      expect(resumed.code, resumed.stderr).toBe(0)
-      expect(parseJsonSummary(resumed).status).toBe("completed")
+      await resumeToEnd(runEnv)
       expectAllRotated(before, await readTickets())
     } finally {
       await redis.stop()
@@ -240,9 +238,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       expect(Date.now() - second).toBeLessThan(3000)
       expect(result.code).toBe(130)
       await locker.query("ROLLBACK")
-      const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
-      expect(resumed.code, resumed.stderr).toBe(0)
-      expect(parseJsonSummary(resumed).status).toBe("completed")
+      await resumeToEnd(runEnv)
       expectAllRotated(before, await readTickets())
     } finally {
       await locker.end()
@@ -304,9 +300,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     expect(second.stderr).toContain(`pid ${first.child.pid} on ${Os.hostname()}`)
     first.child.kill("SIGKILL")
     await first.result
-    const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
-    expect(resumed.code, resumed.stderr).toBe(0)
-    expect(parseJsonSummary(resumed).status).toBe("completed")
+    await resumeToEnd(runEnv)
     expectAllRotated(before, await readTickets())
   })
 

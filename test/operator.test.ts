@@ -9,7 +9,7 @@ import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { mainJs, runCli, spawnCli } from "./support/cli.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
-import { expectExit, parseJsonSummary, ticketColumns, toTicket } from "./support/tickets.js"
+import { expectExit, parseJsonSummary, seedFixture, ticketColumns, toTicket } from "./support/tickets.js"
 
 const ticketCount = 30_000
 
@@ -27,10 +27,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
   beforeAll(async () => {
     db = await createDatabase("tt_operator")
     admin = await adminConnection(db.name)
-    await expectExit(runCli(["migrate"], { env: env() }), 0)
-    await expectExit(runCli(["seed", "users", "--count", "50"], { env: env() }), 0)
-    await expectExit(runCli(["seed", "orders", "--count", "500"], { env: env() }), 0)
-    await expectExit(runCli(["seed", "tickets", "--count", String(ticketCount)], { env: env() }), 0)
+    await seedFixture({ env: env() }, { users: 50, orders: 500, tickets: ticketCount })
   })
 
   afterAll(async () => {

@@ -22,6 +22,7 @@ import {
   expectAllRotated,
   expectExit,
   parseJsonSummary,
+  seedFixture,
   type Ticket,
   ticketColumns,
   toTicket
@@ -189,18 +190,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
   beforeAll(async () => {
     db = await createDatabase("tt_crash")
     redis = new Redis(redisUrl, { maxRetriesPerRequest: 2 })
-    const env = { DATABASE_URL: db.url }
-    for (
-      const args of [
-        ["migrate"],
-        ["seed", "users", "--count", "100"],
-        ["seed", "orders", "--count", "2000"],
-        ["seed", "tickets", "--count", String(ticketCount)]
-      ]
-    ) {
-      const r = await runCli(args, { env })
-      if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
-    }
+    await seedFixture({ env: { DATABASE_URL: db.url } }, { users: 100, orders: 2000, tickets: ticketCount })
     admin = await adminConnection(db.name)
   }, 180_000)
 
@@ -388,17 +378,7 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
 
   beforeAll(async () => {
     cwd = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-crash-"))
-    for (
-      const args of [
-        ["migrate"],
-        ["seed", "users", "--count", "50"],
-        ["seed", "orders", "--count", "500"],
-        ["seed", "tickets", "--count", String(ticketCount)]
-      ]
-    ) {
-      const r = await runCli(args, { cwd, env })
-      if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
-    }
+    await seedFixture({ cwd, env }, { users: 50, orders: 500, tickets: ticketCount })
     // WAL mode (set by the tool): this reader never blocks its writes.
     sqlite = new Sqlite(Path.join(cwd, "data", "tickets.sqlite"), {
       readonly: true,

@@ -2,7 +2,7 @@
  * Snapshots of the ticket table and the checks every end-to-end test makes against them.
  */
 import { expect } from "vitest"
-import type { CliResult } from "./cli.js"
+import { type CliOptions, type CliResult, runCli } from "./cli.js"
 
 export interface Ticket {
   readonly id: string
@@ -32,6 +32,23 @@ export const expectExit = async (promise: Promise<CliResult>, code: number) => {
   const r = await promise
   expect(r.code, describeResult(r)).toBe(code)
   return r
+}
+
+/** A migrated database seeded through the CLI; fails the setup with the CLI's output if a step fails. */
+export const seedFixture = async (
+  options: CliOptions,
+  counts: { readonly users: number; readonly orders: number; readonly tickets: number }
+) => {
+  const steps = [
+    ["migrate"],
+    ["seed", "users", "--count", String(counts.users)],
+    ["seed", "orders", "--count", String(counts.orders)],
+    ["seed", "tickets", "--count", String(counts.tickets)]
+  ]
+  for (const args of steps) {
+    const r = await runCli(args, options)
+    if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
+  }
 }
 
 export const parseJsonSummary = (r: CliResult) => {
