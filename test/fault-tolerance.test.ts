@@ -102,7 +102,9 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
   }
   /** `regenerate --resume` to the end: exit 0, status completed. */
   const resumeToEnd = async (runEnv: Record<string, string>) => {
-    await resumeToEnd(runEnv)
+    const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
+    expect(resumed.code, resumed.stderr).toBe(0)
+    expect(parseJsonSummary(resumed).status).toBe("completed")
   }
   const snapshot = async () => new Map((await readTickets()).map((t) => [t.id, t]))
   const expectUnchanged = async (before: ReadonlyMap<string, Ticket>) => {
