@@ -29,7 +29,8 @@ import {
   seedFixture,
   type Ticket,
   ticketColumns,
-  toTicket
+  toTicket,
+  untilRotating
 } from "./support/tickets.js"
 
 const ticketCount = 40_000
@@ -131,7 +132,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     try {
       const before = await snapshot()
       const run = spawnCli(["regenerate", "--json", ...throttle], { env: env({ REDIS_URL: redis.url }) })
-      await sleep(1500)
+      await untilRotating(admin, before)
       await redis.stop()
       await sleep(2500)
       await redis.start()
@@ -153,7 +154,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       const before = await snapshot()
       const runEnv = env({ REDIS_URL: redis.url })
       const run = spawnCli(["regenerate", ...throttle], { env: runEnv, timeoutMs: 180_000 })
-      await sleep(1500)
+      await untilRotating(admin, before)
       await redis.stop()
       const result = await run.result
       expect(result.code, result.stderr).toBe(1)
@@ -294,7 +295,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     const before = await snapshot()
     const runEnv = env()
     const first = spawnCli(["regenerate", ...throttle], { env: runEnv })
-    await sleep(1500)
+    await untilRotating(admin, before)
     const started = Date.now()
     const second = await runCli(["regenerate", "--resume"], { env: runEnv })
     expect(Date.now() - started).toBeLessThan(10_000)
@@ -311,8 +312,9 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
     try {
       // A stopped run leaves a record; then the record is damaged.
+      const initial = await snapshot()
       const stopped = spawnCli(["regenerate", ...throttle], { env: runEnv })
-      await sleep(1500)
+      await untilRotating(admin, initial)
       stopped.child.kill("SIGINT")
       expect((await stopped.result).code).toBe(130)
       const [key] = await redis.keys(`${runEnv.REDIS_PREFIX}:run:*`)
@@ -330,8 +332,9 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       // The record of "all tickets" under the key of another scope is foreign to it.
       await redis.set(key!, record)
       // Find the --live-only slot's key by letting a run create it, then plant the foreign record there.
+      const beforeOwn = await snapshot()
       const own = spawnCli(["regenerate", "--live-only", ...throttle], { env: runEnv })
-      await sleep(1200)
+      await untilRotating(admin, beforeOwn)
       own.child.kill("SIGINT")
       await own.result
       const liveOnlyKey = (await redis.keys(`${runEnv.REDIS_PREFIX}:run:*`)).find((k) => k !== key)!
@@ -355,8 +358,9 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
 
   it("garbage in the checkpoint table (no Redis) is a clear error; --restart recovers", async () => {
     const sqlEnv = { DATABASE_URL: db.url }
+    const initial = await snapshot()
     const stopped = spawnCli(["regenerate", ...throttle], { env: sqlEnv })
-    await sleep(1500)
+    await untilRotating(admin, initial)
     stopped.child.kill("SIGINT")
     expect((await stopped.result).code).toBe(130)
     await admin.query("UPDATE `ticket_tokens_state` SET `value` = 'not json' WHERE `key` LIKE 'run:%'")

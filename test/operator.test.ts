@@ -5,11 +5,10 @@
  */
 import type * as mysql from "mysql2/promise"
 import { execFileSync } from "node:child_process"
-import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { mainJs, runCli, spawnCli } from "./support/cli.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
-import { expectExit, parseJsonSummary, seedFixture, ticketColumns, toTicket } from "./support/tickets.js"
+import { expectExit, parseJsonSummary, seedFixture, ticketColumns, toTicket, untilRotating } from "./support/tickets.js"
 
 const ticketCount = 30_000
 
@@ -50,7 +49,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
   it("status shows a run while it goes, then the finished run; verify passes, then fails on one old token", async () => {
     const before = new Map((await readTickets()).map((t) => [t.id, t]))
     const run = spawnCli(["regenerate", "--max-rows-per-second", "8000", "--batch-size", "500"], { env: env() })
-    await sleep(2000)
+    await untilRotating(admin, before)
     const during = await expectExit(runCli(["status"], { env: env() }), 0)
     expect(during.stdout).toMatch(new RegExp(`state: +running, lock held by pid ${run.child.pid} on `))
     expect(during.stdout).toMatch(new RegExp(`rotated: +\\d+ / ${ticketCount} \\(`))

@@ -1,6 +1,8 @@
 /**
  * Snapshots of the ticket table and the checks every end-to-end test makes against them.
  */
+import type * as mysql from "mysql2/promise"
+import { setTimeout as sleep } from "node:timers/promises"
 import { expect } from "vitest"
 import { type CliOptions, type CliResult, runCli } from "./cli.js"
 
@@ -49,6 +51,26 @@ export const seedFixture = async (
     const r = await runCli(args, options)
     if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
   }
+}
+
+/**
+ * Resolves once a run has committed its first batch: some ticket's `updated_at` is later than every one in
+ * the snapshot. By then the run holds its lock and has written its record, so a test can fault it mid-run
+ * without guessing how long the CLI takes to start.
+ */
+export const untilRotating = async (
+  admin: mysql.Connection,
+  before: ReadonlyMap<string, Ticket>,
+  timeoutMs = 60_000
+) => {
+  const latest = [...before.values()].reduce((m, t) => (t.updated_at > m ? t.updated_at : m), "")
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const [rows] = await admin.query("SELECT MAX(`updated_at`) AS `m` FROM `ticket`")
+    if (String((rows as Array<{ m: unknown }>)[0]?.m) > latest) return
+    await sleep(20)
+  }
+  throw new Error(`no batch was committed within ${timeoutMs} ms`)
 }
 
 export const parseJsonSummary = (r: CliResult) => {
