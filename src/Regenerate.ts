@@ -373,7 +373,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         // Fresh tokens on every attempt: a retried duplicate gets new ones.
         const tokens = yield* tokenGen.tokens(ids.length)
         const now = yield* Clock.currentTimeMillis
-        return yield* repo.rotate(ids, tokens, new Date(now))
+        return yield* repo.rotate(options.scope, ids, tokens, new Date(now))
       }))
 
     /**

@@ -7,6 +7,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import { randomBytes } from "node:crypto"
 import { affectedRows, databaseError, datetime, Db, requireSchema, statementText, toCount, writeError } from "./Db.js"
 import type { DatabaseError, DuplicateToken, SchemaMismatch, SchemaMissing, Scope } from "./Domain.js"
 
@@ -31,9 +32,10 @@ export interface TicketRepoService {
   readonly page: (scope: Scope, after: string, limit: number) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
   /**
    * Sets `tokens[i]` on `ids[i]` and `updated_at` on all of them, in one statement (one transaction: all
-   * of the batch or none of it). Returns the number of tickets changed.
+   * of the batch or none of it). `ids` is a keyset page of `scope`. Returns the number of tickets changed.
    */
   readonly rotate: (
+    scope: Scope,
     ids: ReadonlyArray<string>,
     tokens: ReadonlyArray<string>,
     at: Date
@@ -59,7 +61,13 @@ const limitOf = (limit: number): number => {
 /** The scope as joins, conditions and bound values; every value is bound, never spliced. */
 export const scopeSql = (
   scope: Scope
-): { readonly from: string; readonly where: string; readonly params: Array<unknown> } => {
+): {
+  readonly from: string
+  /** Whether the scope needs the order and user tables (otherwise `where` is on the ticket `t` alone). */
+  readonly joinsParents: boolean
+  readonly where: string
+  readonly params: Array<unknown>
+} => {
   const conditions: Array<string> = []
   const params: Array<unknown> = []
   const joinParents = scope.liveOnly || scope.emailDomain !== null
@@ -80,6 +88,7 @@ export const scopeSql = (
     params.push(datetime(new Date(scope.createdBefore)))
   }
   return {
+    joinsParents: joinParents,
     from: joinParents
       ? "`ticket` t JOIN `order` o ON o.`id` = t.`order_id` JOIN `user` u ON u.`id` = o.`user_id`"
       : "`ticket` t",
@@ -99,6 +108,23 @@ export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): stri
         ") AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?"
       : "UPDATE `ticket` SET `token` = v.column2, `updated_at` = ? FROM (VALUES " +
         new Array(size).fill("(?, ?)").join(", ") + ") AS v WHERE `ticket`.`id` = v.column1")
+
+/**
+ * The batch UPDATE on MySQL when the scope's conditions are on the ticket alone: the page is every ticket
+ * of the scope in [first, last], so the server walks that range of the clustered index and updates the
+ * matching rows where they stand, the i-th taking the i-th token, instead of finding each row by key (a
+ * third less server CPU per row, see docs/PERFORMANCE.md). One autocommit statement: `@i` counts the rows,
+ * restarting at 1 on the first row of each execution, which the first two parameters mark with a value
+ * never used before (`@b`). A row past the last token gets NULL, which strict mode refuses (error 1048),
+ * rolling the whole statement back.
+ */
+export const rangeRotateStatement = (size: number, where: string): string =>
+  statementText(
+    `rotate:range:${size}:${where}`,
+    () =>
+      "UPDATE `ticket` AS t SET t.`token` = ELT(@i := IF(@b = ?, @i + 1, (@b := ?) IS NOT NULL), " +
+      new Array(size).fill("?").join(", ") + "), t.`updated_at` = ? WHERE t.`id` >= ? AND t.`id` <= ?" + where
+  )
 
 export const rotateParams = (
   dialect: "mysql" | "sqlite",
@@ -131,13 +157,67 @@ export const makeSql = Effect.gen(function*() {
     )
   }
 
-  const rotate = (ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) =>
-    ids.length === 0
-      ? Effect.succeed(0)
-      : sql.unsafe(rotateStatement(dialect, ids.length), rotateParams(dialect, ids, tokens, datetime(at))).raw.pipe(
-        Effect.map(affectedRows),
-        Effect.mapError(writeError("rotating a batch of tokens"))
+  /** Exactly the given ids, each found by key. */
+  const rotateIds = (ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) =>
+    sql.unsafe(rotateStatement(dialect, ids.length), rotateParams(dialect, ids, tokens, datetime(at))).raw.pipe(
+      Effect.map(affectedRows),
+      Effect.mapError(writeError("rotating a batch of tokens"))
+    )
+
+  // Strict mode turns a token past the last one (a ticket the site inserted into the range after the page
+  // was read) into an error instead of an empty token; without it, batches go by key.
+  const strict = yield* Effect.cached(
+    dialect === "mysql"
+      ? sql.unsafe("SELECT @@SESSION.sql_mode").values.pipe(
+        Effect.map((rows) => /STRICT_(ALL|TRANS)_TABLES/.test(String(rows[0]?.[0]))),
+        Effect.orElseSucceed(() => false)
       )
+      : Effect.succeed(false)
+  )
+  const markers = { prefix: randomBytes(6).toString("hex"), next: 0 }
+
+  /**
+   * A page as one range (see `rangeRotateStatement`). When the range holds more tickets of the scope than
+   * the page (the site inserted some since it was read), the statement fails as a whole and the batch goes
+   * by key with the same tokens; fewer (some were deleted) is fine, every remaining one gets its own token.
+   * A server that refuses the form also falls back; transient errors and duplicate tokens go to the
+   * caller's retry as usual.
+   */
+  const rotateRange = (
+    where: string,
+    params: ReadonlyArray<unknown>,
+    ids: ReadonlyArray<string>,
+    tokens: ReadonlyArray<string>,
+    at: Date
+  ) =>
+    Effect.suspend(() => {
+      const marker = `${markers.prefix}${markers.next++}`
+      return sql.unsafe(rangeRotateStatement(ids.length, where), [
+        marker,
+        marker,
+        ...tokens.slice(0, ids.length),
+        datetime(at),
+        ids[0]!,
+        ids[ids.length - 1]!,
+        ...params
+      ]).raw
+    }).pipe(
+      Effect.map(affectedRows),
+      Effect.mapError(writeError("rotating a batch of tokens")),
+      Effect.catchAll((error) =>
+        error._tag === "DatabaseError" && !error.transient ? rotateIds(ids, tokens, at) : Effect.fail(error)
+      )
+    )
+
+  const rotate = (scope: Scope, ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) => {
+    if (ids.length === 0) return Effect.succeed(0)
+    const s = scopeSql(scope)
+    return Effect.flatMap(
+      strict,
+      (ranges) =>
+        ranges && !s.joinsParents ? rotateRange(s.where, s.params, ids, tokens, at) : rotateIds(ids, tokens, at)
+    )
+  }
 
   const count = (scope: Scope) => {
     const s = scopeSql(scope)

@@ -82,7 +82,7 @@ export class MemoryTable {
             this.sorted.filter((t) => t.id > after && inScope(scope)(t)).slice(0, limit).map((t) => t.id)
           )
         ),
-      rotate: (ids, tokens, at) =>
+      rotate: (_scope, ids, tokens, at) =>
         Effect.suspend(() => {
           const n = this.calls.rotate += 1
           return fault(this.faults.rotate?.(n, ids))

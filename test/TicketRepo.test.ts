@@ -1,0 +1,134 @@
+/**
+ * The SQL TicketRepo against real MariaDB: a page whose scope is on the ticket alone is rotated as one
+ * range of the clustered index (the i-th ticket of the scope takes the i-th token); when the site inserted
+ * or deleted tickets in that range after the page was read, or the scope needs orders and users, the batch
+ * is rotated by key instead. Either way exactly the page's tickets change, nothing else.
+ */
+import { ConfigProvider, Effect, Layer } from "effect"
+import type * as mysql from "mysql2/promise"
+import { randomBytes } from "node:crypto"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Db from "../src/Db.js"
+import { Scope } from "../src/Domain.js"
+import { TicketRepo } from "../src/TicketRepo.js"
+import * as TicketRepoSql from "../src/TicketRepo.js"
+import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
+import { seedFixture, type Ticket, ticketColumns, toTicket } from "./support/tickets.js"
+
+const tokens = (n: number) => Array.from({ length: n }, () => randomBytes(16).toString("hex"))
+
+/** A 32-hex id strictly between `low` and `high` (ids are uniform random hex, so neighbours leave room). */
+const idBetween = (low: string, high: string) => {
+  const id = (BigInt(`0x${low}`) + 1n).toString(16).padStart(32, "0")
+  if (!(id > low && id < high)) throw new Error(`no id between ${low} and ${high}`)
+  return id
+}
+
+describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
+  let db: Awaited<ReturnType<typeof createDatabase>>
+  let admin: mysql.Connection
+
+  const run = <A, E>(effect: Effect.Effect<A, E, TicketRepo>) =>
+    Effect.runPromise(Effect.scoped(effect.pipe(
+      Effect.provide(TicketRepoSql.layerSql.pipe(
+        Layer.provideMerge(Db.layer({ maxConnections: 2 })),
+        Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_URL", db.url]]))))
+      ))
+    )))
+
+  const readTickets = async () => {
+    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
+    return new Map((rows as Array<Record<string, unknown>>).map(toTicket).map((t) => [t.id, t]))
+  }
+
+  /** Tickets whose token or updated_at differ between two snapshots. */
+  const changedIds = (before: ReadonlyMap<string, Ticket>, after: ReadonlyMap<string, Ticket>) =>
+    [...after.values()]
+      .filter((t) => before.get(t.id)?.token !== t.token || before.get(t.id)?.updated_at !== t.updated_at)
+      .map((t) => t.id)
+
+  const page = (scope: Scope, after: string, limit: number) =>
+    run(Effect.flatMap(TicketRepo, (repo) => repo.page(scope, after, limit)))
+  const rotate = (scope: Scope, ids: ReadonlyArray<string>, values: ReadonlyArray<string>) =>
+    run(Effect.flatMap(TicketRepo, (repo) => repo.rotate(scope, ids, values, new Date())))
+
+  beforeAll(async () => {
+    db = await createDatabase("tt_repo")
+    admin = await adminConnection(db.name)
+    await seedFixture({ env: { DATABASE_URL: db.url } }, { users: 20, orders: 200, tickets: 5000 })
+  })
+
+  afterAll(async () => {
+    await admin?.end()
+    await db?.drop()
+  })
+
+  it("rotates a whole-table page as a range: the i-th ticket gets the i-th token, no other ticket changes", async () => {
+    const before = await readTickets()
+    const ids = await page(Scope.all, [...before.keys()][99]!, 1000)
+    const values = tokens(ids.length)
+    expect(await rotate(Scope.all, ids, values)).toBe(1000)
+    const after = await readTickets()
+    expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
+    expect(changedIds(before, after)).toEqual(ids)
+  })
+
+  it("a ticket inserted into the page's range meanwhile: the page is rotated by key, the new ticket untouched", async () => {
+    const ids = await page(Scope.all, "", 1000)
+    const intruder = idBetween(ids[500]!, ids[501]!)
+    await admin.query(
+      "INSERT INTO `ticket` (`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`) " +
+        "SELECT ?, `created_at`, `updated_at`, NULL, 'inserted by the site', ?, `order_id` FROM `ticket` WHERE `id` = ?",
+      [intruder, randomBytes(16).toString("hex"), ids[0]]
+    )
+    const before = await readTickets()
+    const values = tokens(ids.length)
+    expect(await rotate(Scope.all, ids, values)).toBe(1000)
+    const after = await readTickets()
+    expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
+    expect(changedIds(before, after)).toEqual(ids)
+    expect(after.get(intruder)).toEqual(before.get(intruder))
+  })
+
+  it("a ticket of the page deleted meanwhile: every other one gets its own new token, and is counted", async () => {
+    const ids = await page(Scope.all, "", 1000)
+    await admin.query("DELETE FROM `ticket` WHERE `id` = ?", [ids[700]])
+    const before = await readTickets()
+    const values = tokens(ids.length)
+    expect(await rotate(Scope.all, ids, values)).toBe(999)
+    const after = await readTickets()
+    const kept = ids.filter((_, i) => i !== 700)
+    const given = new Set(kept.map((id) => after.get(id)!.token))
+    expect(given.size, "every remaining ticket has its own token").toBe(999)
+    expect([...given].filter((token) => !values.includes(token))).toEqual([])
+    expect(changedIds(before, after)).toEqual(kept)
+  })
+
+  it("a page of a scope on the ticket alone (--created-after) is one range: older tickets in it are untouched", async () => {
+    const before = await readTickets()
+    const created = [...before.values()].map((t) => t.created_at).sort()
+    const median = created[created.length >> 1]!
+    const scope = new Scope({ ...Scope.all, createdAfter: `${median.replace(" ", "T")}Z` })
+    const ids = await page(scope, "", 800)
+    const inRange = [...before.values()].filter((t) => t.id >= ids[0]! && t.id <= ids.at(-1)!)
+    expect(inRange.length).toBeGreaterThan(ids.length)
+    const values = tokens(ids.length)
+    expect(await rotate(scope, ids, values)).toBe(800)
+    const after = await readTickets()
+    expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
+    expect(changedIds(before, after)).toEqual(ids)
+  })
+
+  it("a page of a scope that needs orders and users (--live-only) is rotated by key", async () => {
+    await admin.query("UPDATE `ticket` SET `deleted_at` = `created_at` WHERE MOD(CONV(RIGHT(`id`, 2), 16, 10), 3) = 0")
+    const before = await readTickets()
+    const ids = await page(new Scope({ ...Scope.all, liveOnly: true }), "", 500)
+    const inRange = [...before.values()].filter((t) => t.id >= ids[0]! && t.id <= ids.at(-1)!)
+    expect(inRange.length).toBeGreaterThan(ids.length)
+    const values = tokens(ids.length)
+    expect(await rotate(new Scope({ ...Scope.all, liveOnly: true }), ids, values)).toBe(ids.length)
+    const after = await readTickets()
+    expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
+    expect(changedIds(before, after)).toEqual(ids)
+  })
+})
