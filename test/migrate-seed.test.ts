@@ -11,22 +11,13 @@ import * as Path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type CliResult, runCli } from "./support/cli.js"
 import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
-
 import { Sqlite } from "./support/sqlite.js"
+import { describeResult, expectExit, seedFixture } from "./support/tickets.js"
 
 const hex32 = /^[0-9a-f]{32}$/
 
 /** Non-empty lines of everything the process printed. */
 const linesOf = (r: CliResult) => `${r.stdout}\n${r.stderr}`.split("\n").filter((l) => l.trim() !== "")
-
-const describeResult = (r: CliResult) => `exit ${r.code} (${r.signal})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`
-
-/** Runs the CLI and expects the exit code, showing the output when it differs. */
-const expectExit = async (promise: Promise<CliResult>, code: number) => {
-  const r = await promise
-  expect(r.code, describeResult(r)).toBe(code)
-  return r
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Embedded SQLite (DATABASE_URL unset)
@@ -251,17 +242,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     empty = await createDatabase("tt_empty")
     seeded = await createDatabase("tt_flags")
     const env = { DATABASE_URL: seeded.url }
-    for (
-      const args of [["migrate"], ["seed", "users", "--count", "20"], ["seed", "orders", "--count", "100"], [
-        "seed",
-        "tickets",
-        "--count",
-        "3000"
-      ]]
-    ) {
-      const r = await runCli(args, { env })
-      if (r.code !== 0) throw new Error(`setup ${args.join(" ")} failed: ${describeResult(r)}`)
-    }
+    await seedFixture({ env }, { users: 20, orders: 100, tickets: 3000 })
     admin = await adminConnection(seeded.name)
   })
   afterAll(async () => {
