@@ -92,37 +92,67 @@ for (let b = 0; b < batches; b++) {
 const rowsTotal = pages.reduce((n, p) => n + p.length, 0)
 console.log(`${pages.length} batches of ${batchSize} (${rowsTotal} rows) from ${url.pathname.slice(1)}`)
 
-// A single-table UPDATE (updated on the fly, no join): the i-th matched row takes the i-th token of one
-// concatenated parameter, counted by a session variable reset in the same multi-statement query.
-const sessionCounter = async (conn, ids, toks) => {
-  const [results] = await conn.query(
-    "SET @i = 0; UPDATE `ticket` SET `token` = SUBSTRING(?, (@i := @i + 1) * 32 - 31, 32), `updated_at` = ? WHERE `id` IN (?)",
-    [toks.join(""), now(), ids]
-  )
-  return results[1]
-}
-
-// A per-connection temporary table: a multi-row INSERT (one query block), then UPDATE … JOIN, in one transaction.
-const temporaryTable = async (conn, ids, toks) => {
-  await conn.query(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS `batch` (`id` CHAR(32) PRIMARY KEY, `token` VARCHAR(255)) ENGINE=MEMORY"
-  )
-  await conn.query("BEGIN")
-  await conn.execute(
-    "INSERT INTO `batch` VALUES " + new Array(ids.length).fill("(?, ?)").join(", "),
-    ids.flatMap((id, i) => [id, toks[i]])
-  )
-  const [result] = await conn.execute(
-    "UPDATE `ticket` AS t JOIN `batch` AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?",
-    [now()]
-  )
-  await conn.query("COMMIT")
-  await conn.query("DELETE FROM `batch`")
-  return result
+// Forms that need more than one statement on their connection.
+const custom = {
+  // The chosen form for whole-table pages: the page is every ticket in [first, last], so one range UPDATE
+  // gives the i-th row the i-th token, counted by a session variable reset in the same transaction; it
+  // commits only if exactly the page's count of rows matched.
+  "range-counter-elt (chosen, whole table)": async (conn, ids, toks) => {
+    await conn.query("BEGIN")
+    await conn.query("SET @i = 0")
+    const [result] = await conn.execute(
+      "UPDATE `ticket` SET `token` = COALESCE(ELT(@i := @i + 1, " + new Array(ids.length).fill("?").join(", ") +
+        "), `token`), `updated_at` = ? WHERE `id` >= ? AND `id` <= ?",
+      [...toks, now(), ids[0], ids[ids.length - 1]]
+    )
+    await conn.query(result.affectedRows === ids.length ? "COMMIT" : "ROLLBACK")
+    return result
+  },
+  // The same range, the tokens cut out of one concatenated parameter instead of picked by ELT.
+  "range-counter-substring": async (conn, ids, toks) => {
+    await conn.query("SET @i = 0")
+    return (await conn.execute(
+      "UPDATE `ticket` SET `token` = SUBSTRING(?, (@i := @i + 1) * 32 - 31, 32), `updated_at` = ? " +
+        "WHERE `id` >= ? AND `id` <= ?",
+      [toks.join(""), now(), ids[0], ids[ids.length - 1]]
+    ))[0]
+  },
+  // The same counter, the rows found by key (`IN` list) rather than walked as a range.
+  "in-list-counter-substring": async (conn, ids, toks) => {
+    const [results] = await conn.query(
+      "SET @i = 0; UPDATE `ticket` SET `token` = SUBSTRING(?, (@i := @i + 1) * 32 - 31, 32), `updated_at` = ? WHERE `id` IN (?)",
+      [toks.join(""), now(), ids]
+    )
+    return results[1]
+  },
+  // A per-connection temporary table: a multi-row INSERT (one query block), then UPDATE … JOIN, in one transaction.
+  "temporary-table": async (conn, ids, toks) => {
+    await conn.query(
+      "CREATE TEMPORARY TABLE IF NOT EXISTS `batch` (`id` CHAR(32) PRIMARY KEY, `token` VARCHAR(255)) ENGINE=MEMORY"
+    )
+    await conn.query("BEGIN")
+    await conn.execute(
+      "INSERT INTO `batch` VALUES " + new Array(ids.length).fill("(?, ?)").join(", "),
+      ids.flatMap((id, i) => [id, toks[i]])
+    )
+    const [result] = await conn.execute(
+      "UPDATE `ticket` AS t JOIN `batch` AS v ON t.`id` = v.`id` SET t.`token` = v.`token`, t.`updated_at` = ?",
+      [now()]
+    )
+    await conn.query("COMMIT")
+    await conn.query("DELETE FROM `batch`")
+    return result
+  },
+  // Reference: the single in-server UPDATE's per-row work (server-made tokens) on the same ranges.
+  "range-server-tokens (reference, not CSPRNG-by-us)": async (conn, ids) =>
+    (await conn.execute(
+      "UPDATE `ticket` SET `token` = LOWER(HEX(RANDOM_BYTES(16))), `updated_at` = ? WHERE `id` >= ? AND `id` <= ?",
+      [now(), ids[0], ids[ids.length - 1]]
+    ))[0]
 }
 
 for (const concurrency of concurrencies) {
-  for (const [name, build] of [...Object.entries(forms), ["temporary-table", undefined], ["session-counter", null]]) {
+  for (const [name, build] of [...Object.entries(forms), ...Object.entries(custom)]) {
     if (only && !only.some((o) => name.startsWith(o))) continue
     let next = 0
     const start = performance.now()
@@ -135,8 +165,7 @@ for (const concurrency of concurrencies) {
             const ids = pages[next++]
             const toks = tokens(ids.length)
             let result
-            if (build === undefined) result = await temporaryTable(conn, ids, toks)
-            else if (build === null) result = await sessionCounter(conn, ids, toks)
+            if (name in custom) result = await build(conn, ids, toks)
             else {
               const { params, sql } = build(ids, toks)
               result = (await conn.execute(sql, params))[0]
