@@ -31,8 +31,9 @@ export interface TicketRepoService {
   /** Up to `limit` ids in scope greater than `after`, ascending. An empty page is the end of the table. */
   readonly page: (scope: Scope, after: string, limit: number) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
   /**
-   * Sets `tokens[i]` on `ids[i]` and `updated_at` on all of them, in one statement (one transaction: all
-   * of the batch or none of it). `ids` is a keyset page of `scope`. Returns the number of tickets changed.
+   * Gives each of `ids` its own token from `tokens` (`tokens[i]` on `ids[i]` unless some were deleted
+   * meanwhile) and sets `updated_at`, in one statement (one transaction: all of the batch or none of it).
+   * `ids` is a keyset page of `scope`. Returns the number of tickets changed.
    */
   readonly rotate: (
     scope: Scope,
