@@ -351,21 +351,17 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         const ids = yield* retrying(repo.page(options.scope, s.cursor, limit))
         const skip = s.skips[0]
         const seq = s.seq + 1
-        if (skip !== undefined) {
-          // Stop the batch before a range committed by an earlier process; once there, step over the range.
-          const cut = ids.findIndex((id) => id >= skip[0])
-          const before = cut === -1 ? ids : ids.slice(0, cut)
-          if (before.length === 0) {
-            return Option.some(
-              [{ _tag: "Done", seq, range: skip }, { cursor: skip[1], seq, skips: s.skips.slice(1) }] as const
-            )
-          }
-          yield* throttle(before.length)
-          return Option.some([{ _tag: "Batch", seq, ids: before }, { ...s, cursor: before.at(-1)!, seq }] as const)
+        // Stop the batch before a range committed by an earlier process; once there, step over the range.
+        const cut = skip === undefined ? -1 : ids.findIndex((id) => id >= skip[0])
+        const batch = cut === -1 ? ids : ids.slice(0, cut)
+        if (batch.length === 0) {
+          if (skip === undefined) return Option.none()
+          return Option.some(
+            [{ _tag: "Done", seq, range: skip }, { cursor: skip[1], seq, skips: s.skips.slice(1) }] as const
+          )
         }
-        if (ids.length === 0) return Option.none()
-        yield* throttle(ids.length)
-        return Option.some([{ _tag: "Batch", seq, ids }, { ...s, cursor: ids.at(-1)!, seq }] as const)
+        yield* throttle(batch.length)
+        return Option.some([{ _tag: "Batch", seq, ids: batch }, { ...s, cursor: batch.at(-1)!, seq }] as const)
       })
 
     const rotate = (ids: ReadonlyArray<string>) =>
