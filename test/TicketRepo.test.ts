@@ -13,7 +13,7 @@ import { Scope } from "../src/Domain.js"
 import { TicketRepo } from "../src/TicketRepo.js"
 import * as TicketRepoSql from "../src/TicketRepo.js"
 import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
-import { seedFixture, type Ticket, ticketColumns, toTicket } from "./support/tickets.js"
+import { seedFixture, snapshotOn, type Ticket } from "./support/tickets.js"
 
 const tokens = (n: number) => Array.from({ length: n }, () => randomBytes(16).toString("hex"))
 
@@ -36,10 +36,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
       ))
     )))
 
-  const readTickets = async () => {
-    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
-    return new Map((rows as Array<Record<string, unknown>>).map(toTicket).map((t) => [t.id, t]))
-  }
+  const readTickets = () => snapshotOn(admin)
 
   /** Tickets whose token or updated_at differ between two snapshots. */
   const changedIds = (before: ReadonlyMap<string, Ticket>, after: ReadonlyMap<string, Ticket>) =>

@@ -27,9 +27,9 @@ import {
   expectAllRotated,
   parseJsonSummary,
   seedFixture,
+  snapshotOn,
   type Ticket,
-  ticketColumns,
-  toTicket,
+  ticketsOn,
   untilRotating
 } from "./support/tickets.js"
 
@@ -97,17 +97,14 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     return { DATABASE_URL: db.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix.name, ...extra }
   }
 
-  const readTickets = async () => {
-    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
-    return (rows as Array<Record<string, unknown>>).map(toTicket)
-  }
+  const readTickets = () => ticketsOn(admin)
   /** `regenerate --resume` to the end: exit 0, status completed. */
   const resumeToEnd = async (runEnv: Record<string, string>) => {
     const resumed = await runCli(["regenerate", "--resume", "--json"], { env: runEnv })
     expect(resumed.code, resumed.stderr).toBe(0)
     expect(parseJsonSummary(resumed).status).toBe("completed")
   }
-  const snapshot = async () => new Map((await readTickets()).map((t) => [t.id, t]))
+  const snapshot = () => snapshotOn(admin)
   const expectUnchanged = async (before: ReadonlyMap<string, Ticket>) => {
     const after = await readTickets()
     expect(after.filter((t) => before.get(t.id)?.token !== t.token || before.get(t.id)?.updated_at !== t.updated_at))

@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { mainJs, runCli, spawnCli } from "./support/cli.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
-import { expectExit, parseJsonSummary, seedFixture, ticketColumns, toTicket, untilRotating } from "./support/tickets.js"
+import { expectExit, parseJsonSummary, seedFixture, snapshotOn, ticketsOn, untilRotating } from "./support/tickets.js"
 
 const ticketCount = 30_000
 
@@ -18,10 +18,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
   const prefix = createRedisPrefix("tt-operator")
   const env = () => ({ DATABASE_URL: db.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix.name })
 
-  const readTickets = async () => {
-    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
-    return (rows as Array<Record<string, unknown>>).map(toTicket)
-  }
+  const readTickets = () => ticketsOn(admin)
 
   beforeAll(async () => {
     db = await createDatabase("tt_operator")
@@ -47,7 +44,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
   })
 
   it("status shows a run while it goes, then the finished run; verify passes, then fails on one old token", async () => {
-    const before = new Map((await readTickets()).map((t) => [t.id, t]))
+    const before = await snapshotOn(admin)
     const run = spawnCli(["regenerate", "--max-rows-per-second", "8000", "--batch-size", "500"], { env: env() })
     await untilRotating(admin, before)
     const during = await expectExit(runCli(["status"], { env: env() }), 0)

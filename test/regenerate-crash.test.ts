@@ -23,8 +23,10 @@ import {
   expectExit,
   parseJsonSummary,
   seedFixture,
+  snapshotOn,
   type Ticket,
   ticketColumns,
+  ticketsOn,
   toTicket
 } from "./support/tickets.js"
 
@@ -171,15 +173,12 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     }
   }
 
-  const readTickets = async (): Promise<Array<Ticket>> => {
-    const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
-    return (rows as Array<Record<string, unknown>>).map(toTicket)
-  }
+  const readTickets = () => ticketsOn(admin)
   const readTokens = async () => {
     const [rows] = await admin.query("SELECT `id`, `token` FROM `ticket` ORDER BY `id`")
     return (rows as Array<Record<string, unknown>>).map((r) => ({ id: String(r.id), token: String(r.token) }))
   }
-  const snapshot = async () => new Map((await readTickets()).map((t) => [t.id, t]))
+  const snapshot = () => snapshotOn(admin)
   const expectTokensUnique = async () => {
     const [rows] = await admin.query("SELECT COUNT(*) AS n, COUNT(DISTINCT `token`) AS d FROM `ticket`")
     const [row] = rows as Array<Record<string, unknown>>

@@ -36,6 +36,16 @@ export const expectExit = async (promise: Promise<CliResult>, code: number) => {
   return r
 }
 
+/** Every ticket, in id order, read on a MariaDB connection. */
+export const ticketsOn = async (admin: mysql.Connection): Promise<Array<Ticket>> => {
+  const [rows] = await admin.query(`SELECT ${ticketColumns} FROM \`ticket\` ORDER BY \`id\``)
+  return (rows as Array<Record<string, unknown>>).map(toTicket)
+}
+
+/** The tickets by id: a snapshot to compare a later read with. */
+export const snapshotOn = async (admin: mysql.Connection): Promise<Map<string, Ticket>> =>
+  new Map((await ticketsOn(admin)).map((t) => [t.id, t]))
+
 /** A migrated database seeded through the CLI; fails the setup with the CLI's output if a step fails. */
 export const seedFixture = async (
   options: CliOptions,
