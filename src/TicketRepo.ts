@@ -59,6 +59,16 @@ const limitOf = (limit: number): number => {
   return limit
 }
 
+/** Length of a token (32 hex characters); the range form cuts tokens out of one parameter at this stride. */
+const tokenLength = 32
+
+/** The first `count` tokens end to end as bytes, when every one is 32 ASCII characters (else by key). */
+const packTokens = (tokens: ReadonlyArray<string>, count: number): Buffer | undefined => {
+  for (let i = 0; i < count; i++) if (tokens[i]?.length !== tokenLength) return undefined
+  const packed = Buffer.from(tokens.slice(0, count).join(""), "utf8")
+  return packed.length === count * tokenLength ? packed : undefined
+}
+
 /** The scope as joins, conditions and bound values; every value is bound, never spliced. */
 export const scopeSql = (
   scope: Scope
@@ -116,15 +126,19 @@ export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): stri
  * matching rows where they stand, the i-th taking the i-th token, instead of finding each row by key (a
  * third less server CPU per row, see docs/PERFORMANCE.md). One autocommit statement: `@i` counts the rows,
  * restarting at 1 on the first row of each execution, which the first two parameters mark with a value
- * never used before (`@b`). A row past the last token gets NULL, which strict mode refuses (error 1048),
- * rolling the whole statement back.
+ * never used before (`@b`). The tokens come as one binary parameter, all `size` of them end to end, cut
+ * by byte offset (one parameter to encode and bind, not one per row). A row past the last token gets
+ * NULL, which strict mode refuses (error 1048), rolling the whole statement back.
  */
 export const rangeRotateStatement = (size: number, where: string): string =>
   statementText(
     `rotate:range:${size}:${where}`,
     () =>
-      "UPDATE `ticket` AS t SET t.`token` = ELT(@i := IF(@b = ?, @i + 1, (@b := ?) IS NOT NULL), " +
-      new Array(size).fill("?").join(", ") + "), t.`updated_at` = ? WHERE t.`id` >= ? AND t.`id` <= ?" + where
+      "UPDATE `ticket` AS t SET t.`token` = SUBSTRING(?, " +
+      `IF((@i := IF(@b = ?, @i + 1, (@b := ?) IS NOT NULL)) <= ${limitOf(size)}, @i * ${tokenLength} - ${
+        tokenLength - 1
+      }, NULL), ${tokenLength}), ` +
+      "t.`updated_at` = ? WHERE t.`id` >= ? AND t.`id` <= ?" + where
   )
 
 export const rotateParams = (
@@ -188,15 +202,16 @@ export const makeSql = Effect.gen(function*() {
     where: string,
     params: ReadonlyArray<unknown>,
     ids: ReadonlyArray<string>,
+    packed: Buffer,
     tokens: ReadonlyArray<string>,
     at: Date
   ) =>
     Effect.suspend(() => {
       const marker = `${markers.prefix}${markers.next++}`
       return sql.unsafe(rangeRotateStatement(ids.length, where), [
+        packed,
         marker,
         marker,
-        ...tokens.slice(0, ids.length),
         datetime(at),
         ids[0]!,
         ids[ids.length - 1]!,
@@ -213,11 +228,10 @@ export const makeSql = Effect.gen(function*() {
   const rotate = (scope: Scope, ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) => {
     if (ids.length === 0) return Effect.succeed(0)
     const s = scopeSql(scope)
-    return Effect.flatMap(
-      strict,
-      (ranges) =>
-        ranges && !s.joinsParents ? rotateRange(s.where, s.params, ids, tokens, at) : rotateIds(ids, tokens, at)
-    )
+    return Effect.flatMap(strict, (ranges) => {
+      const packed = ranges && !s.joinsParents ? packTokens(tokens, ids.length) : undefined
+      return packed !== undefined ? rotateRange(s.where, s.params, ids, packed, tokens, at) : rotateIds(ids, tokens, at)
+    })
   }
 
   const count = (scope: Scope) => {

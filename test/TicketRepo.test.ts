@@ -70,6 +70,30 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     expect(changedIds(before, after)).toEqual(ids)
   })
 
+  it("the range statement gives the i-th row of the range the i-th token, and refuses more rows than tokens", async () => {
+    const ids = await page(Scope.all, "", 300)
+    const run = (count: number, values: ReadonlyArray<string>, marker = randomBytes(8).toString("hex")) =>
+      admin.execute(TicketRepoSql.rangeRotateStatement(count, ""), [
+        Buffer.from(values.join(""), "latin1"),
+        marker,
+        marker,
+        Db.datetime(new Date()),
+        ids[0]!,
+        ids.at(-1)!
+      ])
+    const before = await readTickets()
+    await expect(run(299, tokens(299)), "a row past the last token is NULL, refused as a whole").rejects.toMatchObject({
+      errno: 1048
+    })
+    expect(await readTickets()).toEqual(before)
+    const values = tokens(300)
+    const [result] = await run(300, values)
+    expect(result).toMatchObject({ affectedRows: 300 })
+    const after = await readTickets()
+    expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
+    expect(changedIds(before, after)).toEqual(ids)
+  })
+
   it("a ticket inserted into the page's range meanwhile: the page is rotated by key, the new ticket untouched", async () => {
     const ids = await page(Scope.all, "", 1000)
     const intruder = idBetween(ids[500]!, ids[501]!)
