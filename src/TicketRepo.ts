@@ -6,6 +6,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import { randomBytes } from "node:crypto"
 import { affectedRows, databaseError, datetime, Db, requireSchema, statementText, toCount, writeError } from "./Db.js"
@@ -57,6 +58,17 @@ export class TicketRepo extends Context.Tag("TicketRepo")<TicketRepo, TicketRepo
 const limitOf = (limit: number): number => {
   if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError(`invalid LIMIT ${limit}`)
   return limit
+}
+
+/**
+ * Batches rotated, tagged by the UPDATE form that did it: `range`, `key`, or `key after range` (the range
+ * form was refused, e.g. because the site inserted a ticket into the range).
+ */
+export const rotations = Metric.counter("ticket_rotations", { description: "batches rotated, by UPDATE form" })
+const byForm = {
+  range: Metric.increment(Metric.tagged(rotations, "form", "range")),
+  key: Metric.increment(Metric.tagged(rotations, "form", "key")),
+  fallback: Metric.increment(Metric.tagged(rotations, "form", "key after range"))
 }
 
 /** Length of a token (32 hex characters); the range form cuts tokens out of one parameter at this stride. */
@@ -220,8 +232,14 @@ export const makeSql = Effect.gen(function*() {
     }).pipe(
       Effect.map(affectedRows),
       Effect.mapError(writeError("rotating a batch of tokens")),
+      Effect.tap(() => byForm.range),
       Effect.catchAll((error) =>
-        error._tag === "DatabaseError" && !error.transient ? rotateIds(ids, tokens, at) : Effect.fail(error)
+        error._tag === "DatabaseError" && !error.transient
+          ? Effect.logDebug(`range UPDATE refused (${error.detail}); rotating the batch by key`).pipe(
+            Effect.zipRight(rotateIds(ids, tokens, at)),
+            Effect.tap(() => byForm.fallback)
+          )
+          : Effect.fail(error)
       )
     )
 
@@ -230,7 +248,9 @@ export const makeSql = Effect.gen(function*() {
     const s = scopeSql(scope)
     return Effect.flatMap(strict, (ranges) => {
       const packed = ranges && !s.joinsParents ? packTokens(tokens, ids.length) : undefined
-      return packed !== undefined ? rotateRange(s.where, s.params, ids, packed, tokens, at) : rotateIds(ids, tokens, at)
+      return packed !== undefined
+        ? rotateRange(s.where, s.params, ids, packed, tokens, at)
+        : Effect.tap(rotateIds(ids, tokens, at), () => byForm.key)
     })
   }
 

@@ -4,7 +4,7 @@
  * or deleted tickets in that range after the page was read, or the scope needs orders and users, the batch
  * is rotated by key instead. Either way exactly the page's tickets change, nothing else.
  */
-import { ConfigProvider, Effect, Layer } from "effect"
+import { ConfigProvider, Effect, Layer, Metric } from "effect"
 import type * as mysql from "mysql2/promise"
 import { randomBytes } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -27,6 +27,24 @@ const idBetween = (low: string, high: string) => {
 describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
   let db: Awaited<ReturnType<typeof createDatabase>>
   let admin: mysql.Connection
+
+  /** How many batches each UPDATE form rotated while `f` ran (the repository's `rotations` metric). */
+  const forms = async (f: () => Promise<unknown>) => {
+    const read = () =>
+      Promise.all(
+        (["range", "key", "key after range"] as const).map((form) =>
+          Effect.runPromise(Metric.value(Metric.tagged(TicketRepoSql.rotations, "form", form)))
+        )
+      )
+    const before = await read()
+    await f()
+    const after = await read()
+    return {
+      range: after[0].count - before[0].count,
+      key: after[1].count - before[1].count,
+      fallback: after[2].count - before[2].count
+    }
+  }
 
   const run = <A, E>(effect: Effect.Effect<A, E, TicketRepo>) =>
     Effect.runPromise(Effect.scoped(effect.pipe(
@@ -64,7 +82,11 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     const before = await readTickets()
     const ids = await page(Scope.all, [...before.keys()][99]!, 1000)
     const values = tokens(ids.length)
-    expect(await rotate(Scope.all, ids, values)).toBe(1000)
+    expect(await forms(async () => expect(await rotate(Scope.all, ids, values)).toBe(1000))).toEqual({
+      range: 1,
+      key: 0,
+      fallback: 0
+    })
     const after = await readTickets()
     expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
     expect(changedIds(before, after)).toEqual(ids)
@@ -94,6 +116,27 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     expect(changedIds(before, after)).toEqual(ids)
   })
 
+  it("tokens that are not 32 ASCII characters go by key, each to its own ticket", async () => {
+    const ids = await page(Scope.all, "", 100)
+    const values = [
+      // 32 characters each, but one of them is not ASCII (34 bytes)
+      ...tokens(49),
+      `é${randomBytes(15).toString("hex")}é`,
+      // 16 characters each
+      ...tokens(50).map((token) => token.slice(0, 16))
+    ]
+    const before = await readTickets()
+    expect(
+      await forms(async () => {
+        expect(await rotate(Scope.all, ids.slice(0, 50), values.slice(0, 50))).toBe(50)
+        expect(await rotate(Scope.all, ids.slice(50), values.slice(50))).toBe(50)
+      })
+    ).toEqual({ range: 0, key: 2, fallback: 0 })
+    const after = await readTickets()
+    expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
+    expect(changedIds(before, after)).toEqual(ids)
+  })
+
   it("a ticket inserted into the page's range meanwhile: the page is rotated by key, the new ticket untouched", async () => {
     const ids = await page(Scope.all, "", 1000)
     const intruder = idBetween(ids[500]!, ids[501]!)
@@ -104,7 +147,11 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     )
     const before = await readTickets()
     const values = tokens(ids.length)
-    expect(await rotate(Scope.all, ids, values)).toBe(1000)
+    expect(await forms(async () => expect(await rotate(Scope.all, ids, values)).toBe(1000))).toEqual({
+      range: 0,
+      key: 0,
+      fallback: 1
+    })
     const after = await readTickets()
     expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
     expect(changedIds(before, after)).toEqual(ids)
@@ -116,7 +163,11 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     await admin.query("DELETE FROM `ticket` WHERE `id` = ?", [ids[700]])
     const before = await readTickets()
     const values = tokens(ids.length)
-    expect(await rotate(Scope.all, ids, values)).toBe(999)
+    expect(await forms(async () => expect(await rotate(Scope.all, ids, values)).toBe(999))).toEqual({
+      range: 1,
+      key: 0,
+      fallback: 0
+    })
     const after = await readTickets()
     const kept = ids.filter((_, i) => i !== 700)
     const given = new Set(kept.map((id) => after.get(id)!.token))
@@ -134,7 +185,11 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     const inRange = [...before.values()].filter((t) => t.id >= ids[0]! && t.id <= ids.at(-1)!)
     expect(inRange.length).toBeGreaterThan(ids.length)
     const values = tokens(ids.length)
-    expect(await rotate(scope, ids, values)).toBe(800)
+    expect(await forms(async () => expect(await rotate(scope, ids, values)).toBe(800))).toEqual({
+      range: 1,
+      key: 0,
+      fallback: 0
+    })
     const after = await readTickets()
     expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
     expect(changedIds(before, after)).toEqual(ids)
@@ -147,7 +202,12 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     const inRange = [...before.values()].filter((t) => t.id >= ids[0]! && t.id <= ids.at(-1)!)
     expect(inRange.length).toBeGreaterThan(ids.length)
     const values = tokens(ids.length)
-    expect(await rotate(new Scope({ ...Scope.all, liveOnly: true }), ids, values)).toBe(ids.length)
+    const liveOnly = new Scope({ ...Scope.all, liveOnly: true })
+    expect(await forms(async () => expect(await rotate(liveOnly, ids, values)).toBe(ids.length))).toEqual({
+      range: 0,
+      key: 1,
+      fallback: 0
+    })
     const after = await readTickets()
     expect(ids.map((id) => after.get(id)!.token)).toEqual(values)
     expect(changedIds(before, after)).toEqual(ids)
