@@ -74,6 +74,14 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     return { rotated, ...used }
   }
 
+  /** What `rotateCounting` gives for one batch of `rotated` tickets done by `form`. */
+  const oneBatch = (rotated: number, form: "range" | "key" | "fallback") => ({
+    rotated,
+    range: form === "range" ? 1 : 0,
+    key: form === "key" ? 1 : 0,
+    fallback: form === "fallback" ? 1 : 0
+  })
+
   /** The page's tickets hold exactly the given tokens, and no other ticket changed. */
   const expectRotatedTo = async (
     before: ReadonlyMap<string, Ticket>,
@@ -101,12 +109,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     const before = await readTickets()
     const ids = await page(Scope.all, [...before.keys()][99]!, 1000)
     const values = tokens(ids.length)
-    expect(await rotateCounting(Scope.all, ids, values)).toEqual({
-      rotated: 1000,
-      range: 1,
-      key: 0,
-      fallback: 0
-    })
+    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(1000, "range"))
     await expectRotatedTo(before, ids, values)
   })
 
@@ -161,12 +164,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     )
     const before = await readTickets()
     const values = tokens(ids.length)
-    expect(await rotateCounting(Scope.all, ids, values)).toEqual({
-      rotated: 1000,
-      range: 0,
-      key: 0,
-      fallback: 1
-    })
+    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(1000, "fallback"))
     const after = await expectRotatedTo(before, ids, values)
     expect(after.get(intruder)).toEqual(before.get(intruder))
   })
@@ -176,12 +174,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     await admin.query("DELETE FROM `ticket` WHERE `id` = ?", [ids[700]])
     const before = await readTickets()
     const values = tokens(ids.length)
-    expect(await rotateCounting(Scope.all, ids, values)).toEqual({
-      rotated: 999,
-      range: 1,
-      key: 0,
-      fallback: 0
-    })
+    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(999, "range"))
     const after = await readTickets()
     const kept = ids.filter((_, i) => i !== 700)
     const given = new Set(kept.map((id) => after.get(id)!.token))
@@ -199,29 +192,19 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     const inRange = [...before.values()].filter((t) => t.id >= ids[0]! && t.id <= ids.at(-1)!)
     expect(inRange.length).toBeGreaterThan(ids.length)
     const values = tokens(ids.length)
-    expect(await rotateCounting(scope, ids, values)).toEqual({
-      rotated: 800,
-      range: 1,
-      key: 0,
-      fallback: 0
-    })
+    expect(await rotateCounting(scope, ids, values)).toEqual(oneBatch(800, "range"))
     await expectRotatedTo(before, ids, values)
   })
 
   it("a page of a scope that needs orders and users (--live-only) is rotated by key", async () => {
     await admin.query("UPDATE `ticket` SET `deleted_at` = `created_at` WHERE MOD(CONV(RIGHT(`id`, 2), 16, 10), 3) = 0")
     const before = await readTickets()
-    const ids = await page(new Scope({ ...Scope.all, liveOnly: true }), "", 500)
+    const liveOnly = new Scope({ ...Scope.all, liveOnly: true })
+    const ids = await page(liveOnly, "", 500)
     const inRange = [...before.values()].filter((t) => t.id >= ids[0]! && t.id <= ids.at(-1)!)
     expect(inRange.length).toBeGreaterThan(ids.length)
     const values = tokens(ids.length)
-    const liveOnly = new Scope({ ...Scope.all, liveOnly: true })
-    expect(await rotateCounting(liveOnly, ids, values)).toEqual({
-      rotated: ids.length,
-      range: 0,
-      key: 1,
-      fallback: 0
-    })
+    expect(await rotateCounting(liveOnly, ids, values)).toEqual(oneBatch(ids.length, "key"))
     await expectRotatedTo(before, ids, values)
   })
 })
