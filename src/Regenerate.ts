@@ -11,6 +11,7 @@
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
@@ -334,6 +335,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const halted = yield* Ref.make(false)
     // Items completed beyond the low-water mark, by sequence number; `next` is the first one not yet passed.
     const ledger = yield* Ref.make({ next: 1, above: new Map<number, DoneRange>() })
+    // Ranges an earlier process committed beyond its low-water mark, kept in every save until this run
+    // records passing them: a second crash must not forget them.
+    const inherited = yield* Ref.make(starting.done)
 
     interface Source {
       readonly cursor: string
@@ -388,8 +392,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           passed++
         }
         yield* Ref.set(ledger, { next: next + passed, above })
-        const done = [...above.values()].sort((a, b) => (a[0] < b[0] ? -1 : 1))
         const isBatch = item._tag === "Batch"
+        const pending = yield* Ref.updateAndGet(inherited, (ranges) =>
+          isBatch ? ranges : ranges.filter((r) => r !== item.range))
+        const done = [...above.values(), ...pending].sort((a, b) => (a[0] < b[0] ? -1 : 1))
         const saved = yield* persist((r) => ({
           cursor: cursor ?? r.cursor,
           done,
@@ -397,7 +403,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           batches: r.batches + (isBatch ? 1 : 0)
         }))
         yield* window.release(passed)
-        if (!isBatch) return
+        if (!isBatch) {
+          return
+        }
         yield* Ref.update(counters, (c) => ({
           ...c,
           rotated: c.rotated + rotated,
@@ -408,7 +416,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         const bounds = yield* Ref.get(range)
         if (Option.isSome(bounds)) {
           const fraction = keyFraction(saved.cursor, bounds.value[0], bounds.value[1])
-          if (fraction !== undefined) yield* progress.emit(ProgressEvent.Estimate({ fraction }))
+          if (fraction !== undefined) {
+            yield* progress.emit(ProgressEvent.Estimate({ fraction }))
+          }
         }
       }))
 
@@ -461,14 +471,14 @@ export const graceful = <A, E, R>(
       // A daemon, not a child: an interrupt signal reaches a fiber's children at once, and this one must
       // keep running until it has wound down. It is always awaited below, so it never outlives us.
       const fiber = yield* Effect.forkDaemon(restore(run(Ref.get(stop))))
-      return yield* restore(Fiber.join(fiber)).pipe(
-        Effect.onInterrupt(() =>
-          Ref.set(stop, true).pipe(
-            Effect.zipRight(onStop),
-            Effect.zipRight(Fiber.await(fiber))
-          )
-        )
-      )
+      const exit = yield* Effect.exit(restore(Fiber.join(fiber)))
+      if (!Exit.isInterrupted(exit)) return yield* exit
+      yield* Ref.set(stop, true)
+      yield* onStop
+      // The stop stays an interruption (exit 130/143) unless winding down failed: then that failure is the
+      // outcome, reported like any other.
+      const wound = yield* Fiber.await(fiber)
+      return yield* Exit.isFailure(wound) && !Exit.isInterrupted(wound) ? wound : exit
     })
   )
 

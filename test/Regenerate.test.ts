@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, type Duration, Effect, Exit, FastCheck as FC, Fiber, Option, Schema, TestClock } from "effect"
+import { Cause, Deferred, type Duration, Effect, Exit, FastCheck as FC, Fiber, Option, Schema, TestClock } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { LockHolder, RunRecord, Scope } from "../src/Domain.js"
 import { adaptBatchSize, graceful, keyFraction, regenerate, type RegenerateOptions } from "../src/Regenerate.js"
@@ -207,6 +207,31 @@ describe("regenerate", () => {
       expect(saved.cursor).toBe([...committed].sort().at(-1))
       expect(committed.length).toBeLessThan(100)
     }))
+  it.effect("a run that fails while it winds down after a stop reports that failure, not an interruption", () =>
+    Effect.gen(function*() {
+      const inFlight = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const world = new World(makeTickets(100), {
+        rotate: (n) =>
+          n === 3
+            ? Effect.zipRight(
+              Effect.zipRight(Deferred.succeed(inFlight, undefined), Deferred.await(release)),
+              fatalError()
+            )
+            : undefined
+      })
+      const fiber = yield* Effect.fork(graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop)))
+      yield* Deferred.await(inFlight)
+      const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+      yield* Effect.yieldNow()
+      yield* Deferred.succeed(release, undefined)
+      const exit = yield* Fiber.join(interrupting)
+      expect(Exit.isFailure(exit) && Cause.failureOption(exit.cause)).toMatchObject({
+        _tag: "Some",
+        value: { _tag: "DatabaseError", transient: false }
+      })
+      expect(record(world).status).toBe("failed")
+    }))
 })
 
 describe("failures", () => {
@@ -335,6 +360,26 @@ describe("resume rules", () => {
       const summary = yield* runIn(world, { mode: "resume" })
       expect(summary).toMatchObject({ status: "completed", rotated: 40, rotatedTotal: 60, resumed: true })
       expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
+    }))
+
+  it.effect("--resume keeps the ranges an earlier process committed beyond its cursor until it passes them", () =>
+    Effect.gen(function*() {
+      const world = yield* interrupted()
+      const ids = world.table.sorted.map((t) => t.id)
+      // As if the first process had also committed tickets 40-49 (out of order) before it stopped.
+      const key = Checkpoint.keys({ database: "memory:test", scope: Scope.all }).record
+      const skipped = [ids[40]!, ids[49]!] as const
+      world.store.data.set(key, {
+        value: JSON.stringify({ ...JSON.parse(world.store.records()[0]!), done: [skipped] }),
+        expiresAt: undefined
+      })
+      // A resume that stops after one batch must still record that range: a crash now would otherwise redo it.
+      const second = yield* runIn(world, { mode: "resume" }, Effect.sync(() => world.table.calls.rotate >= 3))
+      expect(second.status).toBe("interrupted")
+      expect(record(world)).toMatchObject({ cursor: ids[29], done: [skipped] })
+      const third = yield* runIn(world, { mode: "resume" })
+      expect(third).toMatchObject({ status: "completed", rotated: 20 })
+      expect(ids.slice(40, 50).some((id) => world.table.rotationCounts().has(id))).toBe(false)
     }))
 
   it.effect("--resume with no run at all is refused", () =>
