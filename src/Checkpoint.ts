@@ -22,17 +22,20 @@ import type { Redis } from "ioredis"
 import { createHash, randomBytes } from "node:crypto"
 import * as Os from "node:os"
 import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
-import { affectedRows, Db, describe } from "./Db.js"
+import { affectedRows, Db, describe, requireTable } from "./Db.js"
 import {
   type BadRedisUrl,
   CheckpointCorrupt,
   CheckpointUnavailable,
+  type DatabaseError,
   ForeignCheckpoint,
   LockHeld,
   LockHolder,
   LockLost,
   RedisUnavailable,
   RunRecord,
+  type SchemaMismatch,
+  type SchemaMissing,
   type Scope
 } from "./Domain.js"
 
@@ -473,11 +476,21 @@ export const layerRedis = (target: RedisTarget, prefix: string): Layer.Layer<Che
     Effect.map(redisClient(target), (client) => make(makeRedisStore(client, target, prefix)))
   )
 
-export const layerSql: Layer.Layer<Checkpoint, never, SqlClient.SqlClient | Db> = Layer.effect(
+export const layerSql: Layer.Layer<
+  Checkpoint,
+  SchemaMissing | SchemaMismatch | DatabaseError,
+  SqlClient.SqlClient | Db
+> = Layer.effect(
   Checkpoint,
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const db = yield* Db
+    // Against the app's own database, never migrated by us: say so now, not as a store outage mid-run.
+    yield* requireTable(
+      stateTable,
+      ["key", "value", "expires_at"],
+      `table ${stateTable} (where checkpoints live when REDIS_URL is unset) does not exist in ${db.display}`
+    )
     return make(yield* makeSqlStore(sql, db.display))
   })
 )
@@ -485,12 +498,17 @@ export const layerSql: Layer.Layer<Checkpoint, never, SqlClient.SqlClient | Db> 
 /** Redis when REDIS_URL is set, else the checkpoint table of the database. */
 export const layer: Layer.Layer<
   Checkpoint,
-  BadRedisUrl | RedisUnavailable,
+  BadRedisUrl | RedisUnavailable | SchemaMissing | SchemaMismatch | DatabaseError,
   SqlClient.SqlClient | Db
 > = Layer.unwrapEffect(
   Effect.gen(function*() {
     const target = yield* redisTarget
-    if (Option.isNone(target)) return layerSql
-    return layerRedis(target.value, yield* redisPrefix)
+    type Chosen = Layer.Layer<
+      Checkpoint,
+      RedisUnavailable | SchemaMissing | SchemaMismatch | DatabaseError,
+      SqlClient.SqlClient | Db
+    >
+    if (Option.isNone(target)) return layerSql as Chosen
+    return layerRedis(target.value, yield* redisPrefix) as Chosen
   })
 )

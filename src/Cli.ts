@@ -45,7 +45,7 @@ const migrateCommand = Command.make("migrate", {}, () =>
     )
   })).pipe(
     Command.withDescription("Create or upgrade the schema (idempotent)."),
-    Command.provide(Db.layer({ maxConnections: 1 }))
+    Command.provide(Db.layer({ maxConnections: 1, create: true }))
   )
 
 // ---------------------------------------------------------------------------------------------------------

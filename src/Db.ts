@@ -36,6 +36,8 @@ export class Db extends Context.Tag("Db")<Db, DbInfo>() {}
 export interface DbOptions {
   /** Pool size (MySQL); SQLite always has one connection. */
   readonly maxConnections: number
+  /** Create the embedded SQLite file when it does not exist (`migrate` only: nothing else writes one). */
+  readonly create?: boolean
 }
 
 const driverError = (error: unknown): Record<string, unknown> => {
@@ -147,11 +149,14 @@ const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options
       }
     }))
 
-const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>) =>
+const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, options: DbOptions) =>
   Effect.gen(function*() {
-    yield* Effect.try(() => {
-      if (target.filename !== ":memory:") Fs.mkdirSync(Path.dirname(Path.resolve(target.filename)), { recursive: true })
-    })
+    if (target.filename !== ":memory:" && !Fs.existsSync(target.filename)) {
+      if (options.create !== true) {
+        return yield* new SchemaMissing({ detail: `there is no database file ${target.filename}` })
+      }
+      yield* Effect.try(() => Fs.mkdirSync(Path.dirname(Path.resolve(target.filename)), { recursive: true }))
+    }
     const SqliteClient = yield* Effect.promise(() => import("@effect/sql-sqlite-node/SqliteClient"))
     return yield* SqliteClient.make({ filename: target.filename })
   }).pipe(Effect.catchAllDefect((defect) => Effect.fail(defect)))
@@ -170,7 +175,10 @@ const make = (options: DbOptions) =>
     const target = yield* databaseTarget
     const client: SqlClient.SqlClient = target._tag === "mysql"
       ? yield* Effect.mapError(mysqlClient(target, options), unreachable(target))
-      : yield* Effect.mapError(sqliteClient(target), unreachable(target))
+      : yield* Effect.mapError(
+        sqliteClient(target, options),
+        (error) => error instanceof SchemaMissing ? error : unreachable(target)(error)
+      )
     const identity = yield* Effect.mapError(identityOf(target, client), unreachable(target))
     const info: DbInfo = { dialect: target._tag, identity, display: target.display }
     return Context.make(Db, info).pipe(Context.add(SqlClient.SqlClient, client))
@@ -179,7 +187,7 @@ const make = (options: DbOptions) =>
 /** The SqlClient for DATABASE_URL (embedded SQLite when unset) and its `Db` description. */
 export const layer = (
   options: DbOptions
-): Layer.Layer<Db | SqlClient.SqlClient, BadDatabaseUrl | DatabaseUnreachable> =>
+): Layer.Layer<Db | SqlClient.SqlClient, BadDatabaseUrl | DatabaseUnreachable | SchemaMissing> =>
   Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
 
 /** A datetime as both dialects store it: UTC, `YYYY-MM-DD HH:MM:SS.ffffff` (what Django writes). */
@@ -196,23 +204,38 @@ export type AppTable = keyof typeof appTables
 const missingTable = (error: unknown) => /doesn't exist|no such table/i.test(describe(error))
 const missingColumn = (error: unknown) => /unknown column|no such column|has no column/i.test(describe(error))
 
-/** Fails with `SchemaMissing` (point to `migrate`) or `SchemaMismatch` unless the app's tables are usable. */
-export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    for (const [table, columns] of Object.entries(appTables)) {
-      const probe = `SELECT ${columns.map((c) => `\`${c}\``).join(", ")} FROM \`${table}\` WHERE 1 = 0`
-      yield* sql.unsafe(probe).pipe(
+/**
+ * Fails with `SchemaMissing` (saying `missing`, and to run `migrate`) when `table` does not exist, or
+ * `SchemaMismatch` when it lacks one of `columns`.
+ */
+export const requireTable = (
+  table: string,
+  columns: ReadonlyArray<string>,
+  missing: string
+): Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =>
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) =>
+      sql.unsafe(`SELECT ${columns.map((c) => `\`${c}\``).join(", ")} FROM \`${table}\` WHERE 1 = 0`).pipe(
+        Effect.asVoid,
         Effect.mapError((error): SchemaMissing | SchemaMismatch | DatabaseError =>
           missingTable(error)
-            ? new SchemaMissing({ detail: `table ${table} does not exist` })
+            ? new SchemaMissing({ detail: missing })
             : missingColumn(error)
             ? new SchemaMismatch({ detail: `table ${table}: ${describe(error)}` })
             : databaseError(`checking table ${table}`)(error)
         )
       )
-    }
-  })
+  )
+
+/** Fails with `SchemaMissing` (point to `migrate`) or `SchemaMismatch` unless the app's tables are usable. */
+export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
+  Effect.forEach(
+    Object.entries(appTables),
+    ([table, columns]) =>
+      requireTable(table, columns, `the database has no ticket schema (table ${table} does not exist)`),
+    { discard: true }
+  )
 
 const statementTexts = new Map<string, string>()
 

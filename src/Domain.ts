@@ -113,7 +113,7 @@ export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
 
 export class SchemaMissing extends Data.TaggedError("SchemaMissing")<{ readonly detail: string }> {
   override get message() {
-    return `the database has no ticket schema (${this.detail}): run \`migrate\` first.`
+    return `${this.detail}: run \`migrate\` first.`
   }
 }
 

@@ -34,11 +34,14 @@ describe("migrate and seed on the embedded SQLite database", () => {
     if (cwd !== undefined) Fs.rmSync(cwd, { recursive: true, force: true })
   })
 
-  it("refuses to seed before migrate, pointing to migrate", async () => {
-    const r = await expectExit(cli(["seed", "tickets", "--count", "10"]), 2)
-    expect(r.stderr).toMatch(/^error: /m)
-    expect(r.stderr).toContain("migrate")
-    expect(linesOf(r)).toHaveLength(1)
+  it("refuses to seed, regenerate or report before migrate, pointing to migrate, and creates no file", async () => {
+    for (const args of [["seed", "tickets", "--count", "10"], ["regenerate"], ["status"], ["verify"]]) {
+      const r = await expectExit(cli(args), 2)
+      expect(r.stderr).toMatch(/^error: /m)
+      expect(r.stderr).toContain("migrate")
+      expect(linesOf(r)).toHaveLength(1)
+    }
+    expect(Fs.existsSync(Path.join(cwd, "data"))).toBe(false)
   })
 
   it("migrates, and a second migrate says the schema is up to date", async () => {
@@ -265,6 +268,36 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(tables).toEqual([])
     } finally {
       await admin.end()
+    }
+  })
+
+  it("the app's own database (never migrated by us), no REDIS_URL: regenerate and status point to migrate; migrate adds the checkpoint table", async () => {
+    const app = await createDatabase("tt_app")
+    const db = await adminConnection(app.name)
+    try {
+      const env = { DATABASE_URL: app.url }
+      await seedFixture({ env }, { users: 5, orders: 20, tickets: 300 })
+      // What the Django app's database looks like: its tables, none of ours.
+      await db.query("DROP TABLE `ticket_tokens_state`, `ticket_tokens_migrations`")
+      const [before] = await db.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
+      for (const args of [["regenerate"], ["regenerate", "--dry-run"], ["status"]]) {
+        const r = await expectExit(runCli(args, { env }), 2)
+        expect(linesOf(r), describeResult(r)).toHaveLength(1)
+        expect(r.stderr).toMatch(/^error: table ticket_tokens_state .* does not exist .*: run `migrate` first/)
+      }
+      const [tables] = await db.query("SHOW TABLES")
+      expect((tables as Array<Record<string, string>>).map((t) => Object.values(t)[0]).sort()).toEqual(
+        ["order", "ticket", "user"]
+      )
+      const [unchanged] = await db.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
+      expect(unchanged).toEqual(before)
+      await expectExit(runCli(["migrate"], { env }), 0)
+      const [ticketsAfterMigrate] = await db.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
+      expect(ticketsAfterMigrate).toEqual(before)
+      expect(JSON.parse((await expectExit(runCli(["regenerate", "--json"], { env }), 0)).stdout).rotated).toBe(300)
+    } finally {
+      await db.end()
+      await app.drop()
     }
   })
 
