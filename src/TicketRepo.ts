@@ -191,12 +191,16 @@ export const makeSql = Effect.gen(function*() {
       Effect.mapError(writeError("rotating a batch of tokens"))
     )
 
-  // Strict mode turns a token past the last one (a ticket the site inserted into the range after the page
-  // was read) into an error instead of an empty token; without it, batches go by key.
-  const strict = yield* Effect.cached(
+  // Strict mode and a NOT NULL token column turn a token past the last one (a ticket the site inserted into
+  // the range after the page was read) into an error instead of an empty or NULL token; without both,
+  // batches go by key.
+  const rangesRefusable = yield* Effect.cached(
     dialect === "mysql"
-      ? sql.unsafe("SELECT @@SESSION.sql_mode").values.pipe(
-        Effect.map((rows) => /STRICT_(ALL|TRANS)_TABLES/.test(String(rows[0]?.[0]))),
+      ? sql.unsafe(
+        "SELECT @@SESSION.sql_mode, (SELECT `IS_NULLABLE` FROM information_schema.`COLUMNS` " +
+          "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `COLUMN_NAME` = 'token')"
+      ).values.pipe(
+        Effect.map(([row]) => /STRICT_(ALL|TRANS)_TABLES/.test(String(row?.[0])) && String(row?.[1]) === "NO"),
         Effect.orElseSucceed(() => false)
       )
       : Effect.succeed(false)
@@ -246,7 +250,7 @@ export const makeSql = Effect.gen(function*() {
   const rotate = (scope: Scope, ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) => {
     if (ids.length === 0) return Effect.succeed(0)
     const s = scopeSql(scope)
-    return Effect.flatMap(strict, (ranges) => {
+    return Effect.flatMap(rangesRefusable, (ranges) => {
       const packed = ranges && !s.joinsParents ? packTokens(tokens, ids.length) : undefined
       return packed !== undefined
         ? rotateRange(s.where, s.params, ids, packed, tokens, at)

@@ -207,4 +207,17 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     expect(await rotateCounting(liveOnly, ids, values)).toEqual(oneBatch(ids.length, "key"))
     await expectRotatedTo(before, ids, values)
   })
+
+  it("a nullable token column (a row past the last token would silently get NULL) sends every batch by key", async () => {
+    await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NULL")
+    try {
+      const before = await readTickets()
+      const ids = await page(Scope.all, "", 1000)
+      const values = tokens(ids.length)
+      expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(1000, "key"))
+      await expectRotatedTo(before, ids, values)
+    } finally {
+      await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NOT NULL")
+    }
+  })
 })
