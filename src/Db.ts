@@ -18,7 +18,8 @@ import {
   DatabaseUnreachable,
   DuplicateToken,
   SchemaMismatch,
-  SchemaMissing
+  SchemaMissing,
+  UnsuitableServer
 } from "./Domain.js"
 
 export type Dialect = "mysql" | "sqlite"
@@ -167,8 +168,21 @@ const unreachable = (target: DatabaseTarget) => (error: unknown) =>
 const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
   target._tag === "sqlite"
     ? Effect.succeed(`sqlite:${target.filename === ":memory:" ? ":memory:" : Fs.realpathSync(target.filename)}`)
-    : sql<{ host: string; port: unknown; db: string }>`SELECT @@hostname AS host, @@port AS port, DATABASE() AS db`
-      .pipe(Effect.map(([row]) => `mysql://${row?.host}:${toCount(row?.port)}/${row?.db}`))
+    : sql<{ host: string; port: unknown; db: string; autocommit: unknown }>`
+        SELECT @@hostname AS host, @@port AS port, DATABASE() AS db, @@SESSION.autocommit AS autocommit`.pipe(
+      Effect.mapError(unreachable(target)),
+      Effect.flatMap(([row]) =>
+        // Every statement here is its own transaction; with autocommit off (the server's setting or an
+        // init_connect) no batch would ever commit while the checkpoint moved on.
+        toCount(row?.autocommit) === 0
+          ? new UnsuitableServer({
+            target: target.display,
+            detail: "sessions start with autocommit off (@@autocommit = 0, from the server's settings or " +
+              "init_connect), so no batch would ever commit. Turn autocommit on for this user and retry."
+          })
+          : Effect.succeed(`mysql://${row?.host}:${toCount(row?.port)}/${row?.db}`)
+      )
+    )
 
 const make = (options: DbOptions) =>
   Effect.gen(function*() {
@@ -179,7 +193,7 @@ const make = (options: DbOptions) =>
         sqliteClient(target, options),
         (error) => error instanceof SchemaMissing ? error : unreachable(target)(error)
       )
-    const identity = yield* Effect.mapError(identityOf(target, client), unreachable(target))
+    const identity = yield* identityOf(target, client)
     const info: DbInfo = { dialect: target._tag, identity, display: target.display }
     return Context.make(Db, info).pipe(Context.add(SqlClient.SqlClient, client))
   })
@@ -187,7 +201,7 @@ const make = (options: DbOptions) =>
 /** The SqlClient for DATABASE_URL (embedded SQLite when unset) and its `Db` description. */
 export const layer = (
   options: DbOptions
-): Layer.Layer<Db | SqlClient.SqlClient, BadDatabaseUrl | DatabaseUnreachable | SchemaMissing> =>
+): Layer.Layer<Db | SqlClient.SqlClient, BadDatabaseUrl | DatabaseUnreachable | UnsuitableServer | SchemaMissing> =>
   Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
 
 /** A datetime as both dialects store it: UTC, `YYYY-MM-DD HH:MM:SS.ffffff` (what Django writes). */

@@ -100,6 +100,15 @@ export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")
   }
 }
 
+export class UnsuitableServer extends Data.TaggedError("UnsuitableServer")<{
+  readonly target: string
+  readonly detail: string
+}> {
+  override get message() {
+    return `the database server at ${this.target} is set up in a way this tool cannot work with: ${this.detail}`
+  }
+}
+
 export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
   readonly target: string
   readonly reason: string
@@ -234,6 +243,7 @@ export type AppError =
   | BadDatabaseUrl
   | BadRedisUrl
   | DatabaseUnreachable
+  | UnsuitableServer
   | RedisUnavailable
   | SchemaMissing
   | SchemaMismatch
@@ -266,6 +276,7 @@ const exitCodes: Record<AppError["_tag"], 1 | 2> = {
   ForeignCheckpoint: 2,
   NoRun: 2,
   DatabaseUnreachable: 1,
+  UnsuitableServer: 2,
   RedisUnavailable: 1,
   DatabaseError: 1,
   DuplicateToken: 1,

@@ -301,6 +301,33 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     }
   })
 
+  it("a server whose sessions start with autocommit off is refused before anything is written (exit 2)", async () => {
+    // init_connect applies to users without SUPER only: the suite's own root connections are unaffected.
+    const user = `tt_ac_${Date.now().toString(36)}`
+    const root = await adminConnection()
+    try {
+      await root.query(
+        `CREATE USER '${user}'@'%' IDENTIFIED BY 'Ac0mmitPw', '${user}'@'localhost' IDENTIFIED BY 'Ac0mmitPw'`
+      )
+      await root.query(`GRANT ALL ON \`${seeded.name}\`.* TO '${user}'@'%', '${user}'@'localhost'`)
+      await root.query("SET GLOBAL init_connect = 'SET autocommit = 0'")
+      const before = await ticketsDigest()
+      const url = new URL(seeded.url)
+      url.username = user
+      url.password = "Ac0mmitPw"
+      for (const args of [["regenerate"], ["migrate"], ["seed", "users", "--count", "5"]]) {
+        const r = await expectExit(runCli(args, { env: { DATABASE_URL: url.toString() } }), 2)
+        expect(linesOf(r), describeResult(r)).toEqual([expect.stringMatching(/^error: .*autocommit off/)])
+        expect(r.stderr).not.toContain("Ac0mmitPw")
+      }
+      expect(await ticketsDigest()).toBe(before)
+    } finally {
+      await root.query("SET GLOBAL init_connect = ''")
+      await root.query(`DROP USER IF EXISTS '${user}'@'%', '${user}'@'localhost'`)
+      await root.end()
+    }
+  })
+
   it("an unreachable server: non-zero exit, short message, no password, no stack trace", async () => {
     const env = { DATABASE_URL: "mysql://root:s3cretPassw0rd@127.0.0.1:1/x" }
     const commands = [["regenerate"], ["migrate"], ["seed", "users", "--count", "5"]]
