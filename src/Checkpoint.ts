@@ -379,7 +379,12 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
           detail: describe(error),
           transient: /doesn't exist|no such table/i.test(describe(error)) ? false : true
         }))
-    const now = Clock.currentTimeMillis
+    // Leases are timed by the database's clock, the one every runner shares: a host whose clock runs ahead
+    // must not see a live holder's lease as expired.
+    const now = sql.onDialectOrElse({
+      mysql: () => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+      orElse: () => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    })
     const upsert = sql.onDialectOrElse({
       mysql: () =>
         "INSERT INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, NULL) " +
@@ -389,12 +394,14 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
         "ON CONFLICT (`key`) DO UPDATE SET `value` = excluded.`value`"
     })
     const insertIfAbsent = sql.onDialectOrElse({
-      mysql: () => "INSERT IGNORE INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, ?)",
-      orElse: () => "INSERT OR IGNORE INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, ?)"
+      mysql: () =>
+        `INSERT IGNORE INTO \`ticket_tokens_state\` (\`key\`, \`value\`, \`expires_at\`) VALUES (?, ?, ${now} + ?)`,
+      orElse: () =>
+        `INSERT OR IGNORE INTO \`ticket_tokens_state\` (\`key\`, \`value\`, \`expires_at\`) VALUES (?, ?, ${now} + ?)`
     })
     const forUpdate = sql.onDialectOrElse({ mysql: () => " FOR UPDATE", orElse: () => "" })
     const read = (key: string, suffix = "") =>
-      sql.unsafe(`SELECT \`value\`, \`expires_at\` FROM \`ticket_tokens_state\` WHERE \`key\` = ?${suffix}`, [key])
+      sql.unsafe(`SELECT \`value\` FROM \`ticket_tokens_state\` WHERE \`key\` = ?${suffix}`, [key])
         .values.pipe(Effect.map((rows) => Option.fromNullable(rows[0])))
     const changed = (statement: string, params: ReadonlyArray<unknown>) =>
       Effect.map(sql.unsafe(statement, params).raw, (raw) => affectedRows(raw) > 0)
@@ -417,31 +424,30 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
         call(
           "taking the lock",
           Effect.gen(function*() {
-            const t = yield* now
             const expired = yield* changed(
-              "UPDATE `ticket_tokens_state` SET `value` = ?, `expires_at` = ? WHERE `key` = ? AND `expires_at` < ?",
-              [holder, t + ttl, lockKey, t]
+              `UPDATE \`ticket_tokens_state\` SET \`value\` = ?, \`expires_at\` = ${now} + ? ` +
+                `WHERE \`key\` = ? AND \`expires_at\` < ${now}`,
+              [holder, ttl, lockKey]
             )
-            return expired || (yield* changed(insertIfAbsent, [lockKey, holder, t + ttl]))
+            return expired || (yield* changed(insertIfAbsent, [lockKey, holder, ttl]))
           })
         ),
       swap: (lockKey, expected, holder, ttl) =>
         call(
           "taking over a stale lock",
-          Effect.flatMap(now, (t) =>
-            changed(
-              "UPDATE `ticket_tokens_state` SET `value` = ?, `expires_at` = ? WHERE `key` = ? AND `value` = ?",
-              [holder, t + ttl, lockKey, expected]
-            ))
+          changed(
+            `UPDATE \`ticket_tokens_state\` SET \`value\` = ?, \`expires_at\` = ${now} + ? ` +
+              "WHERE `key` = ? AND `value` = ?",
+            [holder, ttl, lockKey, expected]
+          )
         ),
       renew: (lockKey, holder, ttl) =>
         call(
           "renewing the lock",
-          Effect.flatMap(now, (t) =>
-            changed(
-              "UPDATE `ticket_tokens_state` SET `expires_at` = ? WHERE `key` = ? AND `value` = ?",
-              [t + ttl, lockKey, holder]
-            ))
+          changed(
+            `UPDATE \`ticket_tokens_state\` SET \`expires_at\` = ${now} + ? WHERE \`key\` = ? AND \`value\` = ?`,
+            [ttl, lockKey, holder]
+          )
         ),
       release: (lockKey, holder) =>
         call(
@@ -453,15 +459,15 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
       inspect: (lockKey) =>
         call(
           "reading the lock",
-          Effect.gen(function*() {
-            const t = yield* now
-            const row = yield* read(lockKey)
-            if (Option.isNone(row)) return Option.none()
-            const expiresIn = Number(row.value[1]) - t
-            return expiresIn > 0
-              ? Option.some({ value: String(row.value[0]), expiresInMillis: expiresIn })
+          sql.unsafe(
+            `SELECT \`value\`, \`expires_at\` - ${now} FROM \`ticket_tokens_state\` WHERE \`key\` = ?`,
+            [lockKey]
+          ).values.pipe(Effect.map(([row]) => {
+            const expiresIn = Number(row?.[1])
+            return row !== undefined && expiresIn > 0
+              ? Option.some({ value: String(row[0]), expiresInMillis: expiresIn })
               : Option.none()
-          })
+          }))
         )
     }
     return store
