@@ -95,17 +95,24 @@ const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(mess
 
 const domainPattern = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$/i
 
-/** An ISO date (UTC midnight) or date-time with a zone, as an ISO instant. */
+/**
+ * An ISO date (UTC midnight) or date-time with a zone, as an ISO instant. At most milliseconds: a finer
+ * bound would be cut silently, and tickets between the two would fall on the wrong side.
+ */
 export const parseInstant = (flag: string, text: string): Either.Either<string, string> => {
-  const iso = /^\d{4}-\d{2}-\d{2}$/.test(text)
-    ? `${text}T00:00:00Z`
-    : /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$/.test(text)
-    ? text.replace(" ", "T")
-    : undefined
-  const date = iso === undefined ? undefined : new Date(iso)
-  return date === undefined || Number.isNaN(date.getTime())
-    ? Either.left(`--${flag} must be an ISO date (2024-01-31) or date-time with a zone (2024-01-31T12:00:00Z)`)
-    : Either.right(date.toISOString())
+  const match = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d{1,3})?)?(Z|[+-]\d{2}:?\d{2}))?$/.exec(
+    text
+  )
+  const [, y, mo, d, h = "00", mi = "00", sec = "00", fraction = "", zone = "Z"] = match ?? []
+  // Each field within its range (JavaScript would roll 2024-02-30 over to 1 March).
+  const wall = new Date(Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(sec)))
+  const valid = match !== null && wall.toISOString().slice(0, 19) === `${y}-${mo}-${d}T${h}:${mi}:${sec}`
+  return valid
+    ? Either.right(new Date(`${y}-${mo}-${d}T${h}:${mi}:${sec}${fraction}${zone}`).toISOString())
+    : Either.left(
+      `--${flag} must be an ISO date (2024-01-31) or date-time with a zone (2024-01-31T12:00:00Z), ` +
+        "to the millisecond at most"
+    )
 }
 
 const scopeOptions = Options.all({
@@ -199,14 +206,17 @@ const validatedRegenerateOptions = Options.all(regenerateOptions).pipe(
 
 type RegenerateFlags = typeof validatedRegenerateOptions extends Options.Options<infer A> ? A : never
 
-/** The command that resumes this one: the same flags, with --resume instead of --restart. */
-const resumeCommand = (): string => {
-  const [, script = "ticket-tokens", ...args] = process.argv
+/** `arg` as a POSIX shell word: quoted unless it is plainly safe. */
+const shellWord = (arg: string): string => /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`
+
+/** The command that resumes this one, ready to paste: the same flags, with --resume instead of --restart. */
+export const resumeCommand = (argv: ReadonlyArray<string>, cwd: string): string => {
+  const [, script = "ticket-tokens", ...args] = argv
   const invocation = script.endsWith(".js")
-    ? `node ${Path.relative(process.cwd(), script) || script}`
-    : Path.basename(script)
+    ? ["node", Path.relative(cwd, script) || script]
+    : [Path.basename(script)]
   const kept = args.filter((arg) => arg !== "--restart" && arg !== "--resume")
-  return [invocation, ...kept, "--resume"].join(" ")
+  return [...invocation, ...kept, "--resume"].map(shellWord).join(" ")
 }
 
 const appLayer = (concurrency: number, mode: Progress.ProgressMode) => {
@@ -236,7 +246,7 @@ const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
         `stopped: ${summary.rotated} tickets rotated by this process, ${summary.rotatedTotal} by run ${summary.runId} ` +
           `in all; every batch up to id ${summary.cursor || "-"} is committed and recorded.`
       )
-      yield* out(`resume with: ${resumeCommand()}`)
+      yield* out(`resume with: ${resumeCommand(process.argv, process.cwd())}`)
     }
     if (json) {
       yield* Console.log(JSON.stringify({

@@ -377,6 +377,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       [["--resume", "--restart"], "--restart"],
       [["--email-domain", "not a domain"], "--email-domain"],
       [["--created-after", "yesterday"], "--created-after"],
+      [["--created-before", "2024-01-31T12:00:00.123456Z"], "millisecond"],
       [["--created-after", "2024-02-01", "--created-before", "2024-01-01"], "--created-after"]
     ]
     const before = await ticketsDigest()

@@ -1,0 +1,47 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Either } from "effect"
+import { parseInstant, resumeCommand } from "../src/Cli.js"
+
+describe("the printed resume command", () => {
+  it("repeats the flags with --resume in place of --restart, quoted so that it pastes back as it ran", () => {
+    const argv = [
+      "/usr/bin/node",
+      "/srv/tool/dist/main.js",
+      "regenerate",
+      "--restart",
+      "--created-after",
+      "2025-12-01 00:00Z",
+      "--email-domain",
+      "it's.example"
+    ]
+    expect(resumeCommand(argv, "/srv/tool")).toBe(
+      "node dist/main.js regenerate --created-after '2025-12-01 00:00Z' --email-domain 'it'\\''s.example' --resume"
+    )
+    expect(resumeCommand(["/usr/bin/node", "/usr/local/bin/ticket-tokens", "regenerate", "--batch-size", "500"], "/"))
+      .toBe("ticket-tokens regenerate --batch-size 500 --resume")
+  })
+})
+
+describe("--created-after / --created-before", () => {
+  it("takes a date (UTC midnight) or a date-time with a zone, to the millisecond", () => {
+    expect(parseInstant("created-after", "2024-01-31")).toEqual(Either.right("2024-01-31T00:00:00.000Z"))
+    expect(parseInstant("created-after", "2024-01-31 12:00:00.5+02:00")).toEqual(
+      Either.right("2024-01-31T10:00:00.500Z")
+    )
+  })
+
+  it("refuses what it would have to cut or guess: microseconds, no zone, not a date", () => {
+    for (
+      const text of [
+        "2024-01-31T12:00:00.123456Z",
+        "2024-01-31T12:00:00",
+        "2024-02-30",
+        "2023-02-29T10:00Z",
+        "2024-01-31T24:00Z",
+        "yesterday"
+      ]
+    ) {
+      expect(Either.isLeft(parseInstant("created-before", text)), text).toBe(true)
+    }
+  })
+})
