@@ -22,7 +22,7 @@ import { Db } from "./Db.js"
 import {
   type CheckpointCorrupt,
   type CheckpointUnavailable,
-  type DatabaseError,
+  DatabaseError,
   type DuplicateToken,
   type ForeignCheckpoint,
   type LockHeld,
@@ -108,6 +108,20 @@ export const transientRetry = Schedule.exponential("100 millis", 2).pipe(
   Schedule.jittered,
   Schedule.intersect(Schedule.recurs(10))
 )
+
+/**
+ * How long a page query or a batch UPDATE may go unanswered before it counts as a lost connection and is
+ * retried (a half-open TCP connection would otherwise hang the run for hours while its lock is renewed).
+ * Well above InnoDB's lock wait timeout (50 s by default), which answers for itself.
+ */
+export const statementTimeout = Duration.minutes(2)
+
+const answeredWithin = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.timeoutFail(effect, {
+    duration: statementTimeout,
+    onTimeout: () =>
+      new DatabaseError({ operation, transient: true, detail: `no answer within ${Duration.format(statementTimeout)}` })
+  })
 
 const isRetryable = (error: { readonly _tag: string; readonly transient?: boolean }): boolean =>
   error._tag === "DuplicateToken" || error.transient === true
@@ -352,7 +366,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           return Option.none()
         }
         const limit = yield* Ref.get(batchSize)
-        const ids = yield* retrying(repo.page(options.scope, s.cursor, limit))
+        const ids = yield* retrying(
+          answeredWithin("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
+        )
         const skip = s.skips[0]
         const seq = s.seq + 1
         // Stop the batch before a range committed by an earlier process; once there, step over the range.
@@ -373,7 +389,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         // Fresh tokens on every attempt: a retried duplicate gets new ones.
         const tokens = yield* tokenGen.tokens(ids.length)
         const now = yield* Clock.currentTimeMillis
-        return yield* repo.rotate(options.scope, ids, tokens, new Date(now))
+        return yield* answeredWithin("rotating a batch of tokens")(
+          repo.rotate(options.scope, ids, tokens, new Date(now))
+        )
       }))
 
     /**

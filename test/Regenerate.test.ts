@@ -261,6 +261,18 @@ describe("failures", () => {
       expect(world.table.rotationCounts().size).toBe(30)
     }))
 
+  it.effect("a page query or batch that never answers times out and is retried", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(50), {
+        page: (n) => (n === 2 ? Effect.never : undefined),
+        rotate: (n) => (n === 3 ? Effect.never : undefined)
+      })
+      const exit = yield* withClock(runIn(world, { batchSize: 10 }), "10 seconds")
+      expect(exit).toMatchObject({ _tag: "Success", value: { status: "completed", rotated: 50, retries: 2 } })
+      expect(world.table.calls).toMatchObject({ page: 7, rotate: 6 })
+      expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
+    }))
+
   it.effect("the retry schedule is bounded: a failure that stays transient stops the run after 10 retries", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(30), { rotate: (n) => (n >= 2 ? transientError() : undefined) })
