@@ -13,6 +13,9 @@ import * as Ref from "effect/Ref"
 
 export type Phase = "running" | "retrying" | "throttled" | "stopping"
 
+/** How long "throttled" stays up after the throttle last held a batch back (it holds one every batch). */
+export const throttledShowMillis = 1_500
+
 export type ProgressEvent = Data.TaggedEnum<{
   /** A job starts; `base` rows were done before this process (a resumed run). */
   Started: { readonly label: string; readonly base: number; readonly throttle: number | undefined }
@@ -46,7 +49,11 @@ export interface ProgressState {
   readonly lastRetry: string | undefined
   readonly batchSize: number | undefined
   readonly throttle: number | undefined
-  readonly phase: Phase
+  /** running, retrying (until a batch commits again) or stopping; throttling is tracked on its own. */
+  readonly phase: Exclude<Phase, "throttled">
+  /** When the throttle last held a batch back (or is holding one: `throttling`). */
+  readonly throttledAt: number | undefined
+  readonly throttling: boolean
   /** Milliseconds spent working: time backing off between retries does not count toward the rate. */
   readonly active: number
   readonly samples: ReadonlyArray<Sample>
@@ -72,6 +79,8 @@ export const initial = (label: string, now: number): ProgressState => ({
   batchSize: undefined,
   throttle: undefined,
   phase: "running",
+  throttledAt: undefined,
+  throttling: false,
   active: 0,
   samples: [{ at: now, done: 0, active: 0 }],
   outcome: undefined
@@ -104,11 +113,24 @@ export const step = (state: ProgressState, event: ProgressEvent, now: number): P
     case "Estimate":
       return { ...s, fraction: event.fraction }
     case "Advanced":
-      return sampled({ ...s, done: s.done + event.rows, batchSize: event.batchSize, phase: "running" })
+      return sampled({
+        ...s,
+        done: s.done + event.rows,
+        batchSize: event.batchSize,
+        phase: s.phase === "retrying" ? "running" : s.phase
+      })
     case "Retried":
-      return { ...s, retries: s.retries + 1, lastRetry: event.reason, phase: "retrying" }
+      return {
+        ...s,
+        retries: s.retries + 1,
+        lastRetry: event.reason,
+        phase: s.phase === "stopping" ? "stopping" : "retrying"
+      }
     case "Phase":
-      return { ...s, phase: s.phase === "stopping" ? "stopping" : event.phase }
+      // The throttle reports "throttled" when it holds a batch back and "running" when it lets it go.
+      return event.phase === "throttled" || (event.phase === "running" && s.throttling)
+        ? { ...s, throttling: event.phase === "throttled", throttledAt: now }
+        : { ...s, phase: s.phase === "stopping" ? "stopping" : event.phase }
     case "Finished":
       return sampled({ ...s, outcome: event.outcome })
   }
@@ -159,12 +181,21 @@ const withSeparators = (n: number): string => n.toLocaleString("en-US")
 const percent = (fraction: number | undefined, estimated: boolean): string =>
   fraction === undefined ? "" : `${estimated ? "~" : ""}${(fraction * 100).toFixed(1)}%`
 
-const phaseNote = (state: ProgressState): string =>
-  state.phase === "running"
-    ? ""
+/** Whether the throttle is holding the run back (or did a moment ago: it holds each batch briefly). */
+export const isThrottled = (state: ProgressState): boolean =>
+  state.throttling || (state.throttledAt !== undefined && state.now - state.throttledAt < throttledShowMillis)
+
+/** What the run is doing besides running: stopping, retrying (why), throttled; or its outcome. */
+const note = (state: ProgressState): string =>
+  state.outcome !== undefined
+    ? state.outcome
+    : state.phase === "stopping"
+    ? "stopping"
     : state.phase === "retrying"
-    ? ` ${state.phase} (${state.lastRetry ?? ""})`
-    : ` ${state.phase}`
+    ? `retrying (${state.lastRetry ?? ""})`
+    : isThrottled(state)
+    ? "throttled"
+    : ""
 
 /** The plain line printed every few seconds when stderr is not a terminal (no control characters). */
 export const renderPlain = (state: ProgressState): string => {
@@ -179,34 +210,50 @@ export const renderPlain = (state: ProgressState): string => {
     `, elapsed ${formatDuration(state.now - state.startedAt)}`,
     `, retries ${state.retries}`,
     state.batchSize === undefined ? "" : `, batch ${state.batchSize}`,
-    state.outcome !== undefined ? `, ${state.outcome}` : phaseNote(state)
+    note(state) === "" ? "" : `, ${note(state)}`
   ].join("")
 }
 
-const bar = (fraction: number | undefined, width: number): string => {
-  if (fraction === undefined) return ""
+const bar = (fraction: number, width: number): string => {
   const filled = Math.round(fraction * width)
   return `[${"█".repeat(filled)}${"░".repeat(width - filled)}] `
 }
 
-/** The live line for a terminal of `columns` columns (redrawn in place; never wider than the terminal). */
+/** The narrowest bar worth drawing, and the widest. */
+const barWidths = { min: 10, max: 30 } as const
+
+/**
+ * The live line for a terminal of `columns` columns (redrawn in place; never wider than the terminal).
+ * What matters most survives a narrow terminal: counts, %, rate, ETA and the state note always; then a
+ * bar of at least 10; then elapsed, retries and batch size, in that order; then a wider bar.
+ */
 export const renderTty = (state: ProgressState, columns: number): string => {
-  const done = doneOf(state)
   const fraction = fractionOf(state)
   const eta = etaMillis(state)
-  const counts = `${withSeparators(done)}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
-  const etaText = state.outcome ?? (eta === undefined ? "ETA -" : `ETA ${formatDuration(eta)}`)
-  const tail = [
+  const counts = `${withSeparators(doneOf(state))}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
+  const head = `${state.label} ${counts} ${percent(fraction, state.total === undefined)} `
+  const essential = [
     `${formatRate(rate(state))} rows/s`,
-    etaText,
+    state.outcome === undefined ? (eta === undefined ? "ETA -" : `ETA ${formatDuration(eta)}`) : "",
+    note(state)
+  ]
+  const extras = [
     `elapsed ${formatDuration(state.now - state.startedAt)}`,
     `retries ${state.retries}`,
     state.batchSize === undefined ? "" : `batch ${state.batchSize}`
-  ].filter((s) => s !== "").join("  ") + phaseNote(state)
-  const head = `${state.label} ${counts} ${percent(fraction, state.total === undefined)} `
-  const room = columns - head.length - tail.length - 4
-  const line = `${head}${bar(fraction, Math.min(30, Math.max(0, room)))}${tail}`
-  return line.length > columns - 1 ? line.slice(0, Math.max(0, columns - 1)) : line
+  ]
+  const width = columns - 1
+  const tailOf = (parts: ReadonlyArray<string>) => parts.filter((p) => p !== "").join("  ")
+  // Room left for a bar ("[", "] " and its cells) beside a tail.
+  const barRoom = (tail: string) => width - head.length - tail.length - 3
+  const needed = fraction === undefined ? -3 : barWidths.min
+  let kept = extras.length
+  while (kept > 0 && barRoom(tailOf([...essential, ...extras.slice(0, kept)])) < needed) kept--
+  const tail = tailOf([...essential, ...extras.slice(0, kept)])
+  const room = barRoom(tail)
+  const drawn = fraction !== undefined && room >= barWidths.min ? bar(fraction, Math.min(barWidths.max, room)) : ""
+  const line = `${head}${drawn}${tail}`
+  return line.length > width ? line.slice(0, Math.max(0, width)) : line
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -163,20 +163,19 @@ const rangeOf = (item: Item): DoneRange =>
 /** Batches allowed beyond the low-water mark (committed or in flight), per unit of concurrency. */
 const windowPerConcurrency = 4
 
-/** A token bucket over rows; waiting shows as "throttled" in progress. */
+/**
+ * A token bucket over rows; waiting shows as "throttled" in progress. It starts empty and holds at most
+ * one batch (`burst`), so no stretch of the run goes faster than the cap by more than one batch.
+ */
 const makeThrottle = (rowsPerSecond: number | undefined, burst: number) =>
   Effect.gen(function*() {
     const progress = yield* Progress
-    const bucket = yield* Ref.make({
-      available: Math.max(rowsPerSecond ?? 0, burst),
-      at: yield* Clock.currentTimeMillis
-    })
+    const bucket = yield* Ref.make({ available: 0, at: yield* Clock.currentTimeMillis })
     return (rows: number) =>
       rowsPerSecond === undefined ? Effect.void : Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
-        const capacity = Math.max(rowsPerSecond, burst)
         const { available } = yield* Ref.updateAndGet(bucket, (b) => ({
-          available: Math.min(capacity, b.available + ((now - b.at) * rowsPerSecond) / 1000) - rows,
+          available: Math.min(burst, b.available + ((now - b.at) * rowsPerSecond) / 1000) - rows,
           at: now
         }))
         if (available >= 0) return

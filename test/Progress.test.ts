@@ -57,15 +57,22 @@ describe("progress state", () => {
       [0, E.Started({ label: "regenerate", base: 0, throttle: 1000 })],
       [0, E.Total({ total: 20_000 })]
     ]
-    // Each batch of 1,000 takes 100 ms, then the throttle holds the next one for 900 ms.
+    // In the pipeline's order: the throttle holds the next page back (900 ms), the batch in flight commits
+    // meanwhile, then the throttle lets the page go.
     for (let s = 0; s < 12; s++) {
+      events.push([s * 1000 + 50, E.Phase({ phase: "throttled" })])
       events.push([s * 1000 + 100, E.Advanced({ rows: 1000, batchSize: 1000 })])
-      events.push([s * 1000 + 100, E.Phase({ phase: "throttled" })])
+      events.push([s * 1000 + 950, E.Phase({ phase: "running" })])
     }
     const state = play(events)
     expect(rate(state)).toBeCloseTo(1000, -1)
     expect(etaMillis(state)).toBeCloseTo(8_000, -3)
-    expect(renderTty(state, 150)).toContain("throttled")
+    // Throughout: while a page is held back, and in the moment between two holds.
+    for (const at of [11_100, 11_500, 11_990]) {
+      expect(renderTty(step(state, E.Total({ total: 20_000 }), at), 150), `at ${at}`).toContain("throttled")
+    }
+    // Once the throttle stops biting, the note goes.
+    expect(renderTty(step(state, E.Total({ total: 20_000 }), 11_950 + 2_000), 150)).not.toContain("throttled")
   })
 
   it("a throttle caps the rate the ETA uses", () => {
@@ -98,7 +105,7 @@ describe("rendering", () => {
   it("plain lines have no control characters", () => {
     const line = renderPlain(state)
     expect(line).toMatch(
-      /^regenerate: 50000\/100000 rows \(50\.0%\), 5000 rows\/s, ETA \d+s, elapsed 10s, retries 1, batch 1000 retrying/
+      /^regenerate: 50000\/100000 rows \(50\.0%\), 5000 rows\/s, ETA \d+s, elapsed 10s, retries 1, batch 1000, retrying \(database\)$/
     )
 
     expect(line).not.toMatch(/[\x00-\x1f\x7f]/)
@@ -113,6 +120,23 @@ describe("rendering", () => {
     expect(line).toMatch(/ETA \d+s/)
     expect(line.length).toBeLessThan(120)
     expect(renderTty(state, 40).length).toBeLessThan(40)
+  })
+
+  it("on an 80-column terminal keeps counts, %, a bar, rate, ETA and the state; drops extras first", () => {
+    const line = renderTty(play(steady(10, 5000)), 80)
+    expect(line.length).toBeLessThanOrEqual(79)
+    expect(line).toMatch(/^regenerate 50,000\/100,000 50\.0% \[[█░]{10,}\] 5000 rows\/s {2}ETA \d+s {2}elapsed 10s$/)
+    // A longer state note takes the bar's place rather than being cut off.
+    const retrying = renderTty(play([...steady(10, 5000), [10_000, E.Retried({ reason: "database" })]]), 80)
+    expect(retrying).toMatch(/^regenerate 50,000\/100,000 50\.0% 5000 rows\/s {2}ETA \d+s {2}retrying \(database\)$/)
+    const wide = renderTty(play(steady(10, 5000)), 200)
+    expect(wide).toMatch(/\[[█░]{30}\] 5000 rows\/s {2}ETA \d+s {2}elapsed 10s {2}retries 0 {2}batch 1000$/)
+    // Without a total (no bar), the extras stay while they fit.
+    expect(renderTty(play(steady(10, 5000, null)), 100)).toMatch(
+      /^regenerate 50,000 +5000 rows\/s {2}ETA - {2}elapsed 10s {2}retries 0 {2}batch 1000$/
+    )
+    // Never an empty bar, even when nothing else fits.
+    expect(renderTty(play(steady(10, 5000)), 30)).not.toContain("[]")
   })
 
   it("shows throttled and finished states", () => {

@@ -4,7 +4,7 @@
  * progress line under a pseudo-terminal.
  */
 import type * as mysql from "mysql2/promise"
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawn } from "node:child_process"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { mainJs, runCli, spawnCli } from "./support/cli.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
@@ -39,6 +39,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
       `would rotate ${ticketCount} tickets (all tickets) in ${Math.ceil(ticketCount / 700)} batches`
     )
     expect(await readTickets()).toEqual(before)
+    expect(await prefix.keys()).toEqual([])
     const status = await expectExit(runCli(["status"], { env: env() }), 0)
     expect(status.stdout).toContain("no run is recorded")
   })
@@ -79,18 +80,58 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
   })
 
   // `script` (util-linux) gives the CLI a pseudo-terminal.
-  it("under a pseudo-terminal the live line shows %, a bar, rows/s and an ETA", async () => {
+  const ptyEnv = (columns: number) => ({
+    ...process.env,
+    ...env(),
+    COLUMNS: String(columns),
+    LINES: "40",
+    TERM: "xterm",
+    CI: "false"
+  })
+  const framesOf = (output: string) => output.split("\r").map((f) => f.replace("\x1b[2K", ""))
+
+  it("under a pseudo-terminal of 80 columns the live line shows %, a bar, rows/s, an ETA and 'throttled'", async () => {
     const command = `node ${mainJs} regenerate --restart --max-rows-per-second 5000 --batch-size 500`
     const output = execFileSync("script", ["-qfec", command, "/dev/null"], {
-      env: { ...process.env, ...env(), COLUMNS: "140", LINES: "40", TERM: "xterm", CI: "false" },
+      env: ptyEnv(80),
       encoding: "utf8",
       timeout: 60_000
     })
-    const frames = output.split("\r").map((f) => f.replace("\x1b[2K", ""))
-    expect(frames.some((f) => /regenerate [\d,]+\/30,000 \d+\.\d% \[[█░]+\] [\d.k]+ rows\/s {2}ETA \d+s/.test(f))).toBe(
-      true
+    const frames = framesOf(output)
+    const live = frames.filter((f) =>
+      /^regenerate [\d,]+\/30,000 \d+\.\d% \[[█░]{10,}\] [\d.k]+ rows\/s {2}ETA \d+s/.test(f)
     )
+    expect(live.length, output.slice(0, 2000)).toBeGreaterThan(5)
+    expect(live.every((f) => f.length <= 79)).toBe(true)
+    // Capped at 5,000 rows/s, the throttle holds back nearly every batch: it shows for most of the run.
+    expect(live.filter((f) => f.includes("throttled")).length).toBeGreaterThan(live.length / 2)
     expect(output).toContain("\x1b[?25l")
     expect(output).toContain("\x1b[?25h")
+  })
+
+  /** Runs the CLI under a pseudo-terminal, sends it SIGINT `signals` times once it is drawing, and waits. */
+  const interruptedOnPty = async (args: string, signals: number) => {
+    const script = spawn("script", ["-qfec", `exec node ${mainJs} ${args}`, "/dev/null"], { env: ptyEnv(100) })
+    let output = ""
+    script.stdout.on("data", (chunk) => (output += chunk))
+    const closed = new Promise<number | null>((resolve) => script.on("close", resolve))
+    while (!output.includes("rows/s")) await new Promise((r) => setTimeout(r, 50))
+    await new Promise((r) => setTimeout(r, 500))
+    const pid = Number(execFileSync("pgrep", ["-P", String(script.pid)], { encoding: "utf8" }).trim())
+    for (let i = 0; i < signals; i++) {
+      process.kill(pid, "SIGINT")
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    return { code: await closed, output }
+  }
+
+  it("Ctrl-C under a pseudo-terminal: the line is finished and the cursor shown again, once or twice pressed", async () => {
+    const once = await interruptedOnPty("regenerate --restart --max-rows-per-second 3000 --batch-size 500", 1)
+    expect(once.code, once.output).toBe(130)
+    expect(once.output).toContain("resume with: ")
+    expect(once.output.lastIndexOf("\x1b[?25h")).toBeGreaterThan(once.output.lastIndexOf("\x1b[?25l"))
+    const twice = await interruptedOnPty("regenerate --resume --max-rows-per-second 3000 --batch-size 500", 2)
+    expect(twice.code, twice.output).toBe(130)
+    expect(twice.output.lastIndexOf("\x1b[?25h")).toBeGreaterThan(twice.output.lastIndexOf("\x1b[?25l"))
   })
 })

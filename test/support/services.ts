@@ -94,17 +94,23 @@ export const createDatabase = async (prefix = "tt_test") => {
 /** A fresh Redis key prefix; `drop` deletes every key under it. */
 export const createRedisPrefix = (prefix = "tt-test") => {
   const name = uniqueName(prefix)
+  const withClient = async <A>(f: (client: Redis) => Promise<A>) => {
+    const client = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
+    client.on("error", () => {})
+    try {
+      return await f(client)
+    } finally {
+      client.disconnect()
+    }
+  }
   return {
     name,
-    drop: async () => {
-      const client = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
-      client.on("error", () => {})
-      try {
+    /** Every key under the prefix. */
+    keys: () => withClient((client) => client.keys(`${name}:*`)),
+    drop: () =>
+      withClient(async (client) => {
         const keys = await client.keys(`${name}:*`)
         if (keys.length > 0) await client.del(...keys)
-      } finally {
-        client.disconnect()
-      }
-    }
+      })
   }
 }
