@@ -271,20 +271,36 @@ const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
 const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions, json: boolean) =>
   Effect.gen(function*() {
     const out = json ? Console.error : Console.log
-    const total = Option.getOrNull(plan.total)
+    const run = Option.getOrNull(plan.existing)
+    const counted = Option.getOrNull(plan.total)
+    // What is left: a resumed run has done part of the scope already.
+    const total = counted === null || plan.action === "nothing"
+      ? (plan.action === "nothing" ? 0 : null)
+      : Math.max(0, counted - (plan.action === "resume" ? run?.rotated ?? 0 : 0))
     const batches = total === null ? null : Math.ceil(total / options.batchSize)
+    const described = run === null
+      ? ""
+      : `run ${run.runId} (${run.status}, ${run.rotated} rotated, cursor ${run.cursor || "-"})`
     yield* out(`dry run on ${plan.database}; nothing will be changed.`)
     yield* out(
-      `would rotate ${total ?? "(not counted)"} tickets (${options.scope.description}) in ${batches ?? "?"} batches ` +
-        `of ${options.batchSize}, ${options.concurrency} at a time` +
-        (options.maxRowsPerSecond === undefined ? "" : `, at most ${options.maxRowsPerSecond} rows/s`)
+      plan.action === "nothing"
+        ? `nothing to do: ${described} is complete`
+        : plan.action === "resume"
+        ? `would resume ${described}`
+        : run !== null && !run.finished
+        ? `would abandon ${described} and start a new run`
+        : "would start a new run"
     )
+    if (plan.action !== "nothing") {
+      yield* out(
+        `would rotate ${total ?? "(not counted)"} tickets (${options.scope.description}) in ${
+          batches ?? "?"
+        } batches ` +
+          `of ${options.batchSize}, ${options.concurrency} at a time` +
+          (options.maxRowsPerSecond === undefined ? "" : `, at most ${options.maxRowsPerSecond} rows/s`)
+      )
+    }
     yield* out(`checkpoint store: ${plan.store}`)
-    yield* Option.match(plan.existing, {
-      onNone: () => out("no earlier run of this scope"),
-      onSome: (run) =>
-        out(`earlier run ${run.runId}: ${run.status}, ${run.rotated} rotated, cursor ${run.cursor || "-"}`)
-    })
     yield* Option.match(plan.holder, {
       onNone: () => Effect.void,
       onSome: (held) =>
@@ -295,13 +311,13 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         dryRun: true,
         database: plan.database,
         scope: options.scope,
-        total,
+        action: plan.action,
+        total: counted,
+        toRotate: total,
         batches,
         batchSize: options.batchSize,
         concurrency: options.concurrency,
-        existingRun: Option.getOrNull(
-          Option.map(plan.existing, (r) => ({ runId: r.runId, status: r.status, rotated: r.rotated }))
-        ),
+        existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
         lockHeld: Option.isSome(plan.holder)
       }))
     }

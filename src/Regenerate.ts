@@ -502,12 +502,18 @@ export const graceful = <A, E, R>(
 export interface Plan {
   readonly database: string
   readonly store: string
+  /** What the run would do: start a new run, resume or restart one, or nothing (it completed). */
+  readonly action: "start" | "resume" | "restart" | "nothing"
+  /** The run it would resume (or find completed), or the one a restart would abandon. */
   readonly existing: Option.Option<RunRecord>
   readonly holder: Option.Option<HeldLock>
   readonly total: Option.Option<number>
 }
 
-/** What a run would do, without doing it (`--dry-run`): nothing is written, not even the checkpoint. */
+/**
+ * What a run would do, without doing it (`--dry-run`): the same checks, the same resume rules (refused
+ * where the run would be refused), and nothing written, not even the checkpoint.
+ */
 export const plan = (options: RegenerateOptions) =>
   Effect.gen(function*() {
     const repo = yield* TicketRepo
@@ -515,8 +521,20 @@ export const plan = (options: RegenerateOptions) =>
     const db = yield* Db
     yield* repo.checkSchema
     const key: RunKey = { database: db.identity, scope: options.scope }
-    const existing = yield* checkpoint.load(key)
+    const starting = yield* startingRecord(key, options)
+    const existing = options.mode === "restart"
+      // A restart replaces whatever is there, unreadable or foreign included.
+      ? yield* checkpoint.load(key).pipe(
+        Effect.catchTags({
+          CheckpointCorrupt: () => Effect.succeed(Option.none()),
+          ForeignCheckpoint: () => Effect.succeed(Option.none())
+        })
+      )
+      : options.mode === "resume"
+      ? Option.some(starting.record)
+      : Option.none()
     const holder = yield* checkpoint.holder(key)
     const total = options.count ? Option.some(yield* repo.count(options.scope)) : Option.none<number>()
-    return { database: db.display, store: checkpoint.store, existing, holder, total } satisfies Plan
+    const action = starting.done ? "nothing" : options.mode
+    return { database: db.display, store: checkpoint.store, action, existing, holder, total } satisfies Plan
   })

@@ -38,6 +38,9 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     expect(r.stdout).toContain(
       `would rotate ${ticketCount} tickets (all tickets) in ${Math.ceil(ticketCount / 700)} batches`
     )
+    // The resume rules apply as to a real run: nothing to resume here.
+    const resume = await expectExit(runCli(["regenerate", "--dry-run", "--resume"], { env: env() }), 2)
+    expect(resume.stderr).toMatch(/^error: .*no run/m)
     expect(await readTickets()).toEqual(before)
     expect(await prefix.keys()).toEqual([])
     const status = await expectExit(runCli(["status"], { env: env() }), 0)
@@ -133,5 +136,16 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     const twice = await interruptedOnPty("regenerate --resume --max-rows-per-second 3000 --batch-size 500", 2)
     expect(twice.code, twice.output).toBe(130)
     expect(twice.output.lastIndexOf("\x1b[?25h")).toBeGreaterThan(twice.output.lastIndexOf("\x1b[?25l"))
+
+    // --dry-run against that unfinished run follows the resume rules and writes nothing.
+    const keys = await prefix.keys()
+    const plain = await expectExit(runCli(["regenerate", "--dry-run"], { env: env() }), 2)
+    expect(plain.stderr).toMatch(/--resume.*--restart|--restart.*--resume/)
+    const resume = await expectExit(runCli(["regenerate", "--dry-run", "--resume"], { env: env() }), 0)
+    expect(resume.stdout).toMatch(/^would resume run \w+ \((interrupted|running), \d+ rotated/m)
+    const restart = await expectExit(runCli(["regenerate", "--dry-run", "--restart"], { env: env() }), 0)
+    expect(restart.stdout).toMatch(/^would abandon run \w+ .* and start a new run$/m)
+    expect(restart.stdout).toContain(`would rotate ${ticketCount} tickets`)
+    expect(await prefix.keys()).toEqual(keys)
   })
 })
