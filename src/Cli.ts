@@ -15,7 +15,7 @@ import * as Option from "effect/Option"
 import * as Path from "node:path"
 import * as Checkpoint from "./Checkpoint.js"
 import * as Db from "./Db.js"
-import { Scope, VerifyFailed } from "./Domain.js"
+import { exitCodeOf, isAppError, Scope, VerifyFailed } from "./Domain.js"
 import * as Memory from "./Memory.js"
 import { migrate } from "./migrations/index.js"
 import * as Progress from "./Progress.js"
@@ -352,8 +352,19 @@ const regenerate = Command.make(
   ({ flags }) => runRegenerate(flags)
 ).pipe(
   Command.withDescription("Give every ticket in scope a new random token, in batches, resumably."),
-  Command.provide(({ flags }) =>
-    appLayer(flags.concurrency, flags.json || flags.dryRun ? "silent" : Progress.detectMode())
+  // Progress is human output: on stderr like the rest of it under --json.
+  Command.provide(({ flags }) => appLayer(flags.concurrency, flags.dryRun ? "silent" : Progress.detectMode())),
+  // Under --json a failure is a JSON object on stdout too (the one-line error still goes to stderr).
+  Command.transformHandler((effect, { flags }) =>
+    flags.json
+      ? Effect.tapError(effect, (error) =>
+        Console.log(JSON.stringify({
+          status: "failed",
+          error: isAppError(error) ? error._tag : "InternalError",
+          message: isAppError(error) ? error.message : String(error),
+          exitCode: isAppError(error) ? exitCodeOf(error) : 1
+        })))
+      : effect
   )
 )
 

@@ -116,7 +116,7 @@ export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
 }> {
   override get message() {
     return `Redis at ${this.target} is not reachable: ${this.reason}. Check REDIS_URL and that Redis is up; ` +
-      `the checkpoint is safe, rerun with --resume once Redis is back.`
+      `nothing was changed. Once it is back, rerun (with --resume if a run had started).`
   }
 }
 
@@ -166,7 +166,8 @@ export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailab
 }> {
   override get message() {
     return `the checkpoint store (${this.store}) is unavailable while ${this.operation}: ${this.detail}. ` +
-      `Every batch committed before this point is recorded; rerun with --resume once it is back.`
+      `Nothing committed is lost: the checkpoint trails the table by at most the batches in flight, which a ` +
+      `resume redoes. Once the store is back, rerun with --resume (without it if no run had started).`
   }
 }
 

@@ -301,8 +301,11 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 
     type Patch = Partial<Pick<RunRecord, "cursor" | "done" | "rotated" | "batches" | "total" | "status" | "error">>
 
-    /** Writes the run record with `patch` applied (built from valid parts, so not validated again here). */
-    const persist = (patch: (record: RunRecord) => Patch) =>
+    /**
+     * Writes the run record with `patch` applied (built from valid parts, so not validated again here),
+     * retrying transient store errors unless `once`.
+     */
+    const persist = (patch: (record: RunRecord) => Patch, once = false) =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const c = yield* Ref.get(counters)
@@ -314,7 +317,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
             retries: starting.retries + c.retries,
             activeMillis: starting.activeMillis + Math.round(now - startedAt)
           }, true))
-        yield* retrying(lock.save(record))
+        yield* (once ? lock.save(record) : retrying(lock.save(record)))
         return record
       })
 
@@ -462,7 +465,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       Effect.tapError((error) =>
         error._tag === "LockLost"
           ? Effect.void
-          : Effect.ignore(persist(() => ({ status: "failed", error: error.message })))
+          // One attempt, briefly: the store may be what failed, and the failure itself is what to report.
+          : Effect.ignore(
+            Effect.timeout(persist(() => ({ status: "failed", error: error.message }), true), "3 seconds")
+          )
       ),
       Effect.zipRight(Ref.get(halted))
     )

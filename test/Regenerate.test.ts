@@ -334,6 +334,8 @@ describe("failures", () => {
       expect(Exit.isFailure(exit) && String(exit.cause)).toContain("CheckpointUnavailable")
       // It stopped instead of going on unrecorded: at most the batch whose checkpoint failed went in.
       expect(world.table.rotations.length).toBeLessThanOrEqual(2)
+      // Saves: 2 good, the failing one and its 10 retries, then one last try to mark the run failed.
+      expect(world.store.saves).toBe(2 + 1 + 10 + 1)
     }))
 
   it.effect("checkpoint hiccups are retried and the run completes", () =>
