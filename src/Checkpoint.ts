@@ -50,6 +50,8 @@ export interface LockValue {
 /** Atomic operations a checkpoint backend provides. Keys are plain strings; values are JSON text. */
 export interface Store {
   readonly name: string
+  /** Where `key` is, as an operator would look it up (the Redis key with its prefix, the table row). */
+  readonly locate: (key: string) => string
   readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable>
   readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
   /** Sets `key` only while `lockKey` holds `holder`, atomically; false when it does not. */
@@ -178,8 +180,10 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       const k = keys(key).record
       const text = yield* store.get(k)
       if (Option.isNone(text)) return Option.none()
-      const record = yield* decodeRecord(k, text.value)
-      if (record.fingerprint !== fingerprint(key)) return yield* new ForeignCheckpoint({ key: k, run: record })
+      const record = yield* decodeRecord(store.locate(k), text.value)
+      if (record.fingerprint !== fingerprint(key)) {
+        return yield* new ForeignCheckpoint({ key: store.locate(k), run: record })
+      }
       return Option.some(record)
     })
 
@@ -188,7 +192,9 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       const pointer = yield* store.get(latestKey(database))
       if (Option.isNone(pointer)) return Option.none()
       const text = yield* store.get(pointer.value)
-      return Option.isNone(text) ? Option.none() : Option.some(yield* decodeRecord(pointer.value, text.value))
+      return Option.isNone(text)
+        ? Option.none()
+        : Option.some(yield* decodeRecord(store.locate(pointer.value), text.value))
     })
 
   const inspectHolder = (lockKey: string) =>
@@ -336,6 +342,7 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
     })
   return {
     name,
+    locate: (key) => `redis key ${k(key)} on ${target.display}`,
     get: (key) => call("reading", () => client.get(k(key))).pipe(Effect.map(Option.fromNullable)),
     set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
     setFenced: (key, value, lockKey, holder) =>
@@ -408,6 +415,7 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
 
     const store: Store = {
       name,
+      locate: (key) => `key '${key}' of ${name}`,
       get: (key) => call("reading", Effect.map(read(key), Option.map((row) => String(row[0])))),
       set: (key, value) => call("writing", Effect.asVoid(sql.unsafe(upsert, [key, value]).raw)),
       setFenced: (key, value, lockKey, holder) =>

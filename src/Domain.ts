@@ -176,7 +176,7 @@ export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
   readonly detail: string
 }> {
   override get message() {
-    return `the checkpoint ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
+    return `the checkpoint at ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
       `inspect it, or pass --restart to abandon it and start a new run.`
   }
 }
@@ -222,7 +222,7 @@ export class ForeignCheckpoint extends Data.TaggedError("ForeignCheckpoint")<{
   readonly run: RunRecord
 }> {
   override get message() {
-    return `the checkpoint ${this.key} belongs to another database or scope (${this.run.database}, ` +
+    return `the checkpoint at ${this.key} belongs to another database or scope (${this.run.database}, ` +
       `${this.run.scope.description}): nothing was changed; pass --restart to replace it.`
   }
 }

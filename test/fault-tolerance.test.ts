@@ -323,6 +323,8 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
         const r = await runCli(args, { env: runEnv })
         expect(r.code, r.stderr).toBe(2)
         expect(r.stderr).toMatch(/^error: the checkpoint .* cannot be read .*--restart/m)
+        // Named so that `redis-cli GET` finds it.
+        expect(r.stderr).toContain(`redis key ${key} on `)
       }
       await expectUnchanged(before)
 

@@ -40,6 +40,7 @@ export class MemoryStore {
     const withNow = <A>(f: (now: number) => A) => Effect.map(Clock.currentTimeMillis, f)
     return {
       name: "memory",
+      locate: (key) => `memory key ${key}`,
       get: (key) => withNow((now) => Option.fromNullable(this.live(key, now)?.value)),
       set: (key, value) => withNow(() => void this.data.set(key, { value, expiresAt: undefined })),
       setFenced: (key, value, lockKey, holder) =>
