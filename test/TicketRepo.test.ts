@@ -208,6 +208,20 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     await expectRotatedTo(before, ids, values)
   })
 
+  it("a new token equal to another ticket's is a DuplicateToken that does not show that token", async () => {
+    const before = await readTickets()
+    const ids = await page(Scope.all, "", 10)
+    const taken = [...before.values()].find((t) => !ids.includes(t.id))!.token
+    const values = [...tokens(9), taken]
+    const error = await run(
+      Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotate(Scope.all, ids, values, new Date())))
+    )
+    expect(error).toMatchObject({ _tag: "DuplicateToken" })
+    expect(error.message).toContain("Duplicate entry for key")
+    expect(JSON.stringify(error) + error.message).not.toContain(taken)
+    expect(await readTickets()).toEqual(before)
+  })
+
   it("a nullable token column (a row past the last token would silently get NULL) sends every batch by key", async () => {
     await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NULL")
     try {
