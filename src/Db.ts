@@ -150,13 +150,20 @@ const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options
       }
     }))
 
+/** `mkdir -p`, one level at a time: Node's recursive mode spins forever on some paths (under /proc). */
+const makeDirectories = (dir: string): void => {
+  if (Fs.existsSync(dir)) return
+  makeDirectories(Path.dirname(dir))
+  Fs.mkdirSync(dir)
+}
+
 const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, options: DbOptions) =>
   Effect.gen(function*() {
     if (target.filename !== ":memory:" && !Fs.existsSync(target.filename)) {
       if (options.create !== true) {
         return yield* new SchemaMissing({ detail: `there is no database file ${target.filename}` })
       }
-      yield* Effect.try(() => Fs.mkdirSync(Path.dirname(Path.resolve(target.filename)), { recursive: true }))
+      yield* Effect.try(() => makeDirectories(Path.dirname(Path.resolve(target.filename))))
     }
     const SqliteClient = yield* Effect.promise(() => import("@effect/sql-sqlite-node/SqliteClient"))
     return yield* SqliteClient.make({ filename: target.filename })
