@@ -26,11 +26,17 @@ import * as TicketRepo from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Verify from "./Verify.js"
 
-const between = (name: string, min: number, max: number) => (self: Options.Options<number>) =>
-  Options.filterMap(
-    self,
-    (n) => (Number.isInteger(n) && n >= min && n <= max ? Option.some(n) : Option.none()),
-    `--${name} must be an integer from ${min} to ${max}`
+/** An integer flag within [min, max]; anything else is refused with a message naming the flag. */
+const integerBetween = (name: string, min: number, max: number): Options.Options<number> =>
+  Options.text(name).pipe(
+    Options.withPseudoName("integer"),
+    Options.filterMap(
+      (text) => {
+        const n = /^-?\d+$/.test(text.trim()) ? Number(text) : Number.NaN
+        return Number.isSafeInteger(n) && n >= min && n <= max ? Option.some(n) : Option.none()
+      },
+      `--${name} must be an integer from ${min} to ${max}`
+    )
   )
 
 // ---------------------------------------------------------------------------------------------------------
@@ -64,8 +70,7 @@ const seedCommand = <A>(
   seed: (count: number) => Effect.Effect<Seed.SeedResult, A, Db.Db | SqlClient.SqlClient | TokenGen | Progress.Progress>
 ) =>
   Command.make(name, {
-    count: Options.integer("count").pipe(
-      between("count", 1, 1_000_000_000),
+    count: integerBetween("count", 1, 1_000_000_000).pipe(
       Options.withDefault(defaultCount),
       Options.withDescription(`How many ${name} to insert (default ${defaultCount}).`)
     )
@@ -161,13 +166,11 @@ const scopeOptions = Options.all({
 
 const regenerateOptions = {
   scope: scopeOptions,
-  batchSize: Options.integer("batch-size").pipe(
-    between("batch-size", 1, 10_000),
+  batchSize: integerBetween("batch-size", 1, 10_000).pipe(
     Options.withDefault(Regenerate.defaults.batchSize),
     Options.withDescription("Tickets per batch: one UPDATE, one transaction (1-10000).")
   ),
-  concurrency: Options.integer("concurrency").pipe(
-    between("concurrency", 1, 64),
+  concurrency: integerBetween("concurrency", 1, 64).pipe(
     Options.withDefault(Regenerate.defaults.concurrency),
     Options.withDescription("Batches in flight at once (1-64).")
   ),
@@ -175,16 +178,14 @@ const regenerateOptions = {
   restart: Options.boolean("restart").pipe(
     Options.withDescription("Abandon any unfinished run of this scope and start a new one.")
   ),
-  maxRowsPerSecond: Options.integer("max-rows-per-second").pipe(
-    between("max-rows-per-second", 1, 100_000_000),
+  maxRowsPerSecond: integerBetween("max-rows-per-second", 1, 100_000_000).pipe(
     Options.optional,
     Options.withDescription("Throttle: rotate at most this many tickets per second.")
   ),
   noCount: Options.boolean("no-count").pipe(
     Options.withDescription("Skip counting the scope (huge tables); progress is estimated from the id key space.")
   ),
-  targetBatchMs: Options.integer("target-batch-ms").pipe(
-    between("target-batch-ms", 10, 60_000),
+  targetBatchMs: integerBetween("target-batch-ms", 10, 60_000).pipe(
     Options.optional,
     Options.withDescription("Adaptive batches: let the batch size (100-10000) follow this time per batch.")
   ),

@@ -370,7 +370,8 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
   it("bad regenerate flags: exit 2 and nothing changes", async () => {
     const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
       [["--batch-size", "0"], "--batch-size"],
-      [["--batch-size", "abc"], "abc"],
+      [["--batch-size", "abc"], "--batch-size must be an integer from 1 to 10000"],
+      [["--batch-size", "1.5"], "--batch-size"],
       [["--batch-size", "10001"], "--batch-size"],
       [["--concurrency", "-3"], "--concurrency"],
       [["--concurrency", "0"], "--concurrency"],
