@@ -8,6 +8,7 @@ import {
   covers,
   duplicateToken,
   fatalError,
+  type Fault,
   inScope,
   makeTickets,
   testHost,
@@ -183,20 +184,28 @@ describe("regenerate", () => {
     { fastCheck: { numRuns: 60 } }
   )
 
-  it.effect("interrupting a run through `graceful` lets the batches in flight commit and records where it stopped", () =>
+  /** Runs through `graceful`, interrupts it while batch 3 is in flight, then lets batch 3 end as `outcome`. */
+  const stopDuringBatch3 = (outcome: Fault) =>
     Effect.gen(function*() {
       const inFlight = yield* Deferred.make<void>()
       const release = yield* Deferred.make<void>()
       const world = new World(makeTickets(100), {
         rotate: (n) =>
-          n === 3 ? Effect.zipRight(Deferred.succeed(inFlight, undefined), Deferred.await(release)) : undefined
+          n === 3
+            ? Effect.zipRight(Effect.zipRight(Deferred.succeed(inFlight, undefined), Deferred.await(release)), outcome)
+            : undefined
       })
       const fiber = yield* Effect.fork(graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop)))
       yield* Deferred.await(inFlight)
       const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
       yield* Effect.yieldNow()
       yield* Deferred.succeed(release, undefined)
-      const exit = yield* Fiber.join(interrupting)
+      return { world, exit: yield* Fiber.join(interrupting) }
+    })
+
+  it.effect("interrupting a run through `graceful` lets the batches in flight commit and records where it stopped", () =>
+    Effect.gen(function*() {
+      const { exit, world } = yield* stopDuringBatch3(Effect.void)
       expect(Exit.isInterrupted(exit)).toBe(true)
       const saved = record(world)
       expect(saved.status).toBe("interrupted")
@@ -207,25 +216,10 @@ describe("regenerate", () => {
       expect(saved.cursor).toBe([...committed].sort().at(-1))
       expect(committed.length).toBeLessThan(100)
     }))
+
   it.effect("a run that fails while it winds down after a stop reports that failure, not an interruption", () =>
     Effect.gen(function*() {
-      const inFlight = yield* Deferred.make<void>()
-      const release = yield* Deferred.make<void>()
-      const world = new World(makeTickets(100), {
-        rotate: (n) =>
-          n === 3
-            ? Effect.zipRight(
-              Effect.zipRight(Deferred.succeed(inFlight, undefined), Deferred.await(release)),
-              fatalError()
-            )
-            : undefined
-      })
-      const fiber = yield* Effect.fork(graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop)))
-      yield* Deferred.await(inFlight)
-      const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
-      yield* Effect.yieldNow()
-      yield* Deferred.succeed(release, undefined)
-      const exit = yield* Fiber.join(interrupting)
+      const { exit, world } = yield* stopDuringBatch3(fatalError())
       expect(Exit.isFailure(exit) && Cause.failureOption(exit.cause)).toMatchObject({
         _tag: "Some",
         value: { _tag: "DatabaseError", transient: false }
