@@ -11,14 +11,12 @@
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import { Checkpoint, fingerprint, type HeldLock, type RunKey } from "./Checkpoint.js"
-import { Db } from "./Db.js"
+import { Db, letEventLoopTurn } from "./Db.js"
 import {
   type CheckpointCorrupt,
   type CheckpointUnavailable,
@@ -37,6 +35,7 @@ import {
   UnfinishedRun
 } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
+import { Shutdown } from "./Shutdown.js"
 import { TicketRepo } from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
@@ -453,6 +452,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           yield* Ref.update(batchSize, (size) => adaptBatchSize(size, millis, target))
         }
         yield* record(item, rotated)
+        yield* letEventLoopTurn(db.dialect)
       })
 
     const start: Source = { cursor: starting.cursor, seq: 0, skips: starting.done }
@@ -479,31 +479,24 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
   }))
 
 /**
- * Runs `run` so that interrupting it (Ctrl-C, SIGTERM) becomes a graceful stop: `run` sees
- * `stopRequested` turn true, finishes what it has in flight and returns; the interruption then completes.
- * A second signal is not caught here: the process exits at once (the checkpoint is still correct, as it
- * only ever moves after a commit).
+ * Runs `run` as a graceful section: the first Ctrl-C or SIGTERM turns `stopRequested` true (and runs
+ * `onStop`), `run` finishes what it has in flight and returns, and the outcome is then an interruption
+ * (exit 130/143) — unless winding down failed, which is reported like any failure. A second signal is
+ * not caught here: the process exits at once (the checkpoint is still correct, as it only ever moves
+ * after a commit).
  */
 export const graceful = <A, E, R>(
   run: (stopRequested: Effect.Effect<boolean>) => Effect.Effect<A, E, R>,
   onStop: Effect.Effect<void> = Effect.void
-): Effect.Effect<A, E, R> =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.gen(function*() {
-      const stop = yield* Ref.make(false)
-      // A daemon, not a child: an interrupt signal reaches a fiber's children at once, and this one must
-      // keep running until it has wound down. It is always awaited below, so it never outlives us.
-      const fiber = yield* Effect.forkDaemon(restore(run(Ref.get(stop))))
-      const exit = yield* Effect.exit(restore(Fiber.join(fiber)))
-      if (!Exit.isInterrupted(exit)) return yield* exit
-      yield* Ref.set(stop, true)
-      yield* onStop
-      // The stop stays an interruption (exit 130/143) unless winding down failed: then that failure is the
-      // outcome, reported like any other.
-      const wound = yield* Fiber.await(fiber)
-      return yield* Exit.isFailure(wound) && !Exit.isInterrupted(wound) ? wound : exit
-    })
-  )
+): Effect.Effect<A, E, R | Shutdown> =>
+  Effect.gen(function*() {
+    const shutdown = yield* Shutdown
+    const result = yield* Effect.scoped(Effect.gen(function*() {
+      yield* Effect.forkScoped(Effect.zipRight(shutdown.requested, onStop))
+      return yield* shutdown.graceful(run(shutdown.isRequested))
+    }))
+    return (yield* shutdown.isRequested) ? yield* Effect.interrupt : result
+  })
 
 export interface Plan {
   readonly database: string

@@ -7,7 +7,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import { randomBytes } from "node:crypto"
-import { databaseError, datetime, Db, requireSchema, statementText, writeError } from "./Db.js"
+import { databaseError, datetime, Db, letEventLoopTurn, requireSchema, statementText, writeError } from "./Db.js"
 import { DatabaseError, NoParents, SchemaMismatch } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TokenGen } from "./TokenGen.js"
@@ -244,6 +244,7 @@ const run = (seeding: Seeding, count: number) =>
             Effect.mapError(writeError(`inserting into ${seeding.table}`))
           )
           yield* progress.emit(ProgressEvent.Advanced({ rows: size, batchSize: size }))
+          yield* letEventLoopTurn(db.dialect)
         }),
       { concurrency: db.dialect === "mysql" ? 3 : 1, discard: true }
     )

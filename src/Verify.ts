@@ -5,7 +5,7 @@
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { Checkpoint } from "./Checkpoint.js"
-import { Db } from "./Db.js"
+import { Db, letEventLoopTurn } from "./Db.js"
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TicketRepo } from "./TicketRepo.js"
@@ -53,6 +53,7 @@ export const verify = (scope: Option.Option<Scope>) =>
       notRotatedSample.push(...page.stale.slice(0, sampleSize - notRotatedSample.length))
       cursor = page.ids[page.ids.length - 1]!
       yield* progress.emit(ProgressEvent.Advanced({ rows: page.ids.length, batchSize: pageSize }))
+      yield* letEventLoopTurn(db.dialect)
     }
     const duplicates = yield* repo.duplicateTokens
     yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))

@@ -5,7 +5,7 @@
  */
 import * as ValidationError from "@effect/cli/ValidationError"
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import { makeRunMain } from "@effect/platform/Runtime"
 import * as Cause from "effect/Cause"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
@@ -15,6 +15,7 @@ import * as Option from "effect/Option"
 import * as Fs from "node:fs"
 import * as Cli from "./Cli.js"
 import { exitCodeOf, isAppError } from "./Domain.js"
+import * as Shutdown from "./Shutdown.js"
 
 const version = (): string => {
   try {
@@ -25,21 +26,33 @@ const version = (): string => {
   }
 }
 
-// The first signal: the runtime's own handler interrupts the program, which stops gracefully; which signal
-// it was decides the exit code (130 for SIGINT, 143 for SIGTERM). A second signal exits at once — the
-// checkpoint is still correct, as it only ever moves after a commit — with the terminal's cursor restored
-// (the live progress line hides it).
+// Signals. The first one: while a regeneration runs it is a stop request (the run lets its batches in
+// flight commit, records the checkpoint and ends, exit 130/143); anywhere else it interrupts the program.
+// Which signal it was decides the exit code (130 for SIGINT, 143 for SIGTERM). A second signal exits at
+// once — the checkpoint is still correct, as it only ever moves after a commit — with the terminal's cursor
+// restored (the live progress line hides it).
+const shutdown = Shutdown.make()
 let signal: "SIGINT" | "SIGTERM" | undefined
-const onSignal = (name: "SIGINT" | "SIGTERM") => () => {
-  if (signal === undefined) {
-    signal = name
-    return
+
+const runMain = makeRunMain(({ fiber, teardown }) => {
+  const keepAlive = setInterval(() => {}, 2 ** 31 - 1)
+  const onSignal = (name: "SIGINT" | "SIGTERM") => () => {
+    if (signal === undefined) {
+      signal = name
+      if (!shutdown.request()) fiber.unsafeInterruptAsFork(fiber.id())
+      return
+    }
+    if (process.stderr.isTTY) process.stderr.write("\x1b[?25h\n")
+    process.exit(name === "SIGTERM" ? 143 : 130)
   }
-  if (process.stderr.isTTY) process.stderr.write("\x1b[?25h\n")
-  process.exit(name === "SIGTERM" ? 143 : 130)
-}
-process.on("SIGINT", onSignal("SIGINT"))
-process.on("SIGTERM", onSignal("SIGTERM"))
+  process.on("SIGINT", onSignal("SIGINT"))
+  process.on("SIGTERM", onSignal("SIGTERM"))
+  fiber.addObserver((exit) => {
+    clearInterval(keepAlive)
+    // A clean exit lets Node end by itself, after stdout (a --json summary, say) has drained.
+    teardown(exit, (code) => (code === 0 ? undefined : process.exit(code)))
+  })
+})
 
 const report = (cause: Cause.Cause<unknown>) =>
   Effect.gen(function*() {
@@ -69,10 +82,11 @@ const exitCode = (exit: Exit.Exit<unknown, unknown>): number => {
 const program = Cli.run(version())(process.argv).pipe(
   Effect.tapErrorCause(report),
   Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))),
+  Effect.provide(Shutdown.layer(shutdown)),
   Effect.provide(NodeContext.layer)
 )
 
-NodeRuntime.runMain(program, {
+runMain(program, {
   disableErrorReporting: true,
   disablePrettyLogger: true,
   teardown: (exit, onExit) => onExit(exitCode(exit))

@@ -3,6 +3,7 @@ import { Cause, Deferred, type Duration, Effect, Exit, FastCheck as FC, Fiber, O
 import * as Checkpoint from "../src/Checkpoint.js"
 import { LockHolder, RunRecord, Scope } from "../src/Domain.js"
 import { adaptBatchSize, graceful, keyFraction, regenerate, type RegenerateOptions } from "../src/Regenerate.js"
+import * as Shutdown from "../src/Shutdown.js"
 import {
   checkInvariants,
   covers,
@@ -184,7 +185,7 @@ describe("regenerate", () => {
     { fastCheck: { numRuns: 60 } }
   )
 
-  /** Runs through `graceful`, interrupts it while batch 3 is in flight, then lets batch 3 end as `outcome`. */
+  /** Runs through `graceful`, asks it to stop while batch 3 is in flight, then lets batch 3 end as `outcome`. */
   const stopDuringBatch3 = (outcome: Fault) =>
     Effect.gen(function*() {
       const inFlight = yield* Deferred.make<void>()
@@ -195,12 +196,18 @@ describe("regenerate", () => {
             ? Effect.zipRight(Effect.zipRight(Deferred.succeed(inFlight, undefined), Deferred.await(release)), outcome)
             : undefined
       })
-      const fiber = yield* Effect.fork(graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop)))
+      const shutdown = Shutdown.make()
+      expect(shutdown.request(), "no graceful section yet: a signal would interrupt").toBe(false)
+      const fiber = yield* Effect.fork(
+        graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop)).pipe(
+          Effect.provide(Shutdown.layer(shutdown))
+        )
+      )
       yield* Deferred.await(inFlight)
-      const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+      expect(shutdown.request()).toBe(true)
       yield* Effect.yieldNow()
       yield* Deferred.succeed(release, undefined)
-      return { world, exit: yield* Fiber.join(interrupting) }
+      return { world, exit: yield* Fiber.await(fiber) }
     })
 
   it.effect("interrupting a run through `graceful` lets the batches in flight commit and records where it stopped", () =>

@@ -168,6 +168,29 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     }
   })
 
+  it("Ctrl-C, then Redis goes down while the batches in flight wind down: that failure is reported (exit 1, not 130)", async () => {
+    const redis = privateRedis()
+    await redis.start()
+    try {
+      const before = await snapshot()
+      const runEnv = env({ REDIS_URL: redis.url })
+      const run = spawnCli(["regenerate", ...throttle], { env: runEnv, timeoutMs: 180_000 })
+      await untilRotating(admin, before)
+      run.child.kill("SIGINT")
+      await redis.stop()
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(1)
+      expect(result.stderr).toContain("stopping: letting the batches in flight commit")
+      const lines = result.stderr.split("\n").filter((l) => l.startsWith("error: "))
+      expect(lines).toEqual([expect.stringMatching(/^error: the checkpoint store \(redis .*--resume/)])
+      await redis.start()
+      await resumeToEnd(runEnv)
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await redis.stop()
+    }
+  })
+
   it("MySQL connections killed mid-run: batches are retried on fresh connections", async () => {
     const before = await snapshot()
     const run = spawnCli(["regenerate", "--json", ...throttle], { env: env() })

@@ -444,4 +444,28 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
     expect(Number(counts.d)).toBe(ticketCount)
     expect(Number(counts.n)).toBe(ticketCount)
   })
+
+  // SQLite calls are synchronous: the run must still let Node see the signal between batches.
+  it(
+    "Ctrl-C at full speed stops the run before its end (exit 130, resume hint), and --resume completes",
+    { timeout: 120_000 },
+    async () => {
+      const before = new Map(readTickets().map((t) => [t.id, t]))
+      const previous = (await readRun())?.runId
+      const started = spawnCli(["regenerate", "--restart", "--batch-size", String(batchSize)], { cwd, env })
+      // Once this run has committed its first batch.
+      const running = async () => {
+        const run = await readRun()
+        return run !== undefined && run.runId !== previous && run.rotated > 0
+      }
+      while (!(await running())) await sleep(5)
+      started.child.kill("SIGINT")
+      const r = await started.result
+      expect(r.code, describeResult(r)).toBe(130)
+      expect(r.stdout).toContain("resume with: ")
+      expect((await readRun())!.rotated).toBeLessThan(ticketCount)
+      await expectExit(runCli(["regenerate", "--batch-size", String(batchSize), "--resume"], { cwd, env }), 0)
+      expectAllRotated(before, readTickets())
+    }
+  )
 })
