@@ -389,7 +389,8 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
     // Leases are timed by the database's clock, the one every runner shares: a host whose clock runs ahead
     // must not see a live holder's lease as expired.
     const now = sql.onDialectOrElse({
-      mysql: () => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+      // UTC whatever the session's time zone (UNIX_TIMESTAMP(NOW()) would jump an hour at a DST change).
+      mysql: () => "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) DIV 1000)",
       orElse: () => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
     })
     const upsert = sql.onDialectOrElse({

@@ -111,9 +111,11 @@ export const parseInstant = (flag: string, text: string): Either.Either<string, 
   const [, y, mo, d, h = "00", mi = "00", sec = "00", fraction = "", zone = "Z"] = match ?? []
   // Each field within its range (JavaScript would roll 2024-02-30 over to 1 March).
   const wall = new Date(Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(sec)))
-  const valid = match !== null && wall.toISOString().slice(0, 19) === `${y}-${mo}-${d}T${h}:${mi}:${sec}`
+  const instant = new Date(`${y}-${mo}-${d}T${h}:${mi}:${sec}${fraction}${zone}`)
+  const valid = match !== null && wall.toISOString().slice(0, 19) === `${y}-${mo}-${d}T${h}:${mi}:${sec}` &&
+    !Number.isNaN(instant.getTime())
   return valid
-    ? Either.right(new Date(`${y}-${mo}-${d}T${h}:${mi}:${sec}${fraction}${zone}`).toISOString())
+    ? Either.right(instant.toISOString())
     : Either.left(
       `--${flag} must be an ISO date (2024-01-31) or date-time with a zone (2024-01-31T12:00:00Z), ` +
         "to the millisecond at most"

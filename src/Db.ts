@@ -144,7 +144,10 @@ const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options
         timezone: "Z",
         charset: "utf8mb4",
         maxIdle: options.maxConnections,
+        // Probe idle connections after 10 s: a half-open one (whose statement `answeredWithin` gave up on)
+        // is found dead in minutes, not after the system's two hours.
         enableKeepAlive: true,
+        keepAliveInitialDelay: 10_000,
         // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.
         maxPreparedStatements: 64
       }

@@ -232,18 +232,21 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   const eta = etaMillis(state)
   const counts = `${withSeparators(doneOf(state))}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
   const head = `${state.label} ${counts} ${percent(fraction, state.total === undefined)} `
-  const essential = [
+  const width = columns - 1
+  const tailOf = (parts: ReadonlyArray<string>) => parts.filter((p) => p !== "").join("  ")
+  const withNote = (text: string) => [
     `${formatRate(rate(state))} rows/s`,
     state.outcome === undefined ? (eta === undefined ? "ETA -" : `ETA ${formatDuration(eta)}`) : "",
-    note(state)
+    text
   ]
+  // "retrying (checkpoint)" becomes "retrying" rather than be cut off.
+  const full = withNote(note(state))
+  const essential = head.length + tailOf(full).length <= width ? full : withNote(note(state).replace(/ \(.*\)$/, ""))
   const extras = [
     `elapsed ${formatDuration(state.now - state.startedAt)}`,
     `retries ${state.retries}`,
     state.batchSize === undefined ? "" : `batch ${state.batchSize}`
   ]
-  const width = columns - 1
-  const tailOf = (parts: ReadonlyArray<string>) => parts.filter((p) => p !== "").join("  ")
   // Room left for a bar ("[", "] " and its cells) beside a tail.
   const barRoom = (tail: string) => width - head.length - tail.length - 3
   const needed = fraction === undefined ? -3 : barWidths.min

@@ -166,7 +166,7 @@ const windowPerConcurrency = 4
  * A token bucket over rows; waiting shows as "throttled" in progress. It starts empty and holds at most
  * one batch (`burst`), so no stretch of the run goes faster than the cap by more than one batch.
  */
-const makeThrottle = (rowsPerSecond: number | undefined, burst: number) =>
+const makeThrottle = (rowsPerSecond: number | undefined, burst: number, stopRequested: Effect.Effect<boolean>) =>
   Effect.gen(function*() {
     const progress = yield* Progress
     const bucket = yield* Ref.make({ available: 0, at: yield* Clock.currentTimeMillis })
@@ -179,7 +179,10 @@ const makeThrottle = (rowsPerSecond: number | undefined, burst: number) =>
         }))
         if (available >= 0) return
         yield* progress.emit(ProgressEvent.Phase({ phase: "throttled" }))
-        yield* Effect.sleep(Duration.millis((-available * 1000) / rowsPerSecond))
+        // In short slices, so that a stop request does not wait out a long hold.
+        for (let wait = (-available * 1000) / rowsPerSecond; wait > 0 && !(yield* stopRequested); wait -= 200) {
+          yield* Effect.sleep(Duration.millis(Math.min(wait, 200)))
+        }
         yield* progress.emit(ProgressEvent.Phase({ phase: "running" }))
       })
   })
@@ -344,7 +347,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     }
 
     const batchSize = yield* Ref.make(options.batchSize)
-    const throttle = yield* makeThrottle(options.maxRowsPerSecond, options.batchSize)
+    const throttle = yield* makeThrottle(options.maxRowsPerSecond, options.batchSize, stopRequested)
     const window = yield* Effect.makeSemaphore(options.concurrency * windowPerConcurrency)
     const recording = yield* Effect.makeSemaphore(1)
     const halted = yield* Ref.make(false)
@@ -360,12 +363,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       readonly skips: ReadonlyArray<DoneRange>
     }
 
+    /** The end of the stream on a stop request (no batch is taken after it), recorded as such. */
+    const halt = Effect.as(Ref.set(halted, true), Option.none())
+
     const nextItem = (s: Source): Effect.Effect<Option.Option<readonly [Item, Source]>, DatabaseError> =>
       Effect.gen(function*() {
-        if (yield* stopRequested) {
-          yield* Ref.set(halted, true)
-          return Option.none()
-        }
+        if (yield* stopRequested) return yield* halt
         const limit = yield* Ref.get(batchSize)
         const ids = yield* retrying(
           answeredWithin("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
@@ -382,6 +385,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           )
         }
         yield* throttle(batch.length)
+        if (yield* stopRequested) return yield* halt
         return Option.some([{ _tag: "Batch", seq, ids: batch }, { ...s, cursor: batch.at(-1)!, seq }] as const)
       })
 
@@ -521,17 +525,14 @@ export const plan = (options: RegenerateOptions) =>
     yield* repo.checkSchema
     const key: RunKey = { database: db.identity, scope: options.scope }
     const starting = yield* startingRecord(key, options)
-    const existing = options.mode === "restart"
-      // A restart replaces whatever is there, unreadable or foreign included.
-      ? yield* checkpoint.load(key).pipe(
-        Effect.catchTags({
-          CheckpointCorrupt: () => Effect.succeed(Option.none()),
-          ForeignCheckpoint: () => Effect.succeed(Option.none())
-        })
-      )
-      : options.mode === "resume"
-      ? Option.some(starting.record)
-      : Option.none()
+    // The record as stored (a resume would mark it running); a restart replaces whatever is there,
+    // unreadable or foreign included.
+    const existing = options.mode === "start" ? Option.none() : yield* checkpoint.load(key).pipe(
+      Effect.catchTags({
+        CheckpointCorrupt: () => Effect.succeed(Option.none()),
+        ForeignCheckpoint: () => Effect.succeed(Option.none())
+      })
+    )
     const holder = yield* checkpoint.holder(key)
     const total = options.count ? Option.some(yield* repo.count(options.scope)) : Option.none<number>()
     const action = starting.done ? "nothing" : options.mode

@@ -135,6 +135,9 @@ describe("rendering", () => {
     expect(renderTty(play(steady(10, 5000, null)), 100)).toMatch(
       /^regenerate 50,000 +5000 rows\/s {2}ETA - {2}elapsed 10s {2}retries 0 {2}batch 1000$/
     )
+    // A huge table on 80 columns: the reason goes before the state would be cut.
+    const huge = renderTty(play([...steady(10, 5000, 250_000_000), [10_000, E.Retried({ reason: "checkpoint" })]]), 80)
+    expect(huge).toMatch(/^regenerate 50,000\/250,000,000 0\.0% 5000 rows\/s {2}ETA \d+h\d+m {2}retrying$/)
     // Never an empty bar, even when nothing else fits.
     expect(renderTty(play(steady(10, 5000)), 30)).not.toContain("[]")
   })

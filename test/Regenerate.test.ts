@@ -1,5 +1,17 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Deferred, type Duration, Effect, Exit, FastCheck as FC, Fiber, Option, Schema, TestClock } from "effect"
+import {
+  Cause,
+  Deferred,
+  type Duration,
+  Effect,
+  Exit,
+  FastCheck as FC,
+  Fiber,
+  Option,
+  Ref,
+  Schema,
+  TestClock
+} from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { LockHolder, RunRecord, Scope } from "../src/Domain.js"
 import { adaptBatchSize, graceful, keyFraction, regenerate, type RegenerateOptions } from "../src/Regenerate.js"
@@ -559,6 +571,21 @@ describe("throttle and adaptive batches", () => {
       expect(elapsed).toBeGreaterThanOrEqual(5000)
       expect(elapsed).toBeLessThan(6000)
       expect(world.progress.some((e) => e._tag === "Phase" && e.phase === "throttled")).toBe(true)
+    }))
+
+  it.effect("a stop request ends a throttle's hold at once, and no batch is taken after it", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(500))
+      const stop = yield* Ref.make(false)
+      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
+      const started = yield* TestClock.currentTimeMillis
+      // 100 rows at 10 rows/s: the first batch is held for 10 s.
+      const summary = yield* Effect.flatten(
+        withClock(runIn(world, { batchSize: 100, maxRowsPerSecond: 10 }, Ref.get(stop)), "100 millis")
+      )
+      expect(summary).toMatchObject({ status: "interrupted", rotated: 0 })
+      expect(world.table.calls.rotate).toBe(0)
+      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThan(1500)
     }))
 
   it("the batch size shrinks quickly after a slow batch and grows slowly, within 100-10000", () => {
