@@ -345,6 +345,7 @@ const runRegenerate = (flags: RegenerateFlags) =>
     )
     yield* Regenerate.graceful(
       (stopRequested) => Effect.tap(Regenerate.regenerate(options, stopRequested), (s) => printSummary(s, flags.json)),
+      (summary) => summary.status === "interrupted",
       onStop
     )
   })

@@ -144,8 +144,8 @@ const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options
         timezone: "Z",
         charset: "utf8mb4",
         maxIdle: options.maxConnections,
-        // Probe idle connections after 10 s: a half-open one (whose statement `answeredWithin` gave up on)
-        // is found dead in minutes, not after the system's two hours.
+        // Probe connections idle at the TCP level after 10 s, so that a dead peer is noticed in minutes rather
+        // than after the system's two hours (unacknowledged data falls to the retransmission timeout).
         enableKeepAlive: true,
         keepAliveInitialDelay: 10_000,
         // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.

@@ -180,8 +180,9 @@ const makeThrottle = (rowsPerSecond: number | undefined, burst: number, stopRequ
         if (available >= 0) return
         yield* progress.emit(ProgressEvent.Phase({ phase: "throttled" }))
         // In short slices, so that a stop request does not wait out a long hold.
-        for (let wait = (-available * 1000) / rowsPerSecond; wait > 0 && !(yield* stopRequested); wait -= 200) {
-          yield* Effect.sleep(Duration.millis(Math.min(wait, 200)))
+        const until = now + (-available * 1000) / rowsPerSecond
+        for (let t = now; t < until && !(yield* stopRequested); t = yield* Clock.currentTimeMillis) {
+          yield* Effect.sleep(Duration.millis(Math.min(until - t, 200)))
         }
         yield* progress.emit(ProgressEvent.Phase({ phase: "running" }))
       })
@@ -484,13 +485,14 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 
 /**
  * Runs `run` as a graceful section: the first Ctrl-C or SIGTERM turns `stopRequested` true (and runs
- * `onStop`), `run` finishes what it has in flight and returns, and the outcome is then an interruption
- * (exit 130/143) — unless winding down failed, which is reported like any failure. A second signal is
- * not caught here: the process exits at once (the checkpoint is still correct, as it only ever moves
- * after a commit).
+ * `onStop`), `run` finishes what it has in flight and returns, and when `stopped` says it did stop early
+ * the outcome is an interruption (exit 130/143); a run the stop came too late for ends as it ended, and
+ * one that failed winding down is reported like any failure. A second signal is not caught here: the
+ * process exits at once (the checkpoint is still correct, as it only ever moves after a commit).
  */
 export const graceful = <A, E, R>(
   run: (stopRequested: Effect.Effect<boolean>) => Effect.Effect<A, E, R>,
+  stopped: (result: A) => boolean,
   onStop: Effect.Effect<void> = Effect.void
 ): Effect.Effect<A, E, R | Shutdown> =>
   Effect.gen(function*() {
@@ -499,7 +501,7 @@ export const graceful = <A, E, R>(
       yield* Effect.forkScoped(Effect.zipRight(shutdown.requested, onStop))
       return yield* shutdown.graceful(run(shutdown.isRequested))
     }))
-    return (yield* shutdown.isRequested) ? yield* Effect.interrupt : result
+    return stopped(result) ? yield* Effect.interrupt : result
   })
 
 export interface Plan {

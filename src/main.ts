@@ -45,10 +45,17 @@ const runMain = makeRunMain(({ fiber, teardown }) => {
     if (process.stderr.isTTY) process.stderr.write("\x1b[?25h\n")
     process.exit(name === "SIGTERM" ? 143 : 130)
   }
-  process.on("SIGINT", onSignal("SIGINT"))
-  process.on("SIGTERM", onSignal("SIGTERM"))
+  const onSigint = onSignal("SIGINT")
+  const onSigterm = onSignal("SIGTERM")
+  process.on("SIGINT", onSigint)
+  process.on("SIGTERM", onSigterm)
   fiber.addObserver((exit) => {
     clearInterval(keepAlive)
+    // Done: a signal while Node winds down (stdout draining) gets Node's default, an immediate exit.
+    if (signal === undefined) {
+      process.off("SIGINT", onSigint)
+      process.off("SIGTERM", onSigterm)
+    }
     // A clean exit lets Node end by itself, after stdout (a --json summary, say) has drained.
     teardown(exit, (code) => (code === 0 ? undefined : process.exit(code)))
   })

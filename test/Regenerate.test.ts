@@ -211,9 +211,10 @@ describe("regenerate", () => {
       const shutdown = Shutdown.make()
       expect(shutdown.request(), "no graceful section yet: a signal would interrupt").toBe(false)
       const fiber = yield* Effect.fork(
-        graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop)).pipe(
-          Effect.provide(Shutdown.layer(shutdown))
-        )
+        graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop), (s) => s.status === "interrupted")
+          .pipe(
+            Effect.provide(Shutdown.layer(shutdown))
+          )
       )
       yield* Deferred.await(inFlight)
       expect(shutdown.request()).toBe(true)
@@ -234,6 +235,21 @@ describe("regenerate", () => {
       expect(saved.rotated).toBe(committed.length)
       expect(saved.cursor).toBe([...committed].sort().at(-1))
       expect(committed.length).toBeLessThan(100)
+    }))
+
+  it.effect("a stop that comes after the last page was read lets the run complete: not an interruption", () =>
+    Effect.gen(function*() {
+      const shutdown = Shutdown.make()
+      const world = new World(makeTickets(20), {
+        // The last batch: its page, and the empty one after it, have been read by now.
+        rotate: (n) => (n === 2 ? Effect.sync(() => void shutdown.request()) : undefined)
+      })
+      const exit = yield* Effect.exit(
+        graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop), (s) => s.status === "interrupted")
+          .pipe(Effect.provide(Shutdown.layer(shutdown)))
+      )
+      expect(world.table.calls.page).toBe(3)
+      expect(exit).toMatchObject({ _tag: "Success", value: { status: "completed", rotated: 20 } })
     }))
 
   it.effect("a run that fails while it winds down after a stop reports that failure, not an interruption", () =>
