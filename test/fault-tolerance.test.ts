@@ -13,7 +13,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { runCli, spawnCli } from "./support/cli.js"
+import { type CliResult, runCli, spawnCli } from "./support/cli.js"
 import {
   adminConnection,
   createDatabase,
@@ -145,7 +145,14 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     }
   })
 
-  it("Redis down for longer than the retries last: a clean stop (exit 1), then --resume finishes", async () => {
+  /**
+   * A run on a private Redis that `disrupt` breaks once it is rotating: it must fail (exit 1) with the error
+   * lines `check` expects; then Redis comes back and --resume finishes the rotation.
+   */
+  const redisOutage = async (
+    disrupt: (redis: ReturnType<typeof privateRedis>, run: ReturnType<typeof spawnCli>) => Promise<void>,
+    check: (result: CliResult, errorLines: ReadonlyArray<string>, redis: ReturnType<typeof privateRedis>) => void
+  ) => {
     const redis = privateRedis()
     await redis.start()
     try {
@@ -153,46 +160,39 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       const runEnv = env({ REDIS_URL: redis.url })
       const run = spawnCli(["regenerate", ...throttle], { env: runEnv, timeoutMs: 180_000 })
       await untilRotating(admin, before)
-      await redis.stop()
+      await disrupt(redis, run)
       const result = await run.result
       expect(result.code, result.stderr).toBe(1)
-      const lines = result.stderr.split("\n").filter((l) => l.startsWith("error: "))
+      check(result, result.stderr.split("\n").filter((l) => l.startsWith("error: ")), redis)
+      await redis.start()
+      await resumeToEnd(runEnv)
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await redis.stop()
+    }
+  }
+
+  it("Redis down for longer than the retries last: a clean stop (exit 1), then --resume finishes", () =>
+    redisOutage((redis) => redis.stop(), (result, lines, redis) => {
       expect(lines).toHaveLength(1)
       expect(lines[0]).toMatch(/redis/i)
       expect(lines[0]).toContain("--resume")
       expect(result.stderr + result.stdout).not.toContain(redis.password)
-      await redis.start()
-      await resumeToEnd(runEnv)
-      expectAllRotated(before, await readTickets())
-    } finally {
-      await redis.stop()
-    }
-  })
+    }))
 
-  it("Redis goes down, then Ctrl-C while the batches in flight wind down: their failure is reported (exit 1, not 130)", async () => {
-    const redis = privateRedis()
-    await redis.start()
-    try {
-      const before = await snapshot()
-      const runEnv = env({ REDIS_URL: redis.url })
-      const run = spawnCli(["regenerate", ...throttle], { env: runEnv, timeoutMs: 180_000 })
-      await untilRotating(admin, before)
-      // In this order, so that the in-flight checkpoint writes are still failing (and retried) when the stop
-      // comes: winding down cannot succeed.
-      await redis.stop()
-      run.child.kill("SIGINT")
-      const result = await run.result
-      expect(result.code, result.stderr).toBe(1)
-      expect(result.stderr).toContain("stopping: letting the batches in flight commit")
-      const lines = result.stderr.split("\n").filter((l) => l.startsWith("error: "))
-      expect(lines).toEqual([expect.stringMatching(/^error: the checkpoint store \(redis .*--resume/)])
-      await redis.start()
-      await resumeToEnd(runEnv)
-      expectAllRotated(before, await readTickets())
-    } finally {
-      await redis.stop()
-    }
-  })
+  it("Redis goes down, then Ctrl-C while the batches in flight wind down: their failure is reported (exit 1, not 130)", () =>
+    redisOutage(
+      async (redis, run) => {
+        // In this order, so that the in-flight checkpoint writes are still failing (and retried) when the
+        // stop comes: winding down cannot succeed.
+        await redis.stop()
+        run.child.kill("SIGINT")
+      },
+      (result, lines) => {
+        expect(result.stderr).toContain("stopping: letting the batches in flight commit")
+        expect(lines).toEqual([expect.stringMatching(/^error: the checkpoint store \(redis .*--resume/)])
+      }
+    ))
 
   it("MySQL connections killed mid-run: batches are retried on fresh connections", async () => {
     const before = await snapshot()
