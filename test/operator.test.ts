@@ -112,8 +112,11 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     expect(output).toContain("\x1b[?25h")
   })
 
-  /** Runs the CLI under a pseudo-terminal, sends it SIGINT `signals` times once it is drawing, and waits. */
-  const interruptedOnPty = async (args: string, signals: number) => {
+  /**
+   * Runs the CLI under a pseudo-terminal, sends it SIGINT `signals` times once it is drawing (after
+   * `beforeSignals`), and waits.
+   */
+  const interruptedOnPty = async (args: string, signals: number, beforeSignals = async () => {}) => {
     const script = spawn("script", ["-qfec", `exec node ${mainJs} ${args}`, "/dev/null"], { env: ptyEnv(100) })
     let output = ""
     script.stdout.on("data", (chunk) => (output += chunk))
@@ -121,6 +124,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     while (!output.includes("rows/s")) await new Promise((r) => setTimeout(r, 50))
     await new Promise((r) => setTimeout(r, 500))
     const pid = Number(execFileSync("pgrep", ["-P", String(script.pid)], { encoding: "utf8" }).trim())
+    await beforeSignals()
     for (let i = 0; i < signals; i++) {
       process.kill(pid, "SIGINT")
       await new Promise((r) => setTimeout(r, 100))
@@ -133,7 +137,18 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     expect(once.code, once.output).toBe(130)
     expect(once.output).toContain("resume with: ")
     expect(once.output.lastIndexOf("\x1b[?25h")).toBeGreaterThan(once.output.lastIndexOf("\x1b[?25l"))
-    const twice = await interruptedOnPty("regenerate --resume --max-rows-per-second 3000 --batch-size 500", 2)
+    // Twice: every ticket locked by another transaction keeps a batch in flight, so that the first Ctrl-C
+    // cannot end the run before the second arrives.
+    const locker = await adminConnection(db.name)
+    const twice = await interruptedOnPty(
+      "regenerate --resume --max-rows-per-second 3000 --batch-size 500",
+      2,
+      async () => {
+        await locker.query("BEGIN")
+        await locker.query("SELECT `id` FROM `ticket` FOR UPDATE")
+        await new Promise((r) => setTimeout(r, 1000))
+      }
+    ).finally(() => locker.end())
     expect(twice.code, twice.output).toBe(130)
     expect(twice.output.lastIndexOf("\x1b[?25h")).toBeGreaterThan(twice.output.lastIndexOf("\x1b[?25l"))
 
