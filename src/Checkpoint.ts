@@ -230,7 +230,8 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
         // Gone between the two calls: try again.
         if (Option.isNone(current)) return yield* take
         if (current.value.held.stale && (yield* store.swap(k.lock, current.value.value, value, leaseMillis))) return
-        return yield* new LockHeld({ holder: current.value.held.holder, scope: key.scope })
+        const { expiresInMillis, holder } = current.value.held
+        return yield* new LockHeld({ holder, scope: key.scope, expiresInMillis })
       })
       yield* Effect.acquireRelease(take, () => Effect.ignore(store.release(k.lock, value)))
       yield* store.renew(k.lock, value, leaseMillis).pipe(

@@ -307,7 +307,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
     yield* Option.match(plan.holder, {
       onNone: () => Effect.void,
       onSome: (held) =>
-        out(`lock held by ${held.holder.description}${held.stale ? " (stale: that process is gone)" : ""}`)
+        out(`lock left by ${held.holder.description}: that process is gone, the run would take the lock over`)
     })
     if (json) {
       yield* Console.log(JSON.stringify({
@@ -321,7 +321,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         batchSize: options.batchSize,
         concurrency: options.concurrency,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
-        lockHeld: Option.isSome(plan.holder)
+        staleLock: Option.isSome(plan.holder)
       }))
     }
   })
@@ -418,5 +418,24 @@ const root = Command.make("ticket-tokens").pipe(
   Command.withSubcommands([migrateCommand, seed, regenerate, statusCommand, verifyCommand])
 )
 
+/**
+ * @effect/cli takes its built-in `--log-level` before a subcommand's own options but refuses it after them
+ * ("Received unknown argument"), where operators add it: it is moved to the front, where it always works.
+ */
+export const hoistLogLevel = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const [node = "", script = "", ...args] = argv
+  const end = args.includes("--") ? args.indexOf("--") : args.length
+  const hoisted: Array<string> = []
+  const rest: Array<string> = []
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    if (i < end && arg.startsWith("--log-level=")) hoisted.push(arg)
+    else if (i < end - 1 && arg === "--log-level") hoisted.push(arg, args[++i]!)
+    else rest.push(arg)
+  }
+  return [node, script, ...hoisted, ...rest]
+}
+
 /** Parses argv and runs the chosen command. */
-export const run = (version: string) => Command.run(root, { name: "ticket-tokens", version })
+export const run = (version: string) => (argv: ReadonlyArray<string>) =>
+  Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(argv))

@@ -181,16 +181,24 @@ export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
   }
 }
 
-export class LockHeld extends Data.TaggedError("LockHeld")<{ readonly holder: LockHolder; readonly scope: Scope }> {
+export class LockHeld extends Data.TaggedError("LockHeld")<{
+  readonly holder: LockHolder
+  readonly scope: Scope
+  readonly expiresInMillis: number
+}> {
   override get message() {
+    const { host, pid } = this.holder
     return `another run on this database and scope (${this.scope.description}) is in progress: ` +
-      `${this.holder.description}. Wait for it, or stop it first.`
+      `${this.holder.description}. Wait for it to end, or stop it (Ctrl-C in its terminal, or kill ${pid} on ` +
+      `${host}); if that process is gone, its lock expires within ${Math.ceil(this.expiresInMillis / 1000)} s: ` +
+      `then rerun with --resume.`
   }
 }
 
 export class LockLost extends Data.TaggedError("LockLost")<{ readonly detail: string }> {
   override get message() {
-    return `this run lost its lock (${this.detail}) and stopped so that two runners never write the same checkpoint.`
+    return `this run lost its lock (${this.detail}) and stopped so that two runners never write the same ` +
+      `checkpoint. Nothing committed is lost: check \`status\` for another runner, then rerun with --resume.`
   }
 }
 

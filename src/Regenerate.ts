@@ -23,7 +23,7 @@ import {
   DatabaseError,
   type DuplicateToken,
   type ForeignCheckpoint,
-  type LockHeld,
+  LockHeld,
   type LockLost,
   NoRunToResume,
   RunRecord,
@@ -511,6 +511,7 @@ export interface Plan {
   readonly action: "start" | "resume" | "restart" | "nothing"
   /** The run it would resume (or find completed), or the one a restart would abandon. */
   readonly existing: Option.Option<RunRecord>
+  /** A lock left by a process of this host that is gone, which the run would take over. */
   readonly holder: Option.Option<HeldLock>
   readonly total: Option.Option<number>
 }
@@ -526,6 +527,12 @@ export const plan = (options: RegenerateOptions) =>
     const db = yield* Db
     yield* repo.checkSchema
     const key: RunKey = { database: db.identity, scope: options.scope }
+    // Refused first where the run would be: while another live process holds the lock.
+    const holder = yield* checkpoint.holder(key)
+    if (Option.isSome(holder) && !holder.value.stale) {
+      const { expiresInMillis, holder: held } = holder.value
+      return yield* new LockHeld({ holder: held, scope: options.scope, expiresInMillis })
+    }
     const starting = yield* startingRecord(key, options)
     // The record as stored (a resume would mark it running); a restart replaces whatever is there,
     // unreadable or foreign included.
@@ -535,7 +542,6 @@ export const plan = (options: RegenerateOptions) =>
         ForeignCheckpoint: () => Effect.succeed(Option.none())
       })
     )
-    const holder = yield* checkpoint.holder(key)
     const total = options.count ? Option.some(yield* repo.count(options.scope)) : Option.none<number>()
     const action = starting.done ? "nothing" : options.mode
     return { database: db.display, store: checkpoint.store, action, existing, holder, total } satisfies Plan

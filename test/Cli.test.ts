@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
-import { parseInstant, resumeCommand } from "../src/Cli.js"
+import { hoistLogLevel, parseInstant, resumeCommand } from "../src/Cli.js"
 
 describe("the printed resume command", () => {
   it("repeats the flags with --resume in place of --restart, quoted so that it pastes back as it ran", () => {
@@ -45,5 +45,22 @@ describe("--created-after / --created-before", () => {
     ) {
       expect(Either.isLeft(parseInstant("created-before", text)), text).toBe(true)
     }
+  })
+})
+
+describe("--log-level", () => {
+  it("is moved in front of the subcommand, where @effect/cli accepts it after the subcommand's own options too", () => {
+    const argv = (...args: Array<string>) => ["node", "main.js", ...args]
+    expect(hoistLogLevel(argv("regenerate", "--json", "--log-level", "debug"))).toEqual(
+      argv("--log-level", "debug", "regenerate", "--json")
+    )
+    expect(hoistLogLevel(argv("seed", "users", "--log-level=trace", "--count", "3"))).toEqual(
+      argv("--log-level=trace", "seed", "users", "--count", "3")
+    )
+    // Nothing else moves: no value to take, or past `--`.
+    expect(hoistLogLevel(argv("status", "--log-level"))).toEqual(argv("status", "--log-level"))
+    expect(hoistLogLevel(argv("verify", "--", "--log-level", "debug"))).toEqual(
+      argv("verify", "--", "--log-level", "debug")
+    )
   })
 })

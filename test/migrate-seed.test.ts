@@ -408,7 +408,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     const before = await ticketsDigest()
     const r = await expectExit(runCli(["regenerate", "--dry-run", "--json"], { env: { DATABASE_URL: seeded.url } }), 0)
     const plan = JSON.parse(r.stdout) as Record<string, unknown>
-    expect(plan).toMatchObject({ dryRun: true, total: 3000, batches: 3, existingRun: null, lockHeld: false })
+    expect(plan).toMatchObject({ dryRun: true, total: 3000, batches: 3, existingRun: null, staleLock: false })
     expect(await ticketsDigest()).toBe(before)
     expect(await stateRows()).toBe(0)
   })
