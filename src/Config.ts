@@ -7,8 +7,18 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Net from "node:net"
 import * as Path from "node:path"
 import { BadDatabaseUrl, BadRedisUrl } from "./Domain.js"
+
+/** TLS to MySQL, as the `mysql` client's `--ssl-mode` names it (`PREFERRED` has no place in a URL that must mean one thing). */
+export type TlsMode = "disabled" | "required" | "verify-ca" | "verify-identity"
+
+export interface Tls {
+  readonly mode: TlsMode
+  /** A PEM file of the certificate authority to trust (the system's CAs when unset). */
+  readonly ca: string | undefined
+}
 
 export type DatabaseTarget =
   | {
@@ -18,6 +28,7 @@ export type DatabaseTarget =
     readonly database: string
     readonly username: string | undefined
     readonly password: Redacted.Redacted | undefined
+    readonly tls: Tls
     readonly display: string
   }
   | {
@@ -56,6 +67,37 @@ const decode = (s: string): string => {
   }
 }
 
+const sslModes: Record<string, TlsMode> = {
+  DISABLED: "disabled",
+  REQUIRED: "required",
+  VERIFY_CA: "verify-ca",
+  VERIFY_IDENTITY: "verify-identity"
+}
+
+/**
+ * The URL's parameters: `ssl-mode` and `ssl-ca`, as for the `mysql` client (a CA alone means VERIFY_CA).
+ * Anything else is refused rather than ignored: a TLS setting spelled another way must not quietly fall back
+ * to a plaintext connection.
+ */
+const parseTls = (params: URLSearchParams): Either.Either<Tls, BadDatabaseUrl> => {
+  const bad = (reason: string) => Either.left(new BadDatabaseUrl({ reason }))
+  for (const name of new Set(params.keys())) {
+    if (name !== "ssl-mode" && name !== "ssl-ca") {
+      return bad(`unknown parameter "${name}" (the URL takes ssl-mode and ssl-ca)`)
+    }
+    if (params.getAll(name).length > 1) return bad(`the parameter ${name} is given twice`)
+  }
+  const ca = params.get("ssl-ca") ?? undefined
+  if (ca === "") return bad("ssl-ca needs the path of a PEM file")
+  const raw = params.get("ssl-mode")
+  const mode = raw === null ? (ca === undefined ? "disabled" : "verify-ca") : sslModes[raw.toUpperCase()]
+  if (mode === undefined) return bad(`ssl-mode "${raw}" is not one of ${Object.keys(sslModes).join(", ")}`)
+  if (ca !== undefined && (mode === "disabled" || mode === "required")) {
+    return bad(`ssl-ca is only used to verify the server: pass ssl-mode=VERIFY_CA or VERIFY_IDENTITY with it`)
+  }
+  return Either.right({ mode, ca })
+}
+
 export const parseDatabaseUrl = (raw: string | undefined): Either.Either<DatabaseTarget, BadDatabaseUrl> => {
   const value = raw?.trim() ?? ""
   if (value === "") {
@@ -79,15 +121,26 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
   if (database === "" || database.includes("/")) {
     return Either.left(new BadDatabaseUrl({ reason: "no database name after the host, as in /tickets" }))
   }
-  return Either.right({
-    _tag: "mysql",
+  const tls = parseTls(url.searchParams)
+  // The driver checks a certificate against a host *name* only (for an address it would check "localhost").
+  if (Either.isRight(tls) && tls.right.mode === "verify-identity" && Net.isIP(url.hostname.replace(/^\[|\]$/g, ""))) {
+    return Either.left(
+      new BadDatabaseUrl({
+        reason: `ssl-mode=VERIFY_IDENTITY needs the host name the server's certificate is issued for, not the ` +
+          `address ${url.hostname} (or use VERIFY_CA)`
+      })
+    )
+  }
+  return Either.map(tls, (tls) => ({
+    _tag: "mysql" as const,
     host: url.hostname,
     port,
     database,
     username: url.username === "" ? undefined : decode(url.username),
     password: url.password === "" ? undefined : Redacted.make(decode(url.password)),
+    tls,
     display: `mysql://${url.hostname}:${port}/${database}`
-  })
+  }))
 }
 
 export const parseRedisUrl = (raw: string): Either.Either<RedisTarget, BadRedisUrl> => {

@@ -11,9 +11,9 @@ import * as Layer from "effect/Layer"
 import * as Predicate from "effect/Predicate"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { type DatabaseTarget, databaseTarget } from "./Config.js"
+import { type DatabaseTarget, databaseTarget, type Tls } from "./Config.js"
 import {
-  type BadDatabaseUrl,
+  BadDatabaseUrl,
   DatabaseError,
   DatabaseUnreachable,
   DuplicateToken,
@@ -127,8 +127,27 @@ export const toCount = (value: unknown): number => {
   return Number.isFinite(n) ? n : 0
 }
 
+/** mysql2's `ssl` option for the URL's ssl-mode and ssl-ca (the CA file read here, a bad path as bad input). */
+const sslOptions = (tls: Tls) =>
+  Effect.try({
+    try: () => {
+      if (tls.mode === "disabled") return undefined
+      if (tls.mode === "required") return { rejectUnauthorized: false }
+      const ca = tls.ca === undefined ? {} : { ca: Fs.readFileSync(tls.ca, "utf8") }
+      return { ...ca, rejectUnauthorized: true, verifyIdentity: tls.mode === "verify-identity" }
+    },
+    catch: (error) =>
+      new BadDatabaseUrl({
+        reason: `the ssl-ca file ${tls.ca} cannot be read (${
+          Predicate.hasProperty(error, "code") ? String(error.code) : String(error)
+        })`
+      })
+  })
+
 // Drivers load on demand: a MySQL run never loads better-sqlite3, and the embedded default never loads mysql2.
-const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options: DbOptions) =>
+type SslOptions = Effect.Effect.Success<ReturnType<typeof sslOptions>>
+
+const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options: DbOptions, ssl: SslOptions) =>
   Effect.flatMap(Effect.promise(() => import("@effect/sql-mysql2/MysqlClient")), (MysqlClient) =>
     MysqlClient.make({
       host: target.host,
@@ -149,7 +168,8 @@ const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options
         enableKeepAlive: true,
         keepAliveInitialDelay: 10_000,
         // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.
-        maxPreparedStatements: 64
+        maxPreparedStatements: 64,
+        ...(ssl === undefined ? {} : { ssl })
       }
     }))
 
@@ -198,7 +218,7 @@ const make = (options: DbOptions) =>
   Effect.gen(function*() {
     const target = yield* databaseTarget
     const client: SqlClient.SqlClient = target._tag === "mysql"
-      ? yield* Effect.mapError(mysqlClient(target, options), unreachable(target))
+      ? yield* Effect.mapError(mysqlClient(target, options, yield* sslOptions(target.tls)), unreachable(target))
       : yield* Effect.mapError(
         sqliteClient(target, options),
         (error) => error instanceof SchemaMissing ? error : unreachable(target)(error)

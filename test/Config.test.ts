@@ -28,6 +28,21 @@ describe("DATABASE_URL", () => {
     expect(Either.getOrThrow(parseDatabaseUrl("mysql://root@127.0.0.1/x"))).toMatchObject({ port: 3306 })
   })
 
+  it("takes ssl-mode and ssl-ca as the mysql client does (a CA alone means VERIFY_CA); plaintext by default", () => {
+    const tls = (query: string) => {
+      const target = Either.getOrThrow(parseDatabaseUrl(`mysql://u@db.internal/t${query}`))
+      return target._tag === "mysql" ? target.tls : undefined
+    }
+    expect(tls("")).toEqual({ mode: "disabled", ca: undefined })
+    expect(tls("?ssl-mode=required")).toEqual({ mode: "required", ca: undefined })
+    expect(tls("?ssl-mode=VERIFY_IDENTITY")).toEqual({ mode: "verify-identity", ca: undefined })
+    expect(tls("?ssl-ca=%2Fetc%2Fca.pem")).toEqual({ mode: "verify-ca", ca: "/etc/ca.pem" })
+    expect(tls("?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ca.pem")).toEqual({ mode: "verify-identity", ca: "/etc/ca.pem" })
+    // An address is fine where no host name is checked.
+    expect(Either.getOrThrow(parseDatabaseUrl("mysql://u@10.0.0.5/t?ssl-mode=VERIFY_CA&ssl-ca=/ca.pem")))
+      .toMatchObject({ host: "10.0.0.5", tls: { mode: "verify-ca" } })
+  })
+
   it("parses sqlite paths", () => {
     expect(Either.getOrThrow(parseDatabaseUrl("sqlite:./x/y.db"))).toMatchObject({ filename: "./x/y.db" })
     expect(Either.getOrThrow(parseDatabaseUrl("sqlite:///abs/y.db"))).toMatchObject({ filename: "/abs/y.db" })
@@ -40,7 +55,14 @@ describe("DATABASE_URL", () => {
     ["mysql://root:hunter2@:3306/db", "not a URL"],
     ["mysql://root:hunter2@host:3306", "no database"],
     ["mysql://root:hunter2@host:3306/", "no database"],
-    ["sqlite:", "file path"]
+    ["sqlite:", "file path"],
+    ["mysql://root:hunter2@host/db?sslmode=require", "unknown parameter \"sslmode\""],
+    ["mysql://root:hunter2@host/db?ssl-mode=PREFERRED", "ssl-mode \"PREFERRED\" is not one of"],
+    ["mysql://root:hunter2@host/db?ssl-mode=REQUIRED&ssl-mode=DISABLED", "ssl-mode is given twice"],
+    ["mysql://root:hunter2@host/db?ssl-mode=REQUIRED&ssl-ca=/ca.pem", "pass ssl-mode=VERIFY_CA or VERIFY_IDENTITY"],
+    ["mysql://root:hunter2@host/db?ssl-ca=", "ssl-ca needs the path"],
+    ["mysql://root:hunter2@10.0.0.5/db?ssl-mode=VERIFY_IDENTITY", "not the address 10.0.0.5"],
+    ["mysql://root:hunter2@[::1]/db?ssl-mode=verify_identity", "not the address [::1]"]
   ])("rejects %s with a reason and never the password", (url, reason) => {
     const parsed = parseDatabaseUrl(url)
     expect(Either.isLeft(parsed)).toBe(true)

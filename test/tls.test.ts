@@ -1,0 +1,181 @@
+/**
+ * TLS to MySQL, against a private MariaDB (its own data directory, a spare port, a throwaway CA) that
+ * refuses plaintext connections (`require_secure_transport`): the URL's `ssl-mode` and `ssl-ca` decide how
+ * the tool connects, a whole run goes through over TLS, and every refusal is one line with a non-zero exit.
+ */
+import * as mysql from "mysql2/promise"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { setTimeout as sleep } from "node:timers/promises"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { runCli } from "./support/cli.js"
+import { expectExit, parseJsonSummary, seedFixture } from "./support/tickets.js"
+
+const missing = ["mariadbd", "mariadb-install-db", "openssl"].filter((tool) => {
+  try {
+    execFileSync("sh", ["-c", `command -v ${tool} || test -x /usr/sbin/${tool}`], { stdio: "ignore" })
+    return false
+  } catch {
+    return true
+  }
+})
+if (missing.length > 0) {
+  if (process.env.REQUIRE_SERVICES === "1") throw new Error(`REQUIRE_SERVICES=1 but ${missing.join(", ")} missing`)
+  console.warn(`\n!!! SKIPPING the TLS tests: ${missing.join(", ")} not installed\n`)
+}
+
+const openssl = (dir: string, ...args: Array<string>) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" })
+
+/** A CA, and a server key with a certificate of that CA for each of `names` (file `<name>.pem`). */
+const makeCertificates = (dir: string, caName: string, names: ReadonlyArray<string>) => {
+  openssl(
+    dir,
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    `${caName}.key`,
+    "-out",
+    `${caName}.pem`,
+    "-days",
+    "2",
+    "-subj",
+    `/CN=${caName}`
+  )
+  if (names.length === 0) return
+  openssl(
+    dir,
+    "req",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    "server.key",
+    "-out",
+    "server.csr",
+    "-subj",
+    "/CN=tt-test-server"
+  )
+  for (const name of names) {
+    Fs.writeFileSync(Path.join(dir, "ext.cnf"), `subjectAltName=DNS:${name}\n`)
+    openssl(
+      dir,
+      "x509",
+      "-req",
+      "-in",
+      "server.csr",
+      "-CA",
+      `${caName}.pem`,
+      "-CAkey",
+      `${caName}.key`,
+      "-CAcreateserial",
+      "-out",
+      `${name}.pem`,
+      "-days",
+      "2",
+      "-extfile",
+      "ext.cnf"
+    )
+  }
+}
+
+describe.skipIf(missing.length > 0)("TLS to MySQL (a private MariaDB that requires it)", () => {
+  const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-tls-"))
+  const port = 20_000 + Math.floor(Math.random() * 20_000)
+  const ca = Path.join(dir, "ca.pem")
+  const serverCert = Path.join(dir, "server.pem")
+  let server: ChildProcess | undefined
+  const url = (host: string, query: string) => `mysql://root@${host}:${port}/tickets${query}`
+  const cli = (args: ReadonlyArray<string>, databaseUrl: string) => runCli(args, { env: { DATABASE_URL: databaseUrl } })
+
+  /** An admin connection over TLS (the server takes no other). */
+  const admin = () =>
+    mysql.createConnection({ host: "127.0.0.1", port, user: "root", ssl: { rejectUnauthorized: false } })
+
+  beforeAll(async () => {
+    makeCertificates(dir, "ca", ["localhost", "db.invalid"])
+    makeCertificates(dir, "other-ca", [])
+    Fs.copyFileSync(Path.join(dir, "localhost.pem"), serverCert)
+    const data = Path.join(dir, "data")
+    execFileSync("mariadb-install-db", [
+      "--no-defaults",
+      `--datadir=${data}`,
+      "--auth-root-authentication-method=normal",
+      "--skip-test-db"
+    ], { stdio: "ignore" })
+    server = spawn("/usr/sbin/mariadbd", [
+      "--no-defaults",
+      `--datadir=${data}`,
+      `--port=${port}`,
+      "--bind-address=127.0.0.1",
+      `--socket=${Path.join(dir, "sock")}`,
+      `--pid-file=${Path.join(dir, "pid")}`,
+      `--ssl-ca=${ca}`,
+      `--ssl-cert=${serverCert}`,
+      `--ssl-key=${Path.join(dir, "server.key")}`,
+      "--require-secure-transport=ON",
+      "--innodb-buffer-pool-size=32M",
+      "--skip-log-bin",
+      "--user=root"
+    ], { stdio: "ignore" })
+    for (let i = 0;; i++) {
+      try {
+        const conn = await admin()
+        await conn.query("CREATE DATABASE tickets")
+        await conn.end()
+        break
+      } catch (error) {
+        if (i === 200) throw error
+        await sleep(100)
+      }
+    }
+  }, 60_000)
+
+  afterAll(async () => {
+    if (server !== undefined && server.exitCode === null) {
+      const exited = new Promise((resolve) => server!.once("exit", resolve))
+      server.kill("SIGTERM")
+      await exited
+    }
+    Fs.rmSync(dir, { recursive: true, force: true })
+  }, 60_000)
+
+  it("a whole run over TLS with the server's name verified (ssl-mode=VERIFY_IDENTITY, ssl-ca)", async () => {
+    const verified = url("localhost", `?ssl-mode=VERIFY_IDENTITY&ssl-ca=${encodeURIComponent(ca)}`)
+    await seedFixture({ env: { DATABASE_URL: verified } }, { users: 10, orders: 50, tickets: 3000 })
+    const run = parseJsonSummary(await expectExit(cli(["regenerate", "--json"], verified), 0))
+    expect(run).toMatchObject({ status: "completed", rotated: 3000 })
+    expect((await expectExit(cli(["verify"], verified), 0)).stdout).toMatch(/\bOK$/m)
+    // Encrypted without checking the certificate, as asked.
+    await expectExit(cli(["status"], url("127.0.0.1", "?ssl-mode=REQUIRED")), 0)
+  })
+
+  it("refuses, in one line and with nothing done: plaintext, another CA, no CA, a name the certificate does not carry", async () => {
+    const refused = async (databaseUrl: string, reason: RegExp) => {
+      const r = await cli(["status"], databaseUrl)
+      expect(r.code, r.stderr).toBe(1)
+      expect(r.stderr.trim().split("\n")).toHaveLength(1)
+      expect(r.stderr).toMatch(reason)
+    }
+    await refused(url("localhost", ""), /^error: cannot connect to the database at mysql:\/\/localhost:\d+\/tickets: /)
+    const otherCa = encodeURIComponent(Path.join(dir, "other-ca.pem"))
+    await refused(url("localhost", `?ssl-mode=VERIFY_CA&ssl-ca=${otherCa}`), /certificate/)
+    await refused(url("localhost", "?ssl-mode=VERIFY_IDENTITY"), /certificate/)
+
+    // The server now presents a certificate for db.invalid: its CA is still trusted, its name is wrong.
+    Fs.copyFileSync(Path.join(dir, "db.invalid.pem"), serverCert)
+    const conn = await admin()
+    await conn.query("FLUSH SSL")
+    await conn.end()
+    const withCa = `ssl-ca=${encodeURIComponent(ca)}`
+    await refused(
+      url("localhost", `?ssl-mode=VERIFY_IDENTITY&${withCa}`),
+      /localhost.*db\.invalid|db\.invalid.*localhost/
+    )
+    await expectExit(cli(["status"], url("localhost", `?ssl-mode=VERIFY_CA&${withCa}`)), 0)
+  })
+})
