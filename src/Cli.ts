@@ -292,6 +292,9 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         ? `would resume ${described}`
         : run !== null && !run.finished
         ? `would abandon ${described} and start a new run`
+        : run !== null
+        ? `would start a new run: run ${run.runId} completed at ${run.updatedAt.toISOString()} (${run.rotated} ` +
+          `rotated), and every token in scope would be replaced again`
         : "would start a new run"
     )
     if (plan.action !== "nothing") {

@@ -27,6 +27,8 @@ export type ProgressEvent = Data.TaggedEnum<{
   Advanced: { readonly rows: number; readonly batchSize: number }
   Retried: { readonly reason: string }
   Phase: { readonly phase: Phase }
+  /** A line for the operator, printed once above the live line. */
+  Notice: { readonly text: string }
   Finished: { readonly outcome: string }
 }>
 export const ProgressEvent = Data.taggedEnum<ProgressEvent>()
@@ -133,6 +135,8 @@ export const step = (state: ProgressState, event: ProgressEvent, now: number): P
         : { ...s, phase: s.phase === "stopping" ? "stopping" : event.phase }
     case "Finished":
       return sampled({ ...s, outcome: event.outcome })
+    case "Notice":
+      return s
   }
 }
 
@@ -323,6 +327,10 @@ export const make = (mode: ProgressMode, sink: Sink = stderrSink) =>
       Effect.gen(function*() {
         const t = yield* Clock.currentTimeMillis
         yield* Ref.update(ref, (s) => step(s, event, t))
+        if (event._tag === "Notice" && mode !== "silent") {
+          sink.write(`${mode === "tty" ? CLEAR_LINE : ""}${event.text}\n`)
+          yield* draw(false)
+        }
         if (event._tag === "Started") yield* Ref.set(started, true)
         if (event._tag === "Finished") {
           yield* draw(true)

@@ -216,12 +216,12 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
     const now = yield* Clock.currentTimeMillis
     if (options.mode === "restart") {
       // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced.
-      return { record: freshRecord(key, options, now), done: false }
+      return { record: freshRecord(key, options, now), done: false, supersedes: Option.none<RunRecord>() }
     }
     const existing = yield* checkpoint.load(key)
     if (options.mode === "start") {
       if (Option.isSome(existing) && !existing.value.finished) return yield* new UnfinishedRun({ run: existing.value })
-      return { record: freshRecord(key, options, now), done: false }
+      return { record: freshRecord(key, options, now), done: false, supersedes: existing }
     }
     if (Option.isNone(existing)) {
       const latest = yield* checkpoint.latest(key.database)
@@ -230,9 +230,9 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
       }
       return yield* new NoRunToResume({ scope: key.scope })
     }
-    if (existing.value.finished) return { record: existing.value, done: true }
+    if (existing.value.finished) return { record: existing.value, done: true, supersedes: Option.none<RunRecord>() }
     const record = new RunRecord({ ...existing.value, status: "running", error: null, batchSize: options.batchSize })
-    return { record, done: false }
+    return { record, done: false, supersedes: Option.none<RunRecord>() }
   })
 
 const summaryOf = (
@@ -274,7 +274,15 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     yield* repo.checkSchema
     const key: RunKey = { database: db.identity, scope: options.scope }
     const lock = yield* checkpoint.lock(key)
-    const { done, record: starting } = yield* startingRecord(key, options)
+    const { done, record: starting, supersedes } = yield* startingRecord(key, options)
+    if (Option.isSome(supersedes)) {
+      // A plain rerun (from the shell's history, say) replaces every token just issued: say so before it does.
+      const previous = supersedes.value
+      yield* progress.emit(ProgressEvent.Notice({
+        text: `run ${previous.runId} on this scope completed at ${previous.updatedAt.toISOString()}; this new ` +
+          `run gives every ticket in scope a new token again (Ctrl-C stops it, resumably)`
+      }))
+    }
     const counters = yield* Ref.make({ rotated: 0, skipped: 0, retries: 0, batches: 0 })
     if (done) {
       const note = `run ${starting.runId} already completed at ${starting.updatedAt.toISOString()}; nothing to resume`
@@ -509,7 +517,7 @@ export interface Plan {
   readonly store: string
   /** What the run would do: start a new run, resume or restart one, or nothing (it completed). */
   readonly action: "start" | "resume" | "restart" | "nothing"
-  /** The run it would resume (or find completed), or the one a restart would abandon. */
+  /** The run it would resume (or find completed), the one a restart would abandon, or the completed run a new one replaces. */
   readonly existing: Option.Option<RunRecord>
   /** A lock left by a process of this host that is gone, which the run would take over. */
   readonly holder: Option.Option<HeldLock>
@@ -536,7 +544,7 @@ export const plan = (options: RegenerateOptions) =>
     const starting = yield* startingRecord(key, options)
     // The record as stored (a resume would mark it running); a restart replaces whatever is there,
     // unreadable or foreign included.
-    const existing = options.mode === "start" ? Option.none() : yield* checkpoint.load(key).pipe(
+    const existing = options.mode === "start" ? starting.supersedes : yield* checkpoint.load(key).pipe(
       Effect.catchTags({
         CheckpointCorrupt: () => Effect.succeed(Option.none()),
         ForeignCheckpoint: () => Effect.succeed(Option.none())

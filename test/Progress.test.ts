@@ -180,4 +180,21 @@ describe("the drawing service", () => {
       expect(written.some((t) => t.startsWith("\r\x1b[2K"))).toBe(true)
       expect(written.at(-1)).toBe("\x1b[?25h")
     }))
+
+  it.scoped("a notice is a line of its own: above the live line on a TTY, as is when plain, not at all when silent", () =>
+    Effect.gen(function*() {
+      const notice = E.Notice({ text: "run abc completed" })
+      for (const mode of ["tty", "plain", "silent"] as const) {
+        const written: Array<string> = []
+        const progress = yield* make(mode, { write: (t) => void written.push(t), columns: () => 100 })
+        yield* progress.emit(E.Started({ label: "regenerate", base: 0, throttle: undefined }))
+        yield* progress.emit(notice)
+        const lines = written.filter((t) => t.includes("run abc completed"))
+        expect(lines).toEqual(
+          mode === "tty" ? ["\r\x1b[2Krun abc completed\n"] : mode === "plain" ? ["run abc completed\n"] : []
+        )
+        // On a TTY the live line is drawn again at once, below the notice.
+        if (mode === "tty") expect(written.at(-1)).toMatch(/^\r\x1b\[2Kregenerate /)
+      }
+    }))
 })

@@ -294,7 +294,15 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       await expectExit(runCli(["migrate"], { env }), 0)
       const [ticketsAfterMigrate] = await db.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
       expect(ticketsAfterMigrate).toEqual(before)
-      expect(JSON.parse((await expectExit(runCli(["regenerate", "--json"], { env }), 0)).stdout).rotated).toBe(300)
+      const first = await expectExit(runCli(["regenerate", "--json"], { env }), 0)
+      expect(JSON.parse(first.stdout).rotated).toBe(300)
+      expect(first.stderr).not.toContain("completed at")
+      // A plain rerun after a completed run is a new run, and says which one it replaces (so does a dry run).
+      const plan = await expectExit(runCli(["regenerate", "--dry-run"], { env }), 0)
+      expect(plan.stdout).toContain(`would start a new run: run ${JSON.parse(first.stdout).runId} completed at `)
+      const again = await expectExit(runCli(["regenerate", "--json"], { env }), 0)
+      expect(JSON.parse(again.stdout).rotated).toBe(300)
+      expect(again.stderr).toContain(`run ${JSON.parse(first.stdout).runId} on this scope completed at `)
     } finally {
       await db.end()
       await app.drop()
