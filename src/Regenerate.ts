@@ -125,6 +125,14 @@ const answeredWithin = (operation: string) => <A, E, R>(effect: Effect.Effect<A,
 const isRetryable = (error: { readonly _tag: string; readonly transient?: boolean }): boolean =>
   error._tag === "DuplicateToken" || error.transient === true
 
+/**
+ * A step before the batches (the schema check, the lock, reading the checkpoint, the count): a transient
+ * failure — a killed connection, a Redis hiccup — is retried on the same schedule as a batch, uncounted.
+ */
+const settled = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(
+  effect: Effect.Effect<A, E, R>
+) => Effect.retry(effect, { schedule: transientRetry, while: isRetryable })
+
 /** Position of an id in the uniform hex key space between `min` and `max` (0..1), from its first 13 digits. */
 export const keyFraction = (cursor: string, min: string, max: string): number | undefined => {
   const value = (id: string) => {
@@ -271,10 +279,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const db = yield* Db
     const startedAt = yield* Clock.currentTimeMillis
 
-    yield* repo.checkSchema
+    yield* settled(repo.checkSchema)
     const key: RunKey = { database: db.identity, scope: options.scope }
-    const lock = yield* checkpoint.lock(key)
-    const { done, record: starting, supersedes } = yield* startingRecord(key, options)
+    const lock = yield* settled(checkpoint.lock(key))
+    const { done, record: starting, supersedes } = yield* settled(startingRecord(key, options))
     if (Option.isSome(supersedes)) {
       // A plain rerun (from the shell's history, say) replaces every token just issued: say so before it does.
       const previous = supersedes.value
@@ -341,14 +349,14 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     // Progress denominators, off the critical path: the count runs beside the first batches.
     const range = yield* Ref.make(Option.none<readonly [string, string]>())
     if (options.count) {
-      yield* repo.count(options.scope).pipe(
+      yield* settled(repo.count(options.scope)).pipe(
         Effect.tap((total) => Ref.update(state, (r) => new RunRecord({ ...r, total }, true))),
         Effect.tap((total) => progress.emit(ProgressEvent.Total({ total }))),
         Effect.catchAll((error) => Effect.logWarning(`could not count the scope: ${error.message}`)),
         Effect.forkScoped
       )
     } else {
-      yield* repo.idRange.pipe(
+      yield* settled(repo.idRange).pipe(
         Effect.tap((r) => Ref.set(range, r)),
         Effect.catchAll((error) => Effect.logWarning(`could not read the id range: ${error.message}`)),
         Effect.forkScoped
@@ -533,7 +541,7 @@ export const plan = (options: RegenerateOptions) =>
     const repo = yield* TicketRepo
     const checkpoint = yield* Checkpoint
     const db = yield* Db
-    yield* repo.checkSchema
+    yield* settled(repo.checkSchema)
     const key: RunKey = { database: db.identity, scope: options.scope }
     // Refused first where the run would be: while another live process holds the lock.
     const holder = yield* checkpoint.holder(key)

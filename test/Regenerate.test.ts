@@ -290,6 +290,19 @@ describe("failures", () => {
       expect(world.table.rotationCounts().size).toBe(30)
     }))
 
+  it.effect("a transient failure before the first batch (the schema check) is retried too; a permanent one is not", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(30), { checkSchema: (n) => (n <= 2 ? transientError() : undefined) })
+      const exit = yield* withClock(runIn(world, { batchSize: 10 }), "1 second")
+      expect(exit).toMatchObject({ _tag: "Success", value: { status: "completed", rotated: 30 } })
+      expect(world.table.calls.checkSchema).toBe(3)
+
+      const broken = new World(makeTickets(30), { checkSchema: () => fatalError() })
+      const failed = yield* withClock(runIn(broken, { batchSize: 10 }), "1 second")
+      expect(Exit.isFailure(failed)).toBe(true)
+      expect(broken.table.calls).toMatchObject({ checkSchema: 1, rotate: 0 })
+    }))
+
   it.effect("a page query or batch that never answers times out and is retried", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(50), {

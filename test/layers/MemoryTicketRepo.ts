@@ -22,6 +22,7 @@ export type Fault = Effect.Effect<void, DatabaseError | DuplicateToken>
 
 /** Decides, per call, whether a repository operation misbehaves. `n` counts calls of that operation from 1. */
 export interface Faults {
+  readonly checkSchema?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly page?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly rotate?: (n: number, ids: ReadonlyArray<string>) => Fault | undefined
 }
@@ -55,7 +56,7 @@ export class MemoryTable {
   readonly sorted: Array<MemoryTicket>
   /** Every commit, in order: the ids of the batch and its new tokens. */
   readonly rotations: Array<ReadonlyArray<string>> = []
-  calls = { page: 0, rotate: 0, count: 0 }
+  calls = { checkSchema: 0, page: 0, rotate: 0, count: 0 }
 
   constructor(tickets: ReadonlyArray<MemoryTicket>, readonly log: EventLog, public faults: Faults = {}) {
     this.sorted = [...tickets].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
@@ -72,7 +73,7 @@ export class MemoryTable {
   get service(): TicketRepoService {
     const fault = (f: Fault | undefined) => f ?? Effect.void
     return {
-      checkSchema: Effect.void,
+      checkSchema: Effect.suspend(() => this.faults.checkSchema?.(this.calls.checkSchema += 1) ?? Effect.void),
       page: (scope, after, limit) =>
         Effect.suspend(() => {
           const n = this.calls.page += 1
