@@ -37,9 +37,16 @@ const ticketCount = 40_000
 /** Slow enough that a fault can land in the middle of a run (about 4 s for the whole table). */
 const throttle = ["--max-rows-per-second", "10000", "--batch-size", "500"]
 
+/** The private servers' data directories, removed once the file's tests are done. */
+const redisDirs: Array<string> = []
+afterAll(() => {
+  for (const dir of redisDirs) Fs.rmSync(dir, { recursive: true, force: true })
+})
+
 /** A private redis-server on a spare port (with a password and an append-only file), to stop and restart. */
 const privateRedis = () => {
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-redis-"))
+  redisDirs.push(dir)
   const port = 20_000 + Math.floor(Math.random() * 20_000)
   const password = `rp-${randomBytes(6).toString("hex")}`
   let process: ChildProcess | undefined
