@@ -137,6 +137,10 @@ export interface HeldLock {
   readonly stale: boolean
 }
 
+/** The refusal for a lock another live process holds. */
+export const lockHeld = (held: HeldLock, scope: Scope): LockHeld =>
+  new LockHeld({ holder: held.holder, scope, expiresInMillis: held.expiresInMillis })
+
 export interface CheckpointService {
   /** Where checkpoints live, for messages. */
   readonly store: string
@@ -230,8 +234,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
         // Gone between the two calls: try again.
         if (Option.isNone(current)) return yield* take
         if (current.value.held.stale && (yield* store.swap(k.lock, current.value.value, value, leaseMillis))) return
-        const { expiresInMillis, holder } = current.value.held
-        return yield* new LockHeld({ holder, scope: key.scope, expiresInMillis })
+        return yield* lockHeld(current.value.held, key.scope)
       })
       yield* Effect.acquireRelease(take, () => Effect.ignore(store.release(k.lock, value)))
       yield* store.renew(k.lock, value, leaseMillis).pipe(

@@ -79,7 +79,7 @@ const sslModes: Record<string, TlsMode> = {
  * Anything else is refused rather than ignored: a TLS setting spelled another way must not quietly fall back
  * to a plaintext connection.
  */
-const parseTls = (params: URLSearchParams): Either.Either<Tls, BadDatabaseUrl> => {
+const parseTls = (params: URLSearchParams, host: string): Either.Either<Tls, BadDatabaseUrl> => {
   const bad = (reason: string) => Either.left(new BadDatabaseUrl({ reason }))
   for (const name of new Set(params.keys())) {
     if (name !== "ssl-mode" && name !== "ssl-ca") {
@@ -94,6 +94,13 @@ const parseTls = (params: URLSearchParams): Either.Either<Tls, BadDatabaseUrl> =
   if (mode === undefined) return bad(`ssl-mode "${raw}" is not one of ${Object.keys(sslModes).join(", ")}`)
   if (ca !== undefined && (mode === "disabled" || mode === "required")) {
     return bad(`ssl-ca is only used to verify the server: pass ssl-mode=VERIFY_CA or VERIFY_IDENTITY with it`)
+  }
+  // The driver checks a certificate against a host *name* only (for an address it would check "localhost").
+  if (mode === "verify-identity" && Net.isIP(host.replace(/^\[|\]$/g, ""))) {
+    return bad(
+      `ssl-mode=VERIFY_IDENTITY needs the host name the server's certificate is issued for, not the address ` +
+        `${host} (or use VERIFY_CA)`
+    )
   }
   return Either.right({ mode, ca })
 }
@@ -121,17 +128,7 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
   if (database === "" || database.includes("/")) {
     return Either.left(new BadDatabaseUrl({ reason: "no database name after the host, as in /tickets" }))
   }
-  const tls = parseTls(url.searchParams)
-  // The driver checks a certificate against a host *name* only (for an address it would check "localhost").
-  if (Either.isRight(tls) && tls.right.mode === "verify-identity" && Net.isIP(url.hostname.replace(/^\[|\]$/g, ""))) {
-    return Either.left(
-      new BadDatabaseUrl({
-        reason: `ssl-mode=VERIFY_IDENTITY needs the host name the server's certificate is issued for, not the ` +
-          `address ${url.hostname} (or use VERIFY_CA)`
-      })
-    )
-  }
-  return Either.map(tls, (tls) => ({
+  return Either.map(parseTls(url.searchParams, url.hostname), (tls) => ({
     _tag: "mysql" as const,
     host: url.hostname,
     port,

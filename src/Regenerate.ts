@@ -15,7 +15,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
-import { Checkpoint, fingerprint, type HeldLock, type RunKey } from "./Checkpoint.js"
+import { Checkpoint, fingerprint, type HeldLock, lockHeld, type RunKey } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
 import {
   type CheckpointCorrupt,
@@ -23,7 +23,7 @@ import {
   DatabaseError,
   type DuplicateToken,
   type ForeignCheckpoint,
-  LockHeld,
+  type LockHeld,
   type LockLost,
   NoRunToResume,
   RunRecord,
@@ -220,11 +220,12 @@ const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
 /** Applies the resume rules: the record to run, or (`done`) the completed run there is nothing to do for. */
 const startingRecord = (key: RunKey, options: RegenerateOptions) =>
   Effect.gen(function*() {
+    const supersedes = Option.none<RunRecord>() // only a new run replaces a completed one
     const checkpoint = yield* Checkpoint
     const now = yield* Clock.currentTimeMillis
     if (options.mode === "restart") {
       // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced.
-      return { record: freshRecord(key, options, now), done: false, supersedes: Option.none<RunRecord>() }
+      return { record: freshRecord(key, options, now), done: false, supersedes }
     }
     const existing = yield* checkpoint.load(key)
     if (options.mode === "start") {
@@ -238,9 +239,9 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
       }
       return yield* new NoRunToResume({ scope: key.scope })
     }
-    if (existing.value.finished) return { record: existing.value, done: true, supersedes: Option.none<RunRecord>() }
+    if (existing.value.finished) return { record: existing.value, done: true, supersedes }
     const record = new RunRecord({ ...existing.value, status: "running", error: null, batchSize: options.batchSize })
-    return { record, done: false, supersedes: Option.none<RunRecord>() }
+    return { record, done: false, supersedes }
   })
 
 const summaryOf = (
@@ -545,10 +546,7 @@ export const plan = (options: RegenerateOptions) =>
     const key: RunKey = { database: db.identity, scope: options.scope }
     // Refused first where the run would be: while another live process holds the lock.
     const holder = yield* checkpoint.holder(key)
-    if (Option.isSome(holder) && !holder.value.stale) {
-      const { expiresInMillis, holder: held } = holder.value
-      return yield* new LockHeld({ holder: held, scope: options.scope, expiresInMillis })
-    }
+    if (Option.isSome(holder) && !holder.value.stale) return yield* lockHeld(holder.value, options.scope)
     const starting = yield* startingRecord(key, options)
     // The record as stored (a resume would mark it running); a restart replaces whatever is there,
     // unreadable or foreign included.
