@@ -9,6 +9,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Predicate from "effect/Predicate"
+import * as Schedule from "effect/Schedule"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { type DatabaseTarget, databaseTarget, type Tls } from "./Config.js"
@@ -106,6 +107,14 @@ const isDuplicateToken = (error: unknown): boolean => {
     (String(cause.code).startsWith("SQLITE_CONSTRAINT") && /\bticket\.token\b/.test(text))
 }
 
+/**
+ * For the few statements that run before a run's own retries apply (naming the database, probing the
+ * server's settings): a transient driver failure — a killed or lost connection — is tried again, up to
+ * five times over about 3 s, on a fresh connection.
+ */
+export const retryingTransient = <A, R>(effect: Effect.Effect<A, SqlError, R>): Effect.Effect<A, SqlError, R> =>
+  Effect.retry(effect, { schedule: Schedule.exponential("100 millis"), times: 5, while: isTransient })
+
 /** Maps a driver failure to the app's typed error, once, at the adapter boundary. */
 export const databaseError = (operation: string) => (error: SqlError): DatabaseError =>
   new DatabaseError({ operation, transient: isTransient(error), detail: describe(error), cause: error })
@@ -200,6 +209,7 @@ const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
     ? Effect.succeed(`sqlite:${target.filename === ":memory:" ? ":memory:" : Fs.realpathSync(target.filename)}`)
     : sql<{ host: string; port: unknown; db: string; autocommit: unknown }>`
         SELECT @@hostname AS host, @@port AS port, DATABASE() AS db, @@SESSION.autocommit AS autocommit`.pipe(
+      retryingTransient,
       Effect.mapError(unreachable(target)),
       Effect.flatMap(([row]) =>
         // Every statement here is its own transaction; with autocommit off (the server's setting or an

@@ -9,7 +9,17 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import { randomBytes } from "node:crypto"
-import { affectedRows, databaseError, datetime, Db, requireSchema, statementText, toCount, writeError } from "./Db.js"
+import {
+  affectedRows,
+  databaseError,
+  datetime,
+  Db,
+  requireSchema,
+  retryingTransient,
+  statementText,
+  toCount,
+  writeError
+} from "./Db.js"
 import type { DatabaseError, DuplicateToken, SchemaMismatch, SchemaMissing, Scope } from "./Domain.js"
 
 export interface AuditPage {
@@ -200,6 +210,7 @@ export const makeSql = Effect.gen(function*() {
         "SELECT @@SESSION.sql_mode, (SELECT `IS_NULLABLE` FROM information_schema.`COLUMNS` " +
           "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `COLUMN_NAME` = 'token')"
       ).values.pipe(
+        retryingTransient,
         Effect.map(([row]) => /STRICT_(ALL|TRANS)_TABLES/.test(String(row?.[0])) && String(row?.[1]) === "NO"),
         Effect.orElseSucceed(() => false)
       )
