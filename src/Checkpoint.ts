@@ -22,7 +22,7 @@ import type { Redis } from "ioredis"
 import { createHash, randomBytes } from "node:crypto"
 import * as Os from "node:os"
 import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
-import { affectedRows, Db, describe, requireTable } from "./Db.js"
+import { affectedRows, Db, describe, requireTable, toCount } from "./Db.js"
 import {
   type BadRedisUrl,
   CheckpointCorrupt,
@@ -44,7 +44,8 @@ import {
 
 export interface LockValue {
   readonly value: string
-  readonly expiresInMillis: number
+  /** Null when the entry never expires: this tool always sets a lease, so such an entry is damaged. */
+  readonly expiresInMillis: number | null
 }
 
 /** Atomic operations a checkpoint backend provides. Keys are plain strings; values are JSON text. */
@@ -73,7 +74,7 @@ export interface Store {
   /** Extends the lease while `holder` still holds the lock. */
   readonly renew: (lockKey: string, holder: string, ttl: number) => Effect.Effect<boolean, CheckpointUnavailable>
   readonly release: (lockKey: string, holder: string) => Effect.Effect<void, CheckpointUnavailable>
-  /** The live (unexpired) holder of a lock. */
+  /** The live (unexpired) holder of a lock, or an entry without a lease (damaged). */
   readonly inspect: (lockKey: string) => Effect.Effect<Option.Option<LockValue>, CheckpointUnavailable>
 }
 
@@ -135,11 +136,22 @@ export interface HeldLock {
   readonly expiresInMillis: number
   /** True when the holder is a process of this host that no longer runs. */
   readonly stale: boolean
+  /** What is wrong with an entry this tool did not write (no lease, not a holder), or null. */
+  readonly damage: string | null
+  /** Where the entry is, as an operator would look it up. */
+  readonly location: string
 }
 
 /** The refusal for a lock another live process holds. */
 export const lockHeld = (held: HeldLock, scope: Scope): LockHeld =>
   new LockHeld({ holder: held.holder, scope, expiresInMillis: held.expiresInMillis })
+
+/** The refusal for a damaged lock entry (only a restart replaces it). */
+export const lockDamaged = (held: HeldLock): CheckpointCorrupt =>
+  new CheckpointCorrupt({
+    key: held.location,
+    detail: `${held.damage}, which no run of this tool leaves; if no run is going, delete it and rerun with --resume`
+  })
 
 export interface CheckpointService {
   /** Where checkpoints live, for messages. */
@@ -152,8 +164,14 @@ export interface CheckpointService {
   readonly latest: (
     database: string
   ) => Effect.Effect<Option.Option<RunRecord>, CheckpointUnavailable | CheckpointCorrupt>
-  /** Takes the slot's lock for the enclosing scope: renewed while held, released on close. */
-  readonly lock: (key: RunKey) => Effect.Effect<RunLock, LockHeld | CheckpointUnavailable, EffectScope>
+  /**
+   * Takes the slot's lock for the enclosing scope: renewed while held, released on close. A damaged lock
+   * entry is `CheckpointCorrupt`, unless `replaceDamaged` (a restart, which abandons whatever is there).
+   */
+  readonly lock: (
+    key: RunKey,
+    replaceDamaged: boolean
+  ) => Effect.Effect<RunLock, LockHeld | CheckpointCorrupt | CheckpointUnavailable, EffectScope>
   /** Who holds the slot's lock, if anyone. */
   readonly holder: (key: RunKey) => Effect.Effect<Option.Option<HeldLock>, CheckpointUnavailable>
 }
@@ -205,19 +223,28 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
     Effect.map(
       store.inspect(lockKey),
       Option.map((held) => {
-        const holder = Option.getOrElse(decodeHolder(held.value), () => unknownHolder(held.value))
+        const decoded = decodeHolder(held.value)
+        const holder = Option.getOrElse(decoded, () => unknownHolder(held.value))
+        const damage = Option.isNone(decoded)
+          ? "a run lock whose value is not a lock holder"
+          : held.expiresInMillis === null
+          ? "a run lock without a lease"
+          : null
         return {
           value: held.value,
           held: {
             holder,
-            expiresInMillis: held.expiresInMillis,
-            stale: holder.host === host.hostname && holder.pid !== host.pid && !host.isAlive(holder.pid)
+            expiresInMillis: held.expiresInMillis ?? 0,
+            stale: damage === null && holder.host === host.hostname && holder.pid !== host.pid &&
+              !host.isAlive(holder.pid),
+            damage,
+            location: store.locate(lockKey)
           } satisfies HeldLock
         }
       })
     )
 
-  const lock = (key: RunKey) =>
+  const lock = (key: RunKey, replaceDamaged: boolean) =>
     Effect.gen(function*() {
       const k = keys(key)
       const now = yield* Clock.currentTimeMillis
@@ -228,15 +255,27 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
         since: new Date(now)
       })
       const value = encodeHolder(holder)
-      const take: Effect.Effect<void, LockHeld | CheckpointUnavailable> = Effect.gen(function*() {
-        if (yield* store.acquire(k.lock, value, leaseMillis)) return
-        const current = yield* inspectHolder(k.lock)
-        // Gone between the two calls: try again.
-        if (Option.isNone(current)) return yield* take
-        if (current.value.held.stale && (yield* store.swap(k.lock, current.value.value, value, leaseMillis))) return
-        return yield* lockHeld(current.value.held, key.scope)
-      })
-      yield* Effect.acquireRelease(take, () => Effect.ignore(store.release(k.lock, value)))
+      const take = (attempt: number): Effect.Effect<void, LockHeld | CheckpointCorrupt | CheckpointUnavailable> =>
+        Effect.gen(function*() {
+          if (yield* store.acquire(k.lock, value, leaseMillis)) return
+          const current = yield* inspectHolder(k.lock)
+          if (Option.isSome(current)) {
+            const { held, value: found } = current.value
+            if (held.damage !== null && !replaceDamaged) return yield* lockDamaged(held)
+            const takeOver = held.damage !== null || held.stale
+            if (!takeOver) return yield* lockHeld(held, key.scope)
+            if (yield* store.swap(k.lock, found, value, leaseMillis)) return
+          }
+          // Released, expired or taken over between the calls: look again, a few times.
+          if (attempt < 5) return yield* take(attempt + 1)
+          return yield* new CheckpointUnavailable({
+            store: store.name,
+            operation: "taking the lock",
+            detail: "the lock kept changing hands while being taken",
+            transient: true
+          })
+        })
+      yield* Effect.acquireRelease(take(1), () => Effect.ignore(store.release(k.lock, value)))
       yield* store.renew(k.lock, value, leaseMillis).pipe(
         Effect.catchAll(() => Effect.succeed(true)),
         Effect.repeat(Schedule.spaced(renewEvery)),
@@ -368,7 +407,10 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
       call("reading the lock", () => client.inspect(k(lockKey))).pipe(
         Effect.map((reply) => {
           const [value, ttl] = reply as [string | null, number]
-          return value === null ? Option.none() : Option.some({ value, expiresInMillis: Math.max(0, ttl) })
+          // PTTL -1: a key without expiry.
+          return value === null
+            ? Option.none()
+            : Option.some({ value, expiresInMillis: ttl === -1 ? null : Math.max(0, ttl) })
         })
       )
   }
@@ -410,6 +452,11 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
         `INSERT IGNORE INTO \`ticket_tokens_state\` (\`key\`, \`value\`, \`expires_at\`) VALUES (?, ?, ${now} + ?)`,
       orElse: () =>
         `INSERT OR IGNORE INTO \`ticket_tokens_state\` (\`key\`, \`value\`, \`expires_at\`) VALUES (?, ?, ${now} + ?)`
+    })
+    // A lock row that can never expire (no number in expires_at: SQLite stores whatever it is given).
+    const leaseless = sql.onDialectOrElse({
+      mysql: () => "`expires_at` IS NULL",
+      orElse: () => "typeof(`expires_at`) NOT IN ('integer', 'real')"
     })
     const forUpdate = sql.onDialectOrElse({ mysql: () => " FOR UPDATE", orElse: () => "" })
     const read = (key: string, suffix = "") =>
@@ -473,13 +520,13 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
         call(
           "reading the lock",
           sql.unsafe(
-            `SELECT \`value\`, \`expires_at\` - ${now} FROM \`ticket_tokens_state\` WHERE \`key\` = ?`,
+            `SELECT \`value\`, \`expires_at\` - ${now}, ${leaseless} FROM \`ticket_tokens_state\` WHERE \`key\` = ?`,
             [lockKey]
           ).values.pipe(Effect.map(([row]) => {
-            const expiresIn = Number(row?.[1])
-            return row !== undefined && expiresIn > 0
-              ? Option.some({ value: String(row[0]), expiresInMillis: expiresIn })
-              : Option.none()
+            if (row === undefined) return Option.none()
+            if (toCount(row[2]) === 1) return Option.some({ value: String(row[0]), expiresInMillis: null })
+            const expiresIn = Number(row[1])
+            return expiresIn > 0 ? Option.some({ value: String(row[0]), expiresInMillis: expiresIn }) : Option.none()
           }))
         )
     }

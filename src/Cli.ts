@@ -310,7 +310,11 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
     yield* Option.match(plan.holder, {
       onNone: () => Effect.void,
       onSome: (held) =>
-        out(`lock left by ${held.holder.description}: that process is gone, the run would take the lock over`)
+        out(
+          held.damage === null
+            ? `lock left by ${held.holder.description}: that process is gone, the run would take the lock over`
+            : `lock entry damaged (${held.damage} at ${held.location}): the restart would replace it`
+        )
     })
     if (json) {
       yield* Console.log(JSON.stringify({
@@ -324,7 +328,8 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         batchSize: options.batchSize,
         concurrency: options.concurrency,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
-        staleLock: Option.isSome(plan.holder)
+        staleLock: Option.isSome(plan.holder) && plan.holder.value.damage === null,
+        damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage))
       }))
     }
   })

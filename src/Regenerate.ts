@@ -15,7 +15,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
-import { Checkpoint, fingerprint, type HeldLock, lockHeld, type RunKey } from "./Checkpoint.js"
+import { Checkpoint, fingerprint, type HeldLock, lockDamaged, lockHeld, type RunKey } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
 import {
   type CheckpointCorrupt,
@@ -130,8 +130,14 @@ const isRetryable = (error: { readonly _tag: string; readonly transient?: boolea
  * failure — a killed connection, a Redis hiccup — is retried on the same schedule as a batch, uncounted.
  */
 const settled = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(
-  effect: Effect.Effect<A, E, R>
-) => Effect.retry(effect, { schedule: transientRetry, while: isRetryable })
+  effect: Effect.Effect<A, E, R>,
+  stopRequested: Effect.Effect<boolean> = Effect.succeed(false)
+) =>
+  Effect.retry(effect, {
+    schedule: transientRetry,
+    // Ctrl-C while the server is away: the failure is the answer, not another 30 s of retries.
+    while: (error) => isRetryable(error) ? Effect.map(stopRequested, (stop) => !stop) : false
+  })
 
 /** Position of an id in the uniform hex key space between `min` and `max` (0..1), from its first 13 digits. */
 export const keyFraction = (cursor: string, min: string, max: string): number | undefined => {
@@ -280,10 +286,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const db = yield* Db
     const startedAt = yield* Clock.currentTimeMillis
 
-    yield* settled(repo.checkSchema)
+    yield* settled(repo.checkSchema, stopRequested)
     const key: RunKey = { database: db.identity, scope: options.scope }
-    const lock = yield* settled(checkpoint.lock(key))
-    const { done, record: starting, supersedes } = yield* settled(startingRecord(key, options))
+    const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
+    const { done, record: starting, supersedes } = yield* settled(startingRecord(key, options), stopRequested)
     if (Option.isSome(supersedes)) {
       // A plain rerun (from the shell's history, say) replaces every token just issued: say so before it does.
       const previous = supersedes.value
@@ -528,7 +534,7 @@ export interface Plan {
   readonly action: "start" | "resume" | "restart" | "nothing"
   /** The run it would resume (or find completed), the one a restart would abandon, or the completed run a new one replaces. */
   readonly existing: Option.Option<RunRecord>
-  /** A lock left by a process of this host that is gone, which the run would take over. */
+  /** A lock the run would take over: left by a process of this host that is gone, or damaged (a restart). */
   readonly holder: Option.Option<HeldLock>
   readonly total: Option.Option<number>
 }
@@ -544,9 +550,16 @@ export const plan = (options: RegenerateOptions) =>
     const db = yield* Db
     yield* settled(repo.checkSchema)
     const key: RunKey = { database: db.identity, scope: options.scope }
-    // Refused first where the run would be: while another live process holds the lock.
+    // Refused first where the run would be: while another live process holds the lock, or the lock entry is
+    // damaged (which only a restart replaces).
     const holder = yield* checkpoint.holder(key)
-    if (Option.isSome(holder) && !holder.value.stale) return yield* lockHeld(holder.value, options.scope)
+    if (Option.isSome(holder)) {
+      const held = holder.value
+      if (held.damage !== null && options.mode !== "restart") {
+        return yield* lockDamaged(held)
+      }
+      if (held.damage === null && !held.stale) return yield* lockHeld(held, options.scope)
+    }
     const starting = yield* startingRecord(key, options)
     // The record as stored (a resume would mark it running); a restart replaces whatever is there,
     // unreadable or foreign included.

@@ -40,6 +40,10 @@ const rateOf = (run: RunRecord) => (run.activeMillis > 0 ? (run.rotated * 1000) 
 const stateLine = (run: RunRecord, lock: Option.Option<HeldLock>): string => {
   if (Option.isSome(lock)) {
     const held = lock.value
+    if (held.damage !== null) {
+      return `${run.status}, but its lock entry is damaged (${held.damage} at ${held.location}): if no run is ` +
+        `going, delete it and resume with --resume`
+    }
     return held.stale
       ? `${run.status}, but its process is gone (${held.holder.description}): resume with --resume`
       : `running, lock held by ${held.holder.description} (lease ${Math.ceil(held.expiresInMillis / 1000)} s left)`
@@ -99,6 +103,7 @@ export const toJson = (report: StatusReport) => ({
     pid: held.holder.pid,
     since: held.holder.since.toISOString(),
     expiresInSeconds: Math.ceil(held.expiresInMillis / 1000),
-    stale: held.stale
+    stale: held.stale,
+    damaged: held.damage
   })))
 })

@@ -415,6 +415,77 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     expectAllRotated(before, await readTickets())
   })
 
+  it("a damaged run lock (no lease, or not a holder) is one clear line at once, never a hang; deleting it lets --resume go on, --restart replaces it", async () => {
+    const leaseless = JSON.stringify({ host: "elsewhere", pid: 1, token: "t", since: "2026-01-01T00:00:00.000Z" })
+    /** A stopped run, so that there is a record to resume; returns the table as it was before it. */
+    const stoppedRun = async (runEnv: Record<string, string>) => {
+      const initial = await snapshot()
+      const stopped = spawnCli(["regenerate", ...throttle], { env: runEnv })
+      await untilRotating(admin, initial)
+      stopped.child.kill("SIGINT")
+      expect((await stopped.result).code).toBe(130)
+      return initial
+    }
+    const refused = async (runEnv: Record<string, string>, where: string, damage: RegExp) => {
+      const before = await snapshot()
+      for (const args of [["regenerate", "--resume"], ["regenerate"], ["regenerate", "--resume", "--dry-run"]]) {
+        const r = await runCli(args, { env: runEnv, timeoutMs: 60_000 })
+        expect(r.code, r.stderr).toBe(2)
+        expect(r.stderr.trim().split("\n"), r.stderr).toHaveLength(1)
+        expect(r.stderr).toMatch(/^error: the checkpoint at .* cannot be read .*--resume.*--restart/)
+        expect(r.stderr).toContain(where)
+        expect(r.stderr).toMatch(damage)
+      }
+      const status = await runCli(["status"], { env: runEnv })
+      expect(status.stdout).toMatch(/lock entry is damaged/)
+      await expectUnchanged(before)
+    }
+
+    // Redis: a lock key that is not a holder, then a holder without a TTL.
+    const runEnv = env()
+    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 })
+    try {
+      const initial = await stoppedRun(runEnv)
+      const [recordKey] = await redis.keys(`${runEnv.REDIS_PREFIX}:run:*`)
+      const lockKey = recordKey!.replace(/:run:/, ":lock:")
+      await redis.set(lockKey, "garbage")
+      await refused(runEnv, `redis key ${lockKey} on `, /a run lock whose value is not a lock holder/)
+      await redis.set(lockKey, leaseless)
+      await refused(runEnv, `redis key ${lockKey} on `, /a run lock without a lease/)
+      // What the message says to do when no run is going: delete it, resume.
+      await redis.del(lockKey)
+      await resumeToEnd(runEnv)
+      expectAllRotated(initial, await readTickets())
+      expect(await redis.exists(lockKey)).toBe(0)
+    } finally {
+      redis.disconnect()
+    }
+
+    // The checkpoint table: a lock row whose expires_at is NULL; --restart replaces it.
+    const sqlEnv = { DATABASE_URL: db.url }
+    await stoppedRun(sqlEnv)
+    const before = await snapshot()
+    const [[row]] = await admin.query(
+      "SELECT `key` FROM `ticket_tokens_state` WHERE `key` LIKE 'run:%'"
+    ) as unknown as [
+      Array<{ key: string }>
+    ]
+    const sqlLock = row!.key.replace(/^run:/, "lock:")
+    await admin.query("INSERT INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, NULL)", [
+      sqlLock,
+      leaseless
+    ])
+    await refused(sqlEnv, `key '${sqlLock}' of table ticket_tokens_state`, /a run lock without a lease/)
+    const restarted = await runCli(["regenerate", "--restart", "--json"], { env: sqlEnv })
+    expect(restarted.code, restarted.stderr).toBe(0)
+    expect(parseJsonSummary(restarted).status).toBe("completed")
+    expectAllRotated(before, await readTickets())
+    const [[left]] = await admin.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state` WHERE `key` = ?", [
+      sqlLock
+    ]) as unknown as [Array<{ n: number }>]
+    expect(Number(left!.n), "the replaced lock is released at the end").toBe(0)
+  })
+
   it("no output ever shows a password or a token", async () => {
     const password = `Pw-${randomBytes(8).toString("hex")}`
     const user = `tt_secret_${randomBytes(3).toString("hex")}`

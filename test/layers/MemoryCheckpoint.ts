@@ -81,7 +81,10 @@ export class MemoryStore {
           const entry = this.live(lockKey, now)
           return entry === undefined
             ? Option.none()
-            : Option.some({ value: entry.value, expiresInMillis: (entry.expiresAt ?? now) - now })
+            : Option.some({
+              value: entry.value,
+              expiresInMillis: entry.expiresAt === undefined ? null : entry.expiresAt - now
+            })
         })
     }
   }
