@@ -157,6 +157,20 @@ export class DuplicateToken extends Data.TaggedError("DuplicateToken")<{ readonl
   }
 }
 
+/** A run stopped by a failure that its retries could not fix; the checkpoint stays at the last commit. */
+export class RunFailed extends Data.TaggedError("RunFailed")<{
+  readonly error: DatabaseError | DuplicateToken
+  readonly runId: string
+  readonly rotated: number
+  readonly cursor: string
+}> {
+  override get message() {
+    const upTo = this.cursor === "" ? "no batch had committed yet" : `every batch up to id ${this.cursor} is committed`
+    return `${this.error.message}. Run ${this.runId} stopped: ${upTo} and recorded (${this.rotated} rotated in ` +
+      `all). Fix the cause, then rerun with --resume.`
+  }
+}
+
 /** The checkpoint store (Redis or the checkpoint table) failed. */
 export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailable")<{
   readonly store: string
@@ -259,6 +273,7 @@ export type AppError =
   | NoParents
   | DatabaseError
   | DuplicateToken
+  | RunFailed
   | CheckpointUnavailable
   | CheckpointCorrupt
   | LockHeld
@@ -289,6 +304,7 @@ const exitCodes: Record<AppError["_tag"], 1 | 2> = {
   RedisUnavailable: 1,
   DatabaseError: 1,
   DuplicateToken: 1,
+  RunFailed: 1,
   CheckpointUnavailable: 1,
   LockHeld: 1,
   LockLost: 1,

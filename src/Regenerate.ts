@@ -26,6 +26,7 @@ import {
   type LockHeld,
   type LockLost,
   NoRunToResume,
+  RunFailed,
   RunRecord,
   type RunStatus,
   type SchemaMismatch,
@@ -88,6 +89,7 @@ export type RegenerateError =
   | SchemaMismatch
   | DatabaseError
   | DuplicateToken
+  | RunFailed
   | CheckpointUnavailable
   | CheckpointCorrupt
   | ForeignCheckpoint
@@ -490,13 +492,17 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       // recorded, so at most `concurrency` batches are ever committed but unrecorded (the crash redo bound).
       Stream.mapEffect(processItem, { concurrency: options.concurrency, unordered: true }),
       Stream.runDrain,
-      Effect.tapError((error) =>
-        error._tag === "LockLost"
-          ? Effect.void
+      Effect.catchAll((error): Effect.Effect<never, LockLost | CheckpointUnavailable | RunFailed> =>
+        error._tag === "LockLost" ? Effect.fail(error) : Effect.gen(function*() {
           // One attempt, briefly: the store may be what failed, and the failure itself is what to report.
-          : Effect.ignore(
+          yield* Effect.ignore(
             Effect.timeout(persist(() => ({ status: "failed", error: error.message }), true), "3 seconds")
           )
+          if (error._tag === "CheckpointUnavailable") return yield* error
+          // Every commit before the failure was recorded (else the failure would be the store's).
+          const { cursor, rotated, runId } = yield* Ref.get(state)
+          return yield* new RunFailed({ error, runId, rotated, cursor })
+        })
       ),
       Effect.zipRight(Ref.get(halted))
     )

@@ -257,7 +257,7 @@ describe("regenerate", () => {
       const { exit, world } = yield* stopDuringBatch3(fatalError())
       expect(Exit.isFailure(exit) && Cause.failureOption(exit.cause)).toMatchObject({
         _tag: "Some",
-        value: { _tag: "DatabaseError", transient: false }
+        value: { _tag: "RunFailed", error: { _tag: "DatabaseError", transient: false } }
       })
       expect(record(world).status).toBe("failed")
     }))
@@ -331,10 +331,14 @@ describe("failures", () => {
     Effect.gen(function*() {
       const world = new World(makeTickets(50), { rotate: (n) => (n === 3 ? fatalError() : undefined) })
       const exit = yield* Effect.exit(runIn(world, { batchSize: 10 }))
-      expect(exit).toMatchObject({ _tag: "Failure" })
-      expect(Exit.isFailure(exit) && String(exit.cause)).toContain("DatabaseError")
+      const failure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+      expect(failure).toMatchObject({ _tag: "Some", value: { _tag: "RunFailed", error: { _tag: "DatabaseError" } } })
       expect(world.table.calls.rotate).toBe(3)
       const saved = record(world)
+      // The one line says where the run stopped and what to do.
+      const message = Option.getOrThrow(failure).message
+      expect(message).toContain(`every batch up to id ${saved.cursor} is committed and recorded (20 rotated in all)`)
+      expect(message).toMatch(/crashed.*Fix the cause, then rerun with --resume\.$/)
       expect(saved.status).toBe("failed")
       expect(saved.error).toContain("crashed")
       expect(saved.cursor).toBe(world.table.sorted[19]!.id)

@@ -415,6 +415,40 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     expectAllRotated(before, await readTickets())
   })
 
+  it("a failure retries cannot fix stops the run in one line saying where and what to do; --resume finishes after the fix", async () => {
+    const runEnv = env()
+    const before = await snapshot()
+    const ids = [...before.keys()].sort()
+    const refusedId = ids[Math.floor(ids.length / 2)]!
+    await admin.query(
+      "CREATE TRIGGER `tt_refuse` BEFORE UPDATE ON `ticket` FOR EACH ROW BEGIN " +
+        `IF OLD.id = '${refusedId}' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a test trigger'; ` +
+        "END IF; END"
+    )
+    try {
+      const failed = await runCli(["regenerate"], { env: runEnv })
+      expect(failed.code, failed.stderr).toBe(1)
+      const errors = failed.stderr.split("\n").filter((l) => l.startsWith("error: "))
+      expect(errors, failed.stderr).toHaveLength(1)
+      const stopped = errors[0]!.match(
+        /refused by a test trigger.*\. Run \w+ stopped: every batch up to id (\w+) is committed and recorded \((\d+) rotated in all\)\. Fix the cause, then rerun with --resume\.$/
+      )
+      expect(stopped, errors[0]).not.toBeNull()
+      const cursor = stopped![1]!
+      expect(cursor < refusedId).toBe(true)
+      const after = await readTickets()
+      const changed = after.filter((t) => before.get(t.id)!.token !== t.token)
+      expect(changed.length).toBeGreaterThanOrEqual(Number(stopped![2]))
+      // Everything up to the recorded cursor is rotated; the refused ticket is not.
+      expect(after.filter((t) => t.id <= cursor && before.get(t.id)!.token === t.token)).toEqual([])
+      expect(after.find((t) => t.id === refusedId)!.token).toBe(before.get(refusedId)!.token)
+    } finally {
+      await admin.query("DROP TRIGGER IF EXISTS `tt_refuse`")
+    }
+    await resumeToEnd(runEnv)
+    expectAllRotated(before, await readTickets())
+  })
+
   it("a damaged run lock (no lease, or not a holder) is one clear line at once, never a hang; deleting it lets --resume go on, --restart replaces it", async () => {
     const leaseless = JSON.stringify({ host: "elsewhere", pid: 1, token: "t", since: "2026-01-01T00:00:00.000Z" })
     /** A stopped run, so that there is a record to resume; returns the table as it was before it. */
