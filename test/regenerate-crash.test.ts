@@ -309,38 +309,42 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     expect(`${again.stdout}${again.stderr}`).toContain("nothing to resume")
   })
 
-  it("stops gracefully on SIGINT (exit 130, resume hint) and --resume completes", { timeout: 120_000 }, async () => {
-    const prefix = freshPrefix()
-    const env = envFor(prefix.name)
-    const read = () => readRun(prefix.name)
-    const before = await snapshot()
+  it.each([["SIGINT", 130], ["SIGTERM", 143]] as const)(
+    "stops gracefully on %s (exit %i, resume hint) and --resume completes",
+    { timeout: 120_000 },
+    async (signal, exitCode) => {
+      const prefix = freshPrefix()
+      const env = envFor(prefix.name)
+      const read = () => readRun(prefix.name)
+      const before = await snapshot()
 
-    const started = spawnCli(["regenerate", "--batch-size", "500"], { env })
-    const exited = () => started.child.exitCode !== null || started.child.signalCode !== null
-    // ~1.5 s, and at least one committed batch, so that the signal reaches a running regeneration.
-    await sequence(waitMillis(1500), waitProgress(read, 0))(exited, started.child.pid!)
-    expect(exited(), "the run must still be going when the signal is sent").toBe(false)
-    started.child.kill("SIGINT")
-    const r = await started.result
+      const started = spawnCli(["regenerate", "--batch-size", "500"], { env })
+      const exited = () => started.child.exitCode !== null || started.child.signalCode !== null
+      // ~1.5 s, and at least one committed batch, so that the signal reaches a running regeneration.
+      await sequence(waitMillis(1500), waitProgress(read, 0))(exited, started.child.pid!)
+      expect(exited(), "the run must still be going when the signal is sent").toBe(false)
+      started.child.kill(signal)
+      const r = await started.result
 
-    expect(r.code, describeResult(r)).toBe(130)
-    // Soft: when the stop is not graceful, every symptom below is worth seeing, and the resume must still work.
-    expect.soft(`${r.stdout}${r.stderr}`).toContain("--resume")
-    expect.soft(r.stdout, "stdout names the command that resumes").toMatch(/^resume with: .*regenerate.*--resume$/m)
-    expect.soft(r.stdout).toMatch(/^stopped: /m)
-    const stopped = await read()
-    expect.soft(stopped?.status, "the checkpoint records the interruption").toBe("interrupted")
-    // A graceful stop lets the batches in flight commit and records them: no new token beyond the cursor.
-    expect.soft(
-      expectCheckpointConsistent("after SIGINT", await readTokens(), before, stopped!, 0).changedAhead
-    ).toBe(0)
+      expect(r.code, describeResult(r)).toBe(exitCode)
+      // Soft: when the stop is not graceful, every symptom below is worth seeing, and the resume must still work.
+      expect.soft(`${r.stdout}${r.stderr}`).toContain("--resume")
+      expect.soft(r.stdout, "stdout names the command that resumes").toMatch(/^resume with: .*regenerate.*--resume$/m)
+      expect.soft(r.stdout).toMatch(/^stopped: /m)
+      const stopped = await read()
+      expect.soft(stopped?.status, "the checkpoint records the interruption").toBe("interrupted")
+      // A graceful stop lets the batches in flight commit and records them: no new token beyond the cursor.
+      expect.soft(
+        expectCheckpointConsistent(`after ${signal}`, await readTokens(), before, stopped!, 0).changedAhead
+      ).toBe(0)
 
-    const resumed = await expectExit(runCli(["regenerate", "--batch-size", "500", "--resume"], { env }), 0)
-    expect(resumed.stdout).toMatch(/^done: rotated \d+ tickets/m)
-    expect((await read())?.status).toBe("completed")
-    expectAllRotated(before, await readTickets())
-    await expectTokensUnique()
-  })
+      const resumed = await expectExit(runCli(["regenerate", "--batch-size", "500", "--resume"], { env }), 0)
+      expect(resumed.stdout).toMatch(/^done: rotated \d+ tickets/m)
+      expect((await read())?.status).toBe("completed")
+      expectAllRotated(before, await readTickets())
+      await expectTokensUnique()
+    }
+  )
 
   it("--json prints exactly one JSON object on stdout", { timeout: 120_000 }, async () => {
     const prefix = freshPrefix()
@@ -400,7 +404,7 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
     if (cwd !== undefined) Fs.rmSync(cwd, { recursive: true, force: true })
   })
 
-  it("survives kill -9 three times and resumes to a complete, exact rotation", { timeout: 180_000 }, async () => {
+  it("survives kill -9 five times and resumes to a complete, exact rotation", { timeout: 180_000 }, async () => {
     const base = ["regenerate", "--batch-size", String(batchSize), "--concurrency", String(concurrency)]
     const window = batchSize * concurrency
     const before = new Map(readTickets().map((t) => [t.id, t]))
@@ -418,12 +422,12 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
     expect(refused.stderr).toContain("--resume")
     expect(refused.stderr).toContain("--restart")
 
-    for (let cycle = 0; cycle < 2; cycle++) {
+    for (let cycle = 0; cycle < 4; cycle++) {
       const start = await readRun()
       const r = await runAndKill(
         [...base, "--resume"],
         opts,
-        sequence(waitProgress(readRun, start!.rotated), waitMillis(randomBetween(0, 250)))
+        sequence(waitProgress(readRun, start!.rotated), waitMillis(randomBetween(0, 150)))
       )
       expect(r.signal, `cycle ${cycle}: ${describeResult(r)}`).toBe("SIGKILL")
       const end = await readRun()
