@@ -46,6 +46,8 @@ const migrateCommand = Command.make("migrate", {}, () =>
   Effect.gen(function*() {
     const db = yield* Db.Db
     const ran = yield* migrate
+    // Tables that existed before (created by hand or another tool) are left alone: say so if they do not fit.
+    yield* Db.requireSchema
     yield* Console.error(
       ran.length === 0 ? `schema of ${db.display} is up to date` : `migrated ${db.display}: ${ran.join(", ")}`
     )
@@ -170,11 +172,13 @@ const regenerateOptions = {
   scope: scopeOptions,
   batchSize: integerBetween("batch-size", 1, 10_000).pipe(
     Options.withDefault(Regenerate.defaults.batchSize),
-    Options.withDescription("Tickets per batch: one UPDATE, one transaction (1-10000).")
+    Options.withDescription(
+      `Tickets per batch: one UPDATE, one transaction (1-10000, default ${Regenerate.defaults.batchSize}).`
+    )
   ),
   concurrency: integerBetween("concurrency", 1, 64).pipe(
     Options.withDefault(Regenerate.defaults.concurrency),
-    Options.withDescription("Batches in flight at once (1-64).")
+    Options.withDescription(`Batches in flight at once (1-64, default ${Regenerate.defaults.concurrency}).`)
   ),
   resume: Options.boolean("resume").pipe(Options.withDescription("Continue the unfinished run of this scope.")),
   restart: Options.boolean("restart").pipe(

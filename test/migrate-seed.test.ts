@@ -309,6 +309,37 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     }
   })
 
+  it("tables that do not match the app (no token column): every command says so in one line (exit 2), nothing written", async () => {
+    const odd = await createDatabase("tt_odd")
+    const db = await adminConnection(odd.name)
+    try {
+      const env = { DATABASE_URL: odd.url }
+      await seedFixture({ env }, { users: 5, orders: 20, tickets: 300 })
+      await db.query("ALTER TABLE `ticket` DROP COLUMN `token`")
+      const [before] = await db.query("SELECT * FROM `ticket` ORDER BY `id`")
+      const commands = [
+        ["regenerate"],
+        ["regenerate", "--dry-run"],
+        ["verify"],
+        ["seed", "tickets", "--count", "10"],
+        ["migrate"]
+      ]
+      for (const args of commands) {
+        const r = await expectExit(runCli(args, { env }), 2)
+        expect(linesOf(r), describeResult(r)).toEqual([
+          expect.stringMatching(/^error: the database schema does not match the ticket app \(table ticket: .*token/)
+        ])
+      }
+      const [after] = await db.query("SELECT * FROM `ticket` ORDER BY `id`")
+      expect(after).toEqual(before)
+      const [state] = await db.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`")
+      expect(Number((state as Array<{ n: unknown }>)[0]!.n)).toBe(0)
+    } finally {
+      await db.end()
+      await odd.drop()
+    }
+  })
+
   it("a server whose sessions start with autocommit off is refused before anything is written (exit 2)", async () => {
     // init_connect applies to users without SUPER only: the suite's own root connections are unaffected.
     const user = `tt_ac_${Date.now().toString(36)}`
@@ -358,7 +389,10 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       env: { DATABASE_URL: seeded.url, REDIS_URL: "redis://:r3disPassw0rd@127.0.0.1:1" },
       timeoutMs: 60_000
     })
-    expect(r.code, describeResult(r)).not.toBe(0)
+    expect(r.code, describeResult(r)).toBe(1)
+    expect(linesOf(r), describeResult(r)).toEqual([
+      expect.stringMatching(/^error: Redis at redis:\/\/127\.0\.0\.1:1 is not reachable: .*nothing was changed/)
+    ])
     expect(`${r.stdout}${r.stderr}`).not.toContain("r3disPassw0rd")
     expect(`${r.stdout}${r.stderr}`).not.toMatch(/^ {4}at /m)
     expect(await ticketsDigest()).toBe(before)
@@ -405,7 +439,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       const [flags, mentioned] = cases[i]!
       const label = flags.join(" ")
       expect(r.code, `${label}: ${describeResult(r)}`).toBe(2)
-      expect(`${r.stdout}${r.stderr}`, label).toContain(mentioned)
+      expect(linesOf(r), label).toEqual([expect.stringContaining(mentioned)])
       expect(`${r.stdout}${r.stderr}`, label).not.toMatch(/^ {4}at /m)
     })
     expect(await ticketsDigest()).toBe(before)
