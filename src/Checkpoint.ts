@@ -39,7 +39,6 @@ import {
   type Scope
 } from "./Domain.js"
 
-// ---------------------------------------------------------------------------------------------------------
 // Store primitives
 
 export interface LockValue {
@@ -78,7 +77,6 @@ export interface Store {
   readonly inspect: (lockKey: string) => Effect.Effect<Option.Option<LockValue>, CheckpointUnavailable>
 }
 
-// ---------------------------------------------------------------------------------------------------------
 // The service
 
 /** The process that takes locks: a lock of this host whose pid is gone is stale. */
@@ -300,7 +298,6 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
   return { store: store.name, load, latest, lock, holder }
 }
 
-// ---------------------------------------------------------------------------------------------------------
 // Redis
 
 const scripts = {
@@ -416,7 +413,6 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
 // SQL (the table created by migration 0002)
 
 export const stateTable = "ticket_tokens_state"
@@ -533,7 +529,6 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
     return store
   })
 
-// ---------------------------------------------------------------------------------------------------------
 // Layers
 
 export const layerRedis = (target: RedisTarget, prefix: string): Layer.Layer<Checkpoint, RedisUnavailable> =>

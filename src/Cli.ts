@@ -39,7 +39,6 @@ const integerBetween = (name: string, min: number, max: number): Options.Options
     )
   )
 
-// ---------------------------------------------------------------------------------------------------------
 // migrate
 
 const migrateCommand = Command.make("migrate", {}, () =>
@@ -56,7 +55,6 @@ const migrateCommand = Command.make("migrate", {}, () =>
     Command.provide(Db.layer({ maxConnections: 1, create: true }))
   )
 
-// ---------------------------------------------------------------------------------------------------------
 // seed
 
 const seedLayer = Layer.mergeAll(
@@ -95,7 +93,6 @@ const seed = Command.make("seed").pipe(
   ])
 )
 
-// ---------------------------------------------------------------------------------------------------------
 // scope flags (regenerate, status, verify)
 
 const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(message))
@@ -165,7 +162,6 @@ const scopeOptions = Options.all({
   })
 ))
 
-// ---------------------------------------------------------------------------------------------------------
 // regenerate
 
 const regenerateOptions = {
@@ -384,7 +380,6 @@ const regenerate = Command.make(
   )
 )
 
-// ---------------------------------------------------------------------------------------------------------
 // status, verify
 
 const jsonFlag = Options.boolean("json").pipe(Options.withDescription("Print one JSON object on stdout."))
@@ -422,8 +417,6 @@ const verifyCommand = Command.make(
   Command.withDescription("Check that the last run rotated every ticket of its scope and that tokens are unique."),
   Command.provide(({ json }) => appLayer(1, json ? "silent" : Progress.detectMode()))
 )
-
-// ---------------------------------------------------------------------------------------------------------
 
 const root = Command.make("ticket-tokens").pipe(
   Command.withDescription("Regenerate the secret token of every ticket, in batches, resumably."),

@@ -9,7 +9,6 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Predicate from "effect/Predicate"
-import * as Schedule from "effect/Schedule"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { type DatabaseTarget, databaseTarget, type Tls } from "./Config.js"
@@ -20,6 +19,7 @@ import {
   DuplicateToken,
   SchemaMismatch,
   SchemaMissing,
+  transientRetry,
   UnsuitableServer
 } from "./Domain.js"
 
@@ -109,11 +109,11 @@ const isDuplicateToken = (error: unknown): boolean => {
 
 /**
  * For the few statements that run before a run's own retries apply (naming the database, probing the
- * server's settings): a transient driver failure — a killed or lost connection — is tried again, up to
- * five times over about 3 s, on a fresh connection.
+ * server's settings): a transient driver failure — a killed or lost connection — is tried again on a fresh
+ * connection, on the one retry schedule.
  */
 export const retryingTransient = <A, R>(effect: Effect.Effect<A, SqlError, R>): Effect.Effect<A, SqlError, R> =>
-  Effect.retry(effect, { schedule: Schedule.exponential("100 millis"), times: 5, while: isTransient })
+  Effect.retry(effect, { schedule: transientRetry, while: isTransient })
 
 /** Maps a driver failure to the app's typed error, once, at the adapter boundary. */
 export const databaseError = (operation: string) => (error: SqlError): DatabaseError =>

@@ -3,7 +3,9 @@
  * store, and every failure a user can meet, each with the one line it is rendered as and its exit code.
  */
 import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
 import * as Predicate from "effect/Predicate"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 
 /** Which tickets a run rotates. Dates are ISO-8601 instants; `createdAfter` inclusive, `createdBefore` exclusive. */
@@ -72,7 +74,6 @@ export class LockHolder extends Schema.Class<LockHolder>("LockHolder")({
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
 // Errors. `message` is the single line shown to the operator: what happened, why, what to do.
 
 /** Bad flags or flag combinations. */
@@ -137,6 +138,17 @@ export class NoParents extends Data.TaggedError("NoParents")<{ readonly parent: 
     return `no ${this.parent}: run \`seed ${this.parent}\` first`
   }
 }
+
+/**
+ * The one retry policy for transient failures (deadlocks, lock wait timeouts, lost connections, a busy
+ * SQLite file, a Redis hiccup, a colliding token): exponential from 100 ms, each delay capped at 5 s,
+ * jittered, at most 10 retries (about 30 s of waiting in all).
+ */
+export const transientRetry = Schedule.exponential("100 millis", 2).pipe(
+  Schedule.modifyDelay((delay) => Duration.min(delay, Duration.seconds(5))),
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(10))
+)
 
 /** A database statement failed. `transient` failures are retried by the pipeline. */
 export class DatabaseError extends Data.TaggedError("DatabaseError")<{

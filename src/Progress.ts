@@ -263,8 +263,6 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   return line.length > width ? line.slice(0, Math.max(0, width)) : line
 }
 
-// ---------------------------------------------------------------------------------------------------------
-
 export interface ProgressService {
   readonly emit: (event: ProgressEvent) => Effect.Effect<void>
   /** The latest state (for summaries). */

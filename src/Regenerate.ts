@@ -33,6 +33,7 @@ import {
   type SchemaMissing,
   type Scope,
   ScopeMismatch,
+  transientRetry,
   UnfinishedRun
 } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
@@ -98,17 +99,6 @@ export type RegenerateError =
   | UnfinishedRun
   | NoRunToResume
   | ScopeMismatch
-
-/**
- * The one retry policy for transient failures (deadlocks, lock wait timeouts, lost connections, a busy
- * SQLite file, a Redis hiccup, a colliding token): exponential from 100 ms, each delay capped at 5 s,
- * jittered, at most 10 retries (about 30 s of waiting in all).
- */
-export const transientRetry = Schedule.exponential("100 millis", 2).pipe(
-  Schedule.modifyDelay((delay) => Duration.min(delay, Duration.seconds(5))),
-  Schedule.jittered,
-  Schedule.intersect(Schedule.recurs(10))
-)
 
 /**
  * How long a page query or a batch UPDATE may go unanswered before it counts as a lost connection and is

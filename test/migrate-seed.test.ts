@@ -19,7 +19,6 @@ const hex32 = /^[0-9a-f]{32}$/
 /** Non-empty lines of everything the process printed. */
 const linesOf = (r: CliResult) => `${r.stdout}\n${r.stderr}`.split("\n").filter((l) => l.trim() !== "")
 
-// ---------------------------------------------------------------------------------------------------------
 // Embedded SQLite (DATABASE_URL unset)
 
 describe("migrate and seed on the embedded SQLite database", () => {
@@ -97,7 +96,6 @@ describe("migrate and seed on the embedded SQLite database", () => {
   })
 })
 
-// ---------------------------------------------------------------------------------------------------------
 // MariaDB
 
 describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
@@ -220,7 +218,6 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
   })
 })
 
-// ---------------------------------------------------------------------------------------------------------
 // Errors before any work starts
 
 describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () => {

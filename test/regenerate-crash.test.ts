@@ -32,7 +32,6 @@ import {
 
 import { Sqlite, type SqliteDatabase } from "./support/sqlite.js"
 
-// ---------------------------------------------------------------------------------------------------------
 // Helpers
 
 /** What the tests read from a run record (the checkpoint). */
@@ -134,7 +133,6 @@ const expectCheckpointConsistent = (
   return { changedAhead }
 }
 
-// ---------------------------------------------------------------------------------------------------------
 // MariaDB + Redis
 
 describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoint", () => {
@@ -364,7 +362,6 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
   })
 })
 
-// ---------------------------------------------------------------------------------------------------------
 // Embedded SQLite, checkpoint table
 
 describe("regenerate on the embedded SQLite database with the checkpoint table", () => {
