@@ -17,6 +17,10 @@
             pkgs.gcc
             pkgs.mariadb # client and a local server for the integration tests
             pkgs.redis
+            pkgs.openssl # the TLS test's throwaway CA
+            pkgs.util-linux # script: the pseudo-terminal tests
+            pkgs.procps # pgrep
+            pkgs.time # GNU time: peak RSS in the bench
             pkgs.docker-compose
           ];
           shellHook = ''

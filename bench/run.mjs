@@ -11,7 +11,7 @@
 // multi-row INSERT of the same rows, and the peak RSS on a small table (memory must not grow with rows).
 import { Redis } from "ioredis"
 import * as mysql from "mysql2/promise"
-import { execFileSync, spawn } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -57,12 +57,17 @@ const status = async (name) =>
     ])
   )
 
-/** Runs a command; returns wall seconds, peak RSS (KB, from /usr/bin/time) and output. */
+/** GNU time, which reports a process's peak RSS: /usr/bin/time (Debian's `time` package) or on PATH (Nix). */
+const gnuTime = ["/usr/bin/time", ...(process.env.PATH ?? "").split(":").map((dir) => Path.join(dir, "time"))]
+  .find((file) => /^\d+$/.test(spawnSync(file, ["-f", "%M", "true"], { encoding: "utf8" }).stderr?.trim() ?? ""))
+if (gnuTime === undefined) console.warn("peak RSS is not measured: GNU time is not installed (apt install time)")
+
+/** Runs a command; returns wall seconds, peak RSS (KB, from GNU time) and output. */
 const run = (command, argv, env = {}) =>
   new Promise((resolve, reject) => {
     const timeFile = Path.join(Os.tmpdir(), `${tag}.time`)
-    const useTime = Fs.existsSync("/usr/bin/time")
-    const [cmd, cmdArgs] = useTime ? ["/usr/bin/time", ["-f", "%M", "-o", timeFile, command, ...argv]] : [command, argv]
+    const useTime = gnuTime !== undefined
+    const [cmd, cmdArgs] = useTime ? [gnuTime, ["-f", "%M", "-o", timeFile, command, ...argv]] : [command, argv]
     const start = performance.now()
     const child = spawn(cmd, cmdArgs, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
     let stdout = ""

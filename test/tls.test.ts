@@ -13,14 +13,18 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { runCli } from "./support/cli.js"
 import { expectExit, parseJsonSummary, seedFixture } from "./support/tickets.js"
 
-const missing = ["mariadbd", "mariadb-install-db", "openssl"].filter((tool) => {
+/** Where a tool is: on PATH (a Nix shell), or in /usr/sbin (Debian's server binaries); undefined if neither. */
+const locate = (tool: string): string | undefined => {
   try {
-    execFileSync("sh", ["-c", `command -v ${tool} || test -x /usr/sbin/${tool}`], { stdio: "ignore" })
-    return false
+    return execFileSync("sh", ["-c", `command -v ${tool} || (test -x /usr/sbin/${tool} && echo /usr/sbin/${tool})`], {
+      encoding: "utf8"
+    }).trim() || undefined
   } catch {
-    return true
+    return undefined
   }
-})
+}
+const mariadbd = locate("mariadbd") ?? "mariadbd"
+const missing = ["mariadbd", "mariadb-install-db", "openssl"].filter((tool) => locate(tool) === undefined)
 if (missing.length > 0) {
   if (process.env.REQUIRE_SERVICES === "1") throw new Error(`REQUIRE_SERVICES=1 but ${missing.join(", ")} missing`)
   console.warn(`\n!!! SKIPPING the TLS tests: ${missing.join(", ")} not installed\n`)
@@ -109,7 +113,7 @@ describe.skipIf(missing.length > 0)("TLS to MySQL (a private MariaDB that requir
       "--auth-root-authentication-method=normal",
       "--skip-test-db"
     ], { stdio: "ignore" })
-    server = spawn("/usr/sbin/mariadbd", [
+    server = spawn(mariadbd, [
       "--no-defaults",
       `--datadir=${data}`,
       `--port=${port}`,
