@@ -93,7 +93,12 @@ const packTokens = (tokens: ReadonlyArray<string>, count: number): Buffer | unde
 
 /** The scope as joins, conditions and bound values; every value is bound, never spliced. */
 export const scopeSql = (
-  scope: Scope
+  scope: Scope,
+  /**
+   * For keyset pages on SQLite: without statistics it walks the `created_at` index for any date range and
+   * sorts the whole range again for every page; a unary + keeps the page on the primary key (one pass in all).
+   */
+  avoidCreatedAtIndex = false
 ): {
   readonly from: string
   /** Whether the scope needs the order and user tables (otherwise `where` is on the ticket `t` alone). */
@@ -112,12 +117,13 @@ export const scopeSql = (
     conditions.push("u.`email` LIKE ?")
     params.push(`%@${scope.emailDomain}`)
   }
+  const createdAt = avoidCreatedAtIndex ? "+t.`created_at`" : "t.`created_at`"
   if (scope.createdAfter !== null) {
-    conditions.push("t.`created_at` >= ?")
+    conditions.push(`${createdAt} >= ?`)
     params.push(datetime(new Date(scope.createdAfter)))
   }
   if (scope.createdBefore !== null) {
-    conditions.push("t.`created_at` < ?")
+    conditions.push(`${createdAt} < ?`)
     params.push(datetime(new Date(scope.createdBefore)))
   }
   return {
@@ -127,6 +133,25 @@ export const scopeSql = (
       : "`ticket` t",
     where: conditions.map((c) => ` AND ${c}`).join(""),
     params
+  }
+}
+
+/**
+ * A keyset page of the scope: the ids after `after` in key order (plus `columns`, whose parameters come
+ * first). Never OFFSET, never a column being rewritten.
+ */
+export const keysetPage = (
+  dialect: "mysql" | "sqlite",
+  columns: string,
+  scope: Scope,
+  after: string,
+  limit: number
+): { readonly text: string; readonly params: ReadonlyArray<unknown> } => {
+  const s = scopeSql(scope, dialect === "sqlite")
+  return {
+    text: `SELECT t.\`id\`${columns} FROM ${s.from} WHERE t.\`id\` > ?${s.where} ORDER BY t.\`id\` ` +
+      `LIMIT ${limitOf(limit)}`,
+    params: [after, ...s.params]
   }
 }
 
@@ -184,11 +209,8 @@ export const makeSql = Effect.gen(function*() {
   const { dialect } = yield* Db
 
   const page = (scope: Scope, after: string, limit: number) => {
-    const s = scopeSql(scope)
-    return sql.unsafe(
-      `SELECT t.\`id\` FROM ${s.from} WHERE t.\`id\` > ?${s.where} ORDER BY t.\`id\` LIMIT ${limitOf(limit)}`,
-      [after, ...s.params]
-    ).values.pipe(
+    const statement = keysetPage(dialect, "", scope, after, limit)
+    return sql.unsafe(statement.text, statement.params).values.pipe(
       Effect.map((rows) => rows.map((row) => String(row[0]))),
       Effect.mapError(databaseError("reading a page of ticket ids"))
     )
@@ -288,12 +310,8 @@ export const makeSql = Effect.gen(function*() {
   )
 
   const audit = (scope: Scope, after: string, limit: number, since: Date) => {
-    const s = scopeSql(scope)
-    return sql.unsafe(
-      `SELECT t.\`id\`, CASE WHEN t.\`updated_at\` >= ? THEN 1 ELSE 0 END FROM ${s.from} ` +
-        `WHERE t.\`id\` > ?${s.where} ORDER BY t.\`id\` LIMIT ${limitOf(limit)}`,
-      [datetime(since), after, ...s.params]
-    ).values.pipe(
+    const statement = keysetPage(dialect, ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END", scope, after, limit)
+    return sql.unsafe(statement.text, [datetime(since), ...statement.params]).values.pipe(
       Effect.map((rows) => ({
         ids: rows.map((row) => String(row[0])),
         stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))

@@ -9,6 +9,8 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { Scope } from "../src/Domain.js"
+import { keysetPage } from "../src/TicketRepo.js"
 import { type CliResult, runCli } from "./support/cli.js"
 import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
 import { Sqlite } from "./support/sqlite.js"
@@ -89,6 +91,36 @@ describe("migrate and seed on the embedded SQLite database", () => {
       for (const table of ["user", "order"]) {
         const ids = db.prepare(`SELECT id FROM "${table}"`).all().map((r) => String(r.id))
         expect(ids.filter((id) => !hex32.test(id)), table).toEqual([])
+      }
+    } finally {
+      db.close()
+    }
+  })
+
+  it("keyset pages walk the primary key whatever the scope (no sort of the whole date range per page)", () => {
+    const db = new Sqlite(Path.join(cwd, "data", "tickets.sqlite"), { readonly: true, fileMustExist: true })
+    try {
+      const scopes = [
+        Scope.all,
+        new Scope({
+          ...Scope.all,
+          createdAfter: "2020-01-01T00:00:00.000Z",
+          createdBefore: "2099-01-01T00:00:00.000Z"
+        }),
+        new Scope({
+          liveOnly: true,
+          emailDomain: "example.com",
+          createdAfter: "2020-01-01T00:00:00.000Z",
+          createdBefore: null
+        })
+      ]
+      for (const scope of scopes) {
+        const { params, text } = keysetPage("sqlite", "", scope, "", 1000)
+        const plan = db.prepare(`EXPLAIN QUERY PLAN ${text}`).all(...params).map((row) => String(row.detail))
+        expect(plan[0], scope.description).toMatch(
+          /^SEARCH t USING (COVERING )?INDEX sqlite_autoindex_ticket_1 \(id>\?\)/
+        )
+        expect(plan.join("; "), scope.description).not.toMatch(/TEMP B-TREE|created_at/)
       }
     } finally {
       db.close()
