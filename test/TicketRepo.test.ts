@@ -208,6 +208,39 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     await expectRotatedTo(before, ids, values)
   })
 
+  it("pages and range UPDATEs stay on the ticket's primary key: no sort of the scope per page, no range found by date", async () => {
+    const explain = async (text: string, params: ReadonlyArray<unknown>) =>
+      (await admin.query(`EXPLAIN ${text}`, [...params] as Array<string>))[0] as Array<Record<string, unknown>>
+    const sorted = [...(await readTickets()).keys()]
+    const narrow = new Scope({
+      ...Scope.all,
+      createdAfter: "2026-01-01T00:00:00.000Z",
+      createdBefore: "2026-01-10T00:00:00.000Z"
+    })
+    const scopes = [
+      Scope.all,
+      new Scope({ ...Scope.all, liveOnly: true }),
+      new Scope({ ...Scope.all, liveOnly: true, emailDomain: "example.com" })
+    ]
+    for (const scope of scopes) {
+      const { params, text } = TicketRepoSql.keysetPage("mysql", "", scope, sorted[100]!, 1000)
+      const plan = await explain(text, params)
+      expect(plan[0], scope.description).toMatchObject({ table: "t", key: "PRIMARY" })
+      expect(plan.map((row) => String(row.Extra)).join("; "), scope.description).not.toMatch(/filesort|temporary/)
+    }
+    const s = TicketRepoSql.scopeSql(narrow)
+    const update = await explain(TicketRepoSql.rangeRotateStatement(1000, s.where), [
+      Buffer.alloc(32_000),
+      "m",
+      "m",
+      "2026-01-01 00:00:00.000000",
+      sorted[0]!,
+      sorted[999]!,
+      ...s.params
+    ])
+    expect(update[0]).toMatchObject({ table: "t", key: "PRIMARY" })
+  })
+
   it("a new token equal to another ticket's is a DuplicateToken that does not show that token", async () => {
     const before = await readTickets()
     const ids = await page(Scope.all, "", 10)
