@@ -7,7 +7,7 @@
 // the single `UPDATE ticket SET token = LOWER(HEX(RANDOM_BYTES(16)))`, our `regenerate` with default flags,
 // and ours again. Before every measured step the server is brought to the same quiet state (undo purged,
 // dirty pages flushed), so one run does not bill the next. Reports rows/s, our ratio to the single
-// UPDATE, peak RSS from the OS (/usr/bin/time), the buffer pool size, the seeding time against a raw
+// UPDATE, peak RSS from the OS (GNU time), the buffer pool size, the seeding time against a raw
 // multi-row INSERT of the same rows, and the peak RSS on a small table (memory must not grow with rows).
 import { Redis } from "ioredis"
 import * as mysql from "mysql2/promise"

@@ -1,7 +1,8 @@
 /**
  * The checkpoint store: run records and run locks, in Redis (REDIS_URL) or in a table of the database.
  *
- * Both adapters implement a handful of atomic primitives (`Store`); the run logic on top is written once.
+ * Both adapters (`Checkpoint/Redis.ts`, `Checkpoint/Sql.ts`) implement a handful of atomic primitives
+ * (`Store`); the run logic on top is written once, here.
  * Records are written only through a held lock and the write checks the lock in the same atomic step
  * (fencing), so a runner that lost its lock can never move another runner's checkpoint.
  */
@@ -13,16 +14,16 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
-import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { Scope as EffectScope } from "effect/Scope"
-import type { Redis } from "ioredis"
 import { createHash, randomBytes } from "node:crypto"
 import * as Os from "node:os"
+import { makeRedisStore, redisClient } from "./Checkpoint/Redis.js"
+import { makeSqlStore, stateTable } from "./Checkpoint/Sql.js"
 import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
-import { affectedRows, Db, describe, requireTable, toCount } from "./Db.js"
+import { Db, requireTable } from "./Db.js"
 import {
   type BadRedisUrl,
   CheckpointCorrupt,
@@ -297,239 +298,6 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
 
   return { store: store.name, load, latest, lock, holder }
 }
-
-// Redis
-
-const scripts = {
-  setFenced: {
-    numberOfKeys: 2,
-    lua: `if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1]) return 1 else return 0 end`
-  },
-  swap: {
-    numberOfKeys: 1,
-    lua:
-      `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end`
-  },
-  renew: {
-    numberOfKeys: 1,
-    lua:
-      `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`
-  },
-  release: {
-    numberOfKeys: 1,
-    lua: `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`
-  },
-  inspect: {
-    numberOfKeys: 1,
-    lua: `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`
-  }
-} as const
-
-type ScriptClient = Redis & { [K in keyof typeof scripts]: (...args: Array<string | number>) => Promise<unknown> }
-
-/** A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). */
-export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, RedisUnavailable, EffectScope> =>
-  Effect.acquireRelease(
-    Effect.tryPromise({
-      try: async () => {
-        // Loaded on demand: without REDIS_URL the client is never needed.
-        const { Redis } = await import("ioredis")
-        const client = new Redis(Redacted.value(target.url), {
-          lazyConnect: true,
-          enableOfflineQueue: false,
-          maxRetriesPerRequest: 0,
-          connectTimeout: 3_000,
-          commandTimeout: 3_000,
-          retryStrategy: (times: number) => Math.min(times * 200, 1_000)
-        })
-        // Errors surface through the failing commands; the last one explains a failed connect.
-        let lastError: unknown
-        client.on("error", (error) => (lastError = error))
-        for (const [name, script] of Object.entries(scripts)) {
-          client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua })
-        }
-        try {
-          await client.connect()
-          await client.ping()
-        } catch (error) {
-          client.disconnect()
-          throw lastError ?? error
-        }
-        return client as ScriptClient
-      },
-      catch: (error) => new RedisUnavailable({ target: target.display, reason: describe(error), cause: error })
-    }),
-    (client) =>
-      Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(
-        Effect.timeoutTo({ duration: "2 seconds", onSuccess: () => undefined, onTimeout: () => client.disconnect() })
-      )
-  )
-
-export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix: string): Store => {
-  const name = `redis ${target.display}`
-  const k = (key: string) => `${prefix}:${key}`
-  const call = <A>(operation: string, f: () => Promise<A>) =>
-    Effect.tryPromise({
-      try: f,
-      catch: (error) =>
-        new CheckpointUnavailable({
-          store: name,
-          operation,
-          // ioredis's words for "no connection right now" (the offline queue is off so commands fail fast).
-          detail: describe(error).replace(/Stream isn't writeable.*/, "not connected"),
-          transient: true
-        })
-    })
-  return {
-    name,
-    locate: (key) => `redis key ${k(key)} on ${target.display}`,
-    get: (key) => call("reading", () => client.get(k(key))).pipe(Effect.map(Option.fromNullable)),
-    set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
-    setFenced: (key, value, lockKey, holder) =>
-      call("writing the checkpoint", () => client.setFenced(k(key), k(lockKey), value, holder)).pipe(
-        Effect.map((n) => n === 1)
-      ),
-    acquire: (lockKey, holder, ttl) =>
-      call("taking the lock", () => client.set(k(lockKey), holder, "PX", ttl, "NX")).pipe(
-        Effect.map((reply) => reply === "OK")
-      ),
-    swap: (lockKey, expected, holder, ttl) =>
-      call("taking over a stale lock", () => client.swap(k(lockKey), expected, holder, ttl)).pipe(
-        Effect.map((n) => n === 1)
-      ),
-    renew: (lockKey, holder, ttl) =>
-      call("renewing the lock", () => client.renew(k(lockKey), holder, ttl)).pipe(Effect.map((n) => n === 1)),
-    release: (lockKey, holder) => Effect.asVoid(call("releasing the lock", () => client.release(k(lockKey), holder))),
-    inspect: (lockKey) =>
-      call("reading the lock", () => client.inspect(k(lockKey))).pipe(
-        Effect.map((reply) => {
-          const [value, ttl] = reply as [string | null, number]
-          // PTTL -1: a key without expiry.
-          return value === null
-            ? Option.none()
-            : Option.some({ value, expiresInMillis: ttl === -1 ? null : Math.max(0, ttl) })
-        })
-      )
-  }
-}
-
-// SQL (the table created by migration 0002)
-
-export const stateTable = "ticket_tokens_state"
-
-export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect.Effect<Store> =>
-  Effect.gen(function*() {
-    const name = `table ${stateTable} in ${database}`
-    const call = <A, E>(operation: string, effect: Effect.Effect<A, E>) =>
-      Effect.mapError(effect, (error) =>
-        new CheckpointUnavailable({
-          store: name,
-          operation,
-          detail: describe(error),
-          transient: /doesn't exist|no such table/i.test(describe(error)) ? false : true
-        }))
-    // Leases are timed by the database's clock, the one every runner shares: a host whose clock runs ahead
-    // must not see a live holder's lease as expired.
-    const now = sql.onDialectOrElse({
-      // UTC whatever the session's time zone (UNIX_TIMESTAMP(NOW()) would jump an hour at a DST change).
-      mysql: () => "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) DIV 1000)",
-      orElse: () => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
-    })
-    const upsert = sql.onDialectOrElse({
-      mysql: () =>
-        "INSERT INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, NULL) " +
-        "ON DUPLICATE KEY UPDATE `value` = VALUES(`value`)",
-      orElse: () =>
-        "INSERT INTO `ticket_tokens_state` (`key`, `value`, `expires_at`) VALUES (?, ?, NULL) " +
-        "ON CONFLICT (`key`) DO UPDATE SET `value` = excluded.`value`"
-    })
-    const insertIfAbsent = sql.onDialectOrElse({
-      mysql: () =>
-        `INSERT IGNORE INTO \`ticket_tokens_state\` (\`key\`, \`value\`, \`expires_at\`) VALUES (?, ?, ${now} + ?)`,
-      orElse: () =>
-        `INSERT OR IGNORE INTO \`ticket_tokens_state\` (\`key\`, \`value\`, \`expires_at\`) VALUES (?, ?, ${now} + ?)`
-    })
-    // A lock row that can never expire (no number in expires_at: SQLite stores whatever it is given).
-    const leaseless = sql.onDialectOrElse({
-      mysql: () => "`expires_at` IS NULL",
-      orElse: () => "typeof(`expires_at`) NOT IN ('integer', 'real')"
-    })
-    const forUpdate = sql.onDialectOrElse({ mysql: () => " FOR UPDATE", orElse: () => "" })
-    const read = (key: string, suffix = "") =>
-      sql.unsafe(`SELECT \`value\` FROM \`ticket_tokens_state\` WHERE \`key\` = ?${suffix}`, [key])
-        .values.pipe(Effect.map((rows) => Option.fromNullable(rows[0])))
-    const changed = (statement: string, params: ReadonlyArray<unknown>) =>
-      Effect.map(sql.unsafe(statement, params).raw, (raw) => affectedRows(raw) > 0)
-
-    const store: Store = {
-      name,
-      locate: (key) => `key '${key}' of ${name}`,
-      get: (key) => call("reading", Effect.map(read(key), Option.map((row) => String(row[0])))),
-      set: (key, value) => call("writing", Effect.asVoid(sql.unsafe(upsert, [key, value]).raw)),
-      setFenced: (key, value, lockKey, holder) =>
-        call(
-          "writing the checkpoint",
-          sql.withTransaction(Effect.gen(function*() {
-            const lock = yield* read(lockKey, forUpdate)
-            if (Option.isNone(lock) || String(lock.value[0]) !== holder) return false
-            yield* sql.unsafe(upsert, [key, value]).raw
-            return true
-          }))
-        ),
-      acquire: (lockKey, holder, ttl) =>
-        call(
-          "taking the lock",
-          Effect.gen(function*() {
-            const expired = yield* changed(
-              `UPDATE \`ticket_tokens_state\` SET \`value\` = ?, \`expires_at\` = ${now} + ? ` +
-                `WHERE \`key\` = ? AND \`expires_at\` < ${now}`,
-              [holder, ttl, lockKey]
-            )
-            return expired || (yield* changed(insertIfAbsent, [lockKey, holder, ttl]))
-          })
-        ),
-      swap: (lockKey, expected, holder, ttl) =>
-        call(
-          "taking over a stale lock",
-          changed(
-            `UPDATE \`ticket_tokens_state\` SET \`value\` = ?, \`expires_at\` = ${now} + ? ` +
-              "WHERE `key` = ? AND `value` = ?",
-            [holder, ttl, lockKey, expected]
-          )
-        ),
-      renew: (lockKey, holder, ttl) =>
-        call(
-          "renewing the lock",
-          changed(
-            `UPDATE \`ticket_tokens_state\` SET \`expires_at\` = ${now} + ? WHERE \`key\` = ? AND \`value\` = ?`,
-            [ttl, lockKey, holder]
-          )
-        ),
-      release: (lockKey, holder) =>
-        call(
-          "releasing the lock",
-          Effect.asVoid(
-            sql.unsafe("DELETE FROM `ticket_tokens_state` WHERE `key` = ? AND `value` = ?", [lockKey, holder]).raw
-          )
-        ),
-      inspect: (lockKey) =>
-        call(
-          "reading the lock",
-          sql.unsafe(
-            `SELECT \`value\`, \`expires_at\` - ${now}, ${leaseless} FROM \`ticket_tokens_state\` WHERE \`key\` = ?`,
-            [lockKey]
-          ).values.pipe(Effect.map(([row]) => {
-            if (row === undefined) return Option.none()
-            if (toCount(row[2]) === 1) return Option.some({ value: String(row[0]), expiresInMillis: null })
-            const expiresIn = Number(row[1])
-            return expiresIn > 0 ? Option.some({ value: String(row[0]), expiresInMillis: expiresIn }) : Option.none()
-          }))
-        )
-    }
-    return store
-  })
-
-// Layers
 
 export const layerRedis = (target: RedisTarget, prefix: string): Layer.Layer<Checkpoint, RedisUnavailable> =>
   Layer.scoped(

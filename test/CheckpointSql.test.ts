@@ -6,7 +6,8 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, TestClock } from "effect"
-import { makeSqlStore, type Store } from "../src/Checkpoint.js"
+import type { Store } from "../src/Checkpoint.js"
+import { makeSqlStore } from "../src/Checkpoint/Sql.js"
 import checkpointTable from "../src/migrations/0002_checkpoint_table.js"
 
 const withStore = <A, E>(f: (store: Store) => Effect.Effect<A, E>) =>

@@ -1,0 +1,126 @@
+/**
+ * The checkpoint store in Redis (REDIS_URL): each `Store` primitive is one command or one Lua script, so
+ * it is atomic; leases are Redis key expiries.
+ */
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import type { Scope as EffectScope } from "effect/Scope"
+import type { Redis } from "ioredis"
+import type { Store } from "../Checkpoint.js"
+import type { RedisTarget } from "../Config.js"
+import { describe } from "../Db.js"
+import { CheckpointUnavailable, RedisUnavailable } from "../Domain.js"
+
+const scripts = {
+  setFenced: {
+    numberOfKeys: 2,
+    lua: `if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1]) return 1 else return 0 end`
+  },
+  swap: {
+    numberOfKeys: 1,
+    lua:
+      `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end`
+  },
+  renew: {
+    numberOfKeys: 1,
+    lua:
+      `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`
+  },
+  release: {
+    numberOfKeys: 1,
+    lua: `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`
+  },
+  inspect: {
+    numberOfKeys: 1,
+    lua: `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`
+  }
+} as const
+
+type ScriptClient = Redis & { [K in keyof typeof scripts]: (...args: Array<string | number>) => Promise<unknown> }
+
+/** A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). */
+export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, RedisUnavailable, EffectScope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        // Loaded on demand: without REDIS_URL the client is never needed.
+        const { Redis } = await import("ioredis")
+        const client = new Redis(Redacted.value(target.url), {
+          lazyConnect: true,
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 0,
+          connectTimeout: 3_000,
+          commandTimeout: 3_000,
+          retryStrategy: (times: number) => Math.min(times * 200, 1_000)
+        })
+        // Errors surface through the failing commands; the last one explains a failed connect.
+        let lastError: unknown
+        client.on("error", (error) => (lastError = error))
+        for (const [name, script] of Object.entries(scripts)) {
+          client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua })
+        }
+        try {
+          await client.connect()
+          await client.ping()
+        } catch (error) {
+          client.disconnect()
+          throw lastError ?? error
+        }
+        return client as ScriptClient
+      },
+      catch: (error) => new RedisUnavailable({ target: target.display, reason: describe(error), cause: error })
+    }),
+    (client) =>
+      Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(
+        Effect.timeoutTo({ duration: "2 seconds", onSuccess: () => undefined, onTimeout: () => client.disconnect() })
+      )
+  )
+
+export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix: string): Store => {
+  const name = `redis ${target.display}`
+  const k = (key: string) => `${prefix}:${key}`
+  const call = <A>(operation: string, f: () => Promise<A>) =>
+    Effect.tryPromise({
+      try: f,
+      catch: (error) =>
+        new CheckpointUnavailable({
+          store: name,
+          operation,
+          // ioredis's words for "no connection right now" (the offline queue is off so commands fail fast).
+          detail: describe(error).replace(/Stream isn't writeable.*/, "not connected"),
+          transient: true
+        })
+    })
+  return {
+    name,
+    locate: (key) => `redis key ${k(key)} on ${target.display}`,
+    get: (key) => call("reading", () => client.get(k(key))).pipe(Effect.map(Option.fromNullable)),
+    set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
+    setFenced: (key, value, lockKey, holder) =>
+      call("writing the checkpoint", () => client.setFenced(k(key), k(lockKey), value, holder)).pipe(
+        Effect.map((n) => n === 1)
+      ),
+    acquire: (lockKey, holder, ttl) =>
+      call("taking the lock", () => client.set(k(lockKey), holder, "PX", ttl, "NX")).pipe(
+        Effect.map((reply) => reply === "OK")
+      ),
+    swap: (lockKey, expected, holder, ttl) =>
+      call("taking over a stale lock", () => client.swap(k(lockKey), expected, holder, ttl)).pipe(
+        Effect.map((n) => n === 1)
+      ),
+    renew: (lockKey, holder, ttl) =>
+      call("renewing the lock", () => client.renew(k(lockKey), holder, ttl)).pipe(Effect.map((n) => n === 1)),
+    release: (lockKey, holder) => Effect.asVoid(call("releasing the lock", () => client.release(k(lockKey), holder))),
+    inspect: (lockKey) =>
+      call("reading the lock", () => client.inspect(k(lockKey))).pipe(
+        Effect.map((reply) => {
+          const [value, ttl] = reply as [string | null, number]
+          // PTTL -1: a key without expiry.
+          return value === null
+            ? Option.none()
+            : Option.some({ value, expiresInMillis: ttl === -1 ? null : Math.max(0, ttl) })
+        })
+      )
+  }
+}
