@@ -141,16 +141,24 @@ export interface HeldLock {
   readonly location: string
 }
 
-/** The refusal for a lock another live process holds. */
-export const lockHeld = (held: HeldLock, scope: Scope): LockHeld =>
-  new LockHeld({ holder: held.holder, scope, expiresInMillis: held.expiresInMillis })
-
-/** The refusal for a damaged lock entry (only a restart replaces it). */
-export const lockDamaged = (held: HeldLock): CheckpointCorrupt =>
-  new CheckpointCorrupt({
+/**
+ * Why a run may not take a lock that is there, or undefined when it may take it over: the holder's process
+ * is gone (stale), or the entry is damaged and `replaceDamaged` (a restart, which abandons whatever is there).
+ */
+export const refusal = (
+  held: HeldLock,
+  scope: Scope,
+  replaceDamaged: boolean
+): LockHeld | CheckpointCorrupt | undefined => {
+  if (held.damage === null) {
+    return held.stale ? undefined : new LockHeld({ holder: held.holder, scope, expiresInMillis: held.expiresInMillis })
+  }
+  if (replaceDamaged) return undefined
+  return new CheckpointCorrupt({
     key: held.location,
     detail: `${held.damage}, which no run of this tool leaves; if no run is going, delete it and rerun with --resume`
   })
+}
 
 export interface CheckpointService {
   /** Where checkpoints live, for messages. */
@@ -260,9 +268,8 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
           const current = yield* inspectHolder(k.lock)
           if (Option.isSome(current)) {
             const { held, value: found } = current.value
-            if (held.damage !== null && !replaceDamaged) return yield* lockDamaged(held)
-            const takeOver = held.damage !== null || held.stale
-            if (!takeOver) return yield* lockHeld(held, key.scope)
+            const refused = refusal(held, key.scope, replaceDamaged)
+            if (refused !== undefined) return yield* refused
             if (yield* store.swap(k.lock, found, value, leaseMillis)) return
           }
           // Released, expired or taken over between the calls: look again, a few times.

@@ -15,7 +15,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
-import { Checkpoint, fingerprint, type HeldLock, lockDamaged, lockHeld, type RunKey } from "./Checkpoint.js"
+import { Checkpoint, fingerprint, type HeldLock, refusal, type RunKey } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
 import {
   type CheckpointCorrupt,
@@ -550,11 +550,8 @@ export const plan = (options: RegenerateOptions) =>
     // damaged (which only a restart replaces).
     const holder = yield* checkpoint.holder(key)
     if (Option.isSome(holder)) {
-      const held = holder.value
-      if (held.damage !== null && options.mode !== "restart") {
-        return yield* lockDamaged(held)
-      }
-      if (held.damage === null && !held.stale) return yield* lockHeld(held, options.scope)
+      const refused = refusal(holder.value, options.scope, options.mode === "restart")
+      if (refused !== undefined) return yield* refused
     }
     const starting = yield* startingRecord(key, options)
     // The record as stored (a resume would mark it running); a restart replaces whatever is there,

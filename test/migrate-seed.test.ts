@@ -270,6 +270,23 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
         .n
     )
 
+  /** A database of its own with a few seeded tickets, for `f`; dropped afterwards. */
+  const withSmallDatabase = async (
+    name: string,
+    f: (db: mysql.Connection, env: { readonly DATABASE_URL: string }) => Promise<void>
+  ) => {
+    const scratch = await createDatabase(name)
+    const db = await adminConnection(scratch.name)
+    try {
+      const env = { DATABASE_URL: scratch.url }
+      await seedFixture({ env }, { users: 5, orders: 20, tickets: 300 })
+      await f(db, env)
+    } finally {
+      await db.end()
+      await scratch.drop()
+    }
+  }
+
   beforeAll(async () => {
     empty = await createDatabase("tt_empty")
     seeded = await createDatabase("tt_flags")
@@ -301,11 +318,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
   })
 
   it("the app's own database (never migrated by us), no REDIS_URL: regenerate and status point to migrate; migrate adds the checkpoint table", async () => {
-    const app = await createDatabase("tt_app")
-    const db = await adminConnection(app.name)
-    try {
-      const env = { DATABASE_URL: app.url }
-      await seedFixture({ env }, { users: 5, orders: 20, tickets: 300 })
+    await withSmallDatabase("tt_app", async (db, env) => {
       // What the Django app's database looks like: its tables, none of ours.
       await db.query("DROP TABLE `ticket_tokens_state`, `ticket_tokens_migrations`")
       const [before] = await db.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
@@ -332,18 +345,11 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       const again = await expectExit(runCli(["regenerate", "--json"], { env }), 0)
       expect(JSON.parse(again.stdout).rotated).toBe(300)
       expect(again.stderr).toContain(`run ${JSON.parse(first.stdout).runId} on this scope completed at `)
-    } finally {
-      await db.end()
-      await app.drop()
-    }
+    })
   })
 
   it("tables that do not match the app (no token column): every command says so in one line (exit 2), nothing written", async () => {
-    const odd = await createDatabase("tt_odd")
-    const db = await adminConnection(odd.name)
-    try {
-      const env = { DATABASE_URL: odd.url }
-      await seedFixture({ env }, { users: 5, orders: 20, tickets: 300 })
+    await withSmallDatabase("tt_odd", async (db, env) => {
       await db.query("ALTER TABLE `ticket` DROP COLUMN `token`")
       const [before] = await db.query("SELECT * FROM `ticket` ORDER BY `id`")
       const commands = [
@@ -363,10 +369,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(after).toEqual(before)
       const [state] = await db.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`")
       expect(Number((state as Array<{ n: unknown }>)[0]!.n)).toBe(0)
-    } finally {
-      await db.end()
-      await odd.drop()
-    }
+    })
   })
 
   it("a server whose sessions start with autocommit off is refused before anything is written (exit 2)", async () => {
