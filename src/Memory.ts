@@ -7,7 +7,7 @@
  *   machine. V8 reads it at every collection, so it can be set at run time.
  * - One full collection as the command starts. Until its first full collection V8 sizes the old generation
  *   by start-up heuristics instead of that rule; when the first one came late, a million-row run grew to
- *   175–180 MB resident before it (about one run in ten, against 130 MB otherwise). Collecting once at the
+ *   171–182 MB resident before it (5 of 32 runs, against 129–133 MB otherwise). Collecting once at the
  *   start puts the rule in force from the first batch, for the cost of collecting a heap of a few MB.
  *
  * Both measured in docs/PERFORMANCE.md. `gc` is V8's own, reached the way test runners reach it without
