@@ -30,18 +30,19 @@ if (missing.length > 0) {
   console.warn(`\n!!! SKIPPING the TLS tests: ${missing.join(", ")} not installed\n`)
 }
 
-const openssl = (dir: string, ...args: Array<string>) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" })
+/** One openssl command, written as one line: no argument below holds a space. */
+const openssl = (dir: string, command: string) =>
+  execFileSync("openssl", command.split(" "), { cwd: dir, stdio: "ignore" })
 
 /** A throwaway CA `caName`, and a server certificate it signs for each of `names` (`<name>.pem`, `server.key`). */
 const makeCertificates = (dir: string, caName: string, names: ReadonlyArray<string>) => {
-  // No argument below holds a space, so each command reads as one line.
-  const run = (command: string) => openssl(dir, ...command.split(" "))
-  run(`req -x509 -newkey rsa:2048 -nodes -keyout ${caName}.key -out ${caName}.pem -days 2 -subj /CN=${caName}`)
+  openssl(dir, `req -x509 -newkey rsa:2048 -nodes -keyout ${caName}.key -out ${caName}.pem -days 2 -subj /CN=${caName}`)
   if (names.length === 0) return
-  run("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=tt-test-server")
+  openssl(dir, "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=tt-test-server")
   for (const name of names) {
     Fs.writeFileSync(Path.join(dir, "ext.cnf"), `subjectAltName=DNS:${name}\n`)
-    run(
+    openssl(
+      dir,
       `x509 -req -in server.csr -CA ${caName}.pem -CAkey ${caName}.key -CAcreateserial -out ${name}.pem -days 2 ` +
         "-extfile ext.cnf"
     )
