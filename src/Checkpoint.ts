@@ -15,7 +15,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Ref from "effect/Ref"
-import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { Scope as EffectScope } from "effect/Scope"
 import { createHash, randomBytes } from "node:crypto"
@@ -74,6 +73,18 @@ export interface Store {
   /** Extends the lease while `holder` still holds the lock. */
   readonly renew: (lockKey: string, holder: string, ttl: number) => Effect.Effect<boolean, CheckpointUnavailable>
   readonly release: (lockKey: string, holder: string) => Effect.Effect<void, CheckpointUnavailable>
+  /**
+   * Takes `lockKey` back for `holder` after its lease ran out unrenewed (the store was unreachable), if no
+   * one has taken it since and `key` still holds `expected` (the holder's last write) or nothing (a store
+   * restarted without its data), atomically.
+   */
+  readonly reclaim: (
+    lockKey: string,
+    holder: string,
+    ttl: number,
+    key: string,
+    expected: string | undefined
+  ) => Effect.Effect<boolean, CheckpointUnavailable>
   /** The live (unexpired) holder of a lock, or an entry without a lease (damaged). */
   readonly inspect: (lockKey: string) => Effect.Effect<Option.Option<LockValue>, CheckpointUnavailable>
 }
@@ -103,6 +114,8 @@ export const systemHost: Host = {
 /** How long a lock lives without renewal (another host's crashed run blocks at most this long). */
 export const leaseMillis = 30_000
 const renewEvery = Duration.millis(leaseMillis / 3)
+/** After a failed renewal (the store unreachable), try again this often while the lease lasts. */
+const renewRetryEvery = Duration.seconds(1)
 
 /** Identifies one run slot: a database and a scope. */
 export interface RunKey {
@@ -282,17 +295,36 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
           })
         })
       yield* Effect.acquireRelease(take(1), () => Effect.ignore(store.release(k.lock, value)))
-      yield* store.renew(k.lock, value, leaseMillis).pipe(
-        Effect.catchAll(() => Effect.succeed(true)),
-        Effect.repeat(Schedule.spaced(renewEvery)),
-        Effect.delay(renewEvery),
-        Effect.forkScoped
-      )
       const pointed = yield* Ref.make(false)
+      const lastSaved = yield* Ref.make<string | undefined>(undefined)
+      // The lease ran out while the store was unreachable (or the store restarted without its data): take
+      // the lock back unless another runner has been there, which would have written the record.
+      const reclaim = Effect.gen(function*() {
+        if (!(yield* store.reclaim(k.lock, value, leaseMillis, k.record, yield* Ref.get(lastSaved)))) return false
+        yield* Ref.set(pointed, false)
+        yield* Effect.logWarning(
+          `the run's lock had lapsed while ${store.name} was unreachable and no other runner took it: taken back`
+        )
+        return true
+      })
+      const renewed = store.renew(k.lock, value, leaseMillis).pipe(
+        Effect.flatMap((held) => held ? Effect.succeed(true) : reclaim),
+        Effect.orElseSucceed(() => false)
+      )
+      // Every 10 s while renewals work; every second after one failed, so that a store back from an outage
+      // sees the lease renewed before it runs out.
+      const renewing = (ok: boolean): Effect.Effect<never> =>
+        Effect.sleep(ok ? renewEvery : renewRetryEvery).pipe(Effect.zipRight(renewed), Effect.flatMap(renewing))
+      yield* Effect.forkScoped(renewing(true))
       const save = (record: RunRecord) =>
         Effect.gen(function*() {
-          const ok = yield* store.setFenced(k.record, encodeRecord(record), k.lock, value)
-          if (!ok) return yield* new LockLost({ detail: `the lock ${k.lock} is no longer held by this process` })
+          const text = encodeRecord(record)
+          const saved = (yield* store.setFenced(k.record, text, k.lock, value)) ||
+            ((yield* reclaim) && (yield* store.setFenced(k.record, text, k.lock, value)))
+          if (!saved) {
+            return yield* new LockLost({ detail: `another process has taken ${k.lock} or written the run since` })
+          }
+          yield* Ref.set(lastSaved, text)
           if (!(yield* Ref.get(pointed))) {
             yield* store.set(k.latest, k.record)
             yield* Ref.set(pointed, true)

@@ -584,6 +584,75 @@ describe("locks", () => {
       expect(record(world).cursor).toBe(world.table.sorted[9]!.id)
     }))
 
+  it.effect("a lock that lapsed while the store was unreachable is taken back when no one else came", () =>
+    Effect.gen(function*() {
+      const world: World = new World(makeTickets(40), {
+        rotate: (n) => n === 2 ? Effect.sync(() => void world.store.data.delete(lockKey)) : undefined
+      })
+      const summary = yield* runIn(world, { batchSize: 10 })
+      expect(summary.status).toBe("completed")
+      const counts = world.table.rotationCounts()
+      expect(world.table.sorted.every((t) => counts.get(t.id) === 1), "every ticket rotated once").toBe(true)
+      expect(record(world).status).toBe("completed")
+      expect(world.store.data.has(lockKey), "released at the end").toBe(false)
+    }))
+
+  it.effect("a store restarted without its data gets the run's lock, record and pointer back", () =>
+    Effect.gen(function*() {
+      const world: World = new World(makeTickets(40), {
+        rotate: (n) => n === 3 ? Effect.sync(() => world.store.data.clear()) : undefined
+      })
+      const summary = yield* runIn(world, { batchSize: 10 })
+      expect(summary.status).toBe("completed")
+      expect(record(world)).toMatchObject({ status: "completed", rotated: 40 })
+      const latest = Checkpoint.keys({ database: "memory:test", scope: Scope.all }).latest
+      expect(world.store.data.get(latest)?.value).toBe(
+        Checkpoint.keys({ database: "memory:test", scope: Scope.all }).record
+      )
+    }))
+
+  it.effect("a lapsed lock is not taken back once another runner has written the run", () =>
+    Effect.gen(function*() {
+      const recordKey = Checkpoint.keys({ database: "memory:test", scope: Scope.all }).record
+      const world: World = new World(makeTickets(40), {
+        rotate: (n) =>
+          n === 2
+            ? Effect.sync(() => {
+              world.store.data.delete(lockKey)
+              const other = JSON.parse(world.store.data.get(recordKey)!.value)
+              world.store.data.set(recordKey, {
+                value: JSON.stringify({ ...other, batches: 99 }),
+                expiresAt: undefined
+              })
+            })
+            : undefined
+      })
+      const error = yield* Effect.flip(runIn(world, { batchSize: 10 }))
+      expect(error._tag).toBe("LockLost")
+      expect(record(world).batches, "the other runner's record is left as it wrote it").toBe(99)
+    }))
+
+  it.effect("a 22 s store outage that outlasts the lease: the run takes its lock back and completes", () =>
+    Effect.gen(function*() {
+      const world: World = new World(makeTickets(60), {
+        rotate: (n) =>
+          // One batch a second: the store goes down at 19.5 s, just before the renewal due at 20 s, so the
+          // lease (renewed at 10 s) runs out at 40 s, before the store is back at 41.5 s.
+          n === 20
+            ? Effect.sleep("500 millis").pipe(
+              Effect.zipRight(Effect.sync(() => void (world.store.down = true))),
+              Effect.zipRight(
+                Effect.forkDaemon(Effect.delay(Effect.sync(() => void (world.store.down = false)), "22 seconds"))
+              )
+            )
+            : Effect.sleep("1 second")
+      })
+      const exit = yield* withClock(runIn(world, { batchSize: 2 }), "250 millis", 4000)
+      expect(Exit.isSuccess(exit)).toBe(true)
+      expect(record(world)).toMatchObject({ status: "completed", rotated: 60 })
+      expect(world.store.data.has(lockKey), "released at the end").toBe(false)
+    }))
+
   it("holder descriptions say who and since when", () => {
     const holder = new LockHolder({ host: "db1", pid: 7, token: "t", since: new Date(0) })
     expect(holder.description).toBe("pid 7 on db1 since 1970-01-01T00:00:00.000Z")

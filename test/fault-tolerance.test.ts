@@ -43,8 +43,11 @@ afterAll(() => {
   for (const dir of redisDirs) Fs.rmSync(dir, { recursive: true, force: true })
 })
 
-/** A private redis-server on a spare port (with a password and an append-only file), to stop and restart. */
-const privateRedis = () => {
+/**
+ * A private redis-server on a spare port (with a password), to stop and restart; with an append-only file
+ * unless `persist` is false (then a restart loses every key, as the machine's own Redis would).
+ */
+const privateRedis = (persist = true) => {
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-redis-"))
   redisDirs.push(dir)
   const port = 20_000 + Math.floor(Math.random() * 20_000)
@@ -65,10 +68,7 @@ const privateRedis = () => {
       password,
       "--dir",
       dir,
-      "--appendonly",
-      "yes",
-      "--appendfsync",
-      "always",
+      ...(persist ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
       "--save",
       ""
     ], { stdio: "ignore" })
@@ -152,6 +152,72 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     }
   })
 
+  it("Redis down past the run's lease (22 s), its data kept: the run takes its lock back and completes", async () => {
+    const redis = privateRedis()
+    await redis.start()
+    const watcher = redis.client()
+    try {
+      await watcher.connect()
+      const before = await snapshot()
+      const runEnv = env({ REDIS_URL: redis.url })
+      // About 20 s for the table: still running when Redis comes back.
+      const run = spawnCli(["regenerate", "--json", "--max-rows-per-second", "2000", "--batch-size", "500"], {
+        env: runEnv,
+        timeoutMs: 120_000
+      })
+      await untilRotating(admin, before)
+      const [lockKey] = await watcher.keys(`${runEnv.REDIS_PREFIX}:lock:*`)
+      expect(lockKey).toBeDefined()
+      // Stop it just before the next renewal (one every 10 s of a 30 s lease), so that the lease runs out
+      // while Redis is away: the key expires by the clock, even across a restart.
+      while (await watcher.pttl(lockKey!) > 20_300) await sleep(20)
+      const left = await watcher.pttl(lockKey!)
+      await redis.stop()
+      await sleep(left + 1500)
+      await redis.start()
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(0)
+      const summary = parseJsonSummary(result)
+      expect(summary.status).toBe("completed")
+      expect(result.stderr).toContain("no other runner took it: taken back")
+      expectAllRotated(before, await readTickets())
+    } finally {
+      watcher.disconnect()
+      await redis.stop()
+    }
+  })
+
+  it("Redis restarted without its data mid-run: the run puts its lock and checkpoint back and completes", async () => {
+    const redis = privateRedis(false)
+    await redis.start()
+    const watcher = redis.client()
+    try {
+      const before = await snapshot()
+      const runEnv = env({ REDIS_URL: redis.url })
+      const run = spawnCli(["regenerate", "--json", ...throttle], { env: runEnv })
+      await untilRotating(admin, before)
+      await redis.stop()
+      await sleep(1000)
+      await redis.start()
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(0)
+      expect(parseJsonSummary(result).status).toBe("completed")
+      expectAllRotated(before, await readTickets())
+      // The record is back (status sees the completed run), and --resume finds it.
+      const status = await runCli(["status", "--json"], { env: runEnv })
+      expect(status.code, status.stderr).toBe(0)
+      expect(JSON.parse(status.stdout).run).toMatchObject({ status: "completed", rotated: ticketCount })
+      const again = await runCli(["regenerate", "--resume"], { env: runEnv })
+      expect(again.code, again.stderr).toBe(0)
+      expect(again.stdout).toMatch(/already completed/)
+      await watcher.connect()
+      expect(await watcher.keys(`${runEnv.REDIS_PREFIX}:lock:*`), "the lock released").toEqual([])
+    } finally {
+      watcher.disconnect()
+      await redis.stop()
+    }
+  })
+
   /**
    * A run on a private Redis that `disrupt` breaks once it is rotating: it must fail (exit 1) with the error
    * lines `check` expects; then Redis comes back and --resume finishes the rotation.
@@ -167,9 +233,12 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       const runEnv = env({ REDIS_URL: redis.url })
       const run = spawnCli(["regenerate", ...throttle], { env: runEnv, timeoutMs: 180_000 })
       await untilRotating(admin, before)
+      const disrupted = Date.now()
       await disrupt(redis, run)
       const result = await run.result
       expect(result.code, result.stderr).toBe(1)
+      // The retries are bounded: about 26 s of back-off, each attempt refused at once.
+      expect(Date.now() - disrupted, "stopped within a bounded time").toBeLessThan(45_000)
       check(result, result.stderr.split("\n").filter((l) => l.startsWith("error: ")), redis)
       await redis.start()
       await resumeToEnd(runEnv)

@@ -376,6 +376,9 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     // init_connect applies to users without SUPER only: the suite's own root connections are unaffected.
     const user = `tt_ac_${Date.now().toString(36)}`
     const root = await adminConnection()
+    const [[{ previous }]] = (await root.query("SELECT @@GLOBAL.init_connect AS previous")) as unknown as [
+      [{ previous: string }]
+    ]
     try {
       await root.query(
         `CREATE USER '${user}'@'%' IDENTIFIED BY 'Ac0mmitPw', '${user}'@'localhost' IDENTIFIED BY 'Ac0mmitPw'`
@@ -393,7 +396,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       }
       expect(await ticketsDigest()).toBe(before)
     } finally {
-      await root.query("SET GLOBAL init_connect = ''")
+      await root.query("SET GLOBAL init_connect = ?", [previous])
       await root.query(`DROP USER IF EXISTS '${user}'@'%', '${user}'@'localhost'`)
       await root.end()
     }

@@ -31,6 +31,11 @@ const scripts = {
     numberOfKeys: 1,
     lua: `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`
   },
+  reclaim: {
+    numberOfKeys: 2,
+    lua: `if redis.call('EXISTS', KEYS[1]) == 0 then local r = redis.call('GET', KEYS[2]) ` +
+      `if r == false or r == ARGV[3] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end end return 0`
+  },
   inspect: {
     numberOfKeys: 1,
     lua: `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`
@@ -77,6 +82,14 @@ export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, Re
       )
   )
 
+/**
+ * Whether a Redis failure is worth retrying: no connection, a timeout, a server loading its data or busy
+ * with a script. A refusal (authentication, permissions, a read-only replica, out of memory) is not.
+ */
+export const isTransientRedis = (error: unknown): boolean =>
+  !(error instanceof Error && error.name === "ReplyError") ||
+  /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b/.test(error.message)
+
 export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix: string): Store => {
   const name = `redis ${target.display}`
   const k = (key: string) => `${prefix}:${key}`
@@ -89,7 +102,7 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
           operation,
           // ioredis's words for "no connection right now" (the offline queue is off so commands fail fast).
           detail: describe(error).replace(/Stream isn't writeable.*/, "not connected"),
-          transient: true
+          transient: isTransientRedis(error)
         })
     })
   return {
@@ -112,6 +125,10 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
     renew: (lockKey, holder, ttl) =>
       call("renewing the lock", () => client.renew(k(lockKey), holder, ttl)).pipe(Effect.map((n) => n === 1)),
     release: (lockKey, holder) => Effect.asVoid(call("releasing the lock", () => client.release(k(lockKey), holder))),
+    reclaim: (lockKey, holder, ttl, key, expected) =>
+      call("taking the lock back", () => client.reclaim(k(lockKey), k(key), holder, ttl, expected ?? "")).pipe(
+        Effect.map((n) => n === 1)
+      ),
     inspect: (lockKey) =>
       call("reading the lock", () => client.inspect(k(lockKey))).pipe(
         Effect.map((reply) => {

@@ -6,7 +6,7 @@ import type * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type { Store } from "../Checkpoint.js"
-import { affectedRows, describe, toCount } from "../Db.js"
+import { affectedRows, describe, isTransient, toCount } from "../Db.js"
 import { CheckpointUnavailable } from "../Domain.js"
 
 export const stateTable = "ticket_tokens_state"
@@ -20,7 +20,7 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
           store: name,
           operation,
           detail: describe(error),
-          transient: /doesn't exist|no such table/i.test(describe(error)) ? false : true
+          transient: isTransient(error)
         }))
     // Leases are timed by the database's clock, the one every runner shares: a host whose clock runs ahead
     // must not see a live holder's lease as expired.
@@ -55,6 +55,17 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
     const changed = (statement: string, params: ReadonlyArray<unknown>) =>
       Effect.map(sql.unsafe(statement, params).raw, (raw) => affectedRows(raw) > 0)
 
+    /** Takes the lock row if it is missing or expired. */
+    const take = (lockKey: string, holder: string, ttl: number) =>
+      Effect.gen(function*() {
+        const expired = yield* changed(
+          `UPDATE \`ticket_tokens_state\` SET \`value\` = ?, \`expires_at\` = ${now} + ? ` +
+            `WHERE \`key\` = ? AND \`expires_at\` < ${now}`,
+          [holder, ttl, lockKey]
+        )
+        return expired || (yield* changed(insertIfAbsent, [lockKey, holder, ttl]))
+      })
+
     const store: Store = {
       name,
       locate: (key) => `key '${key}' of ${name}`,
@@ -70,18 +81,7 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
             return true
           }))
         ),
-      acquire: (lockKey, holder, ttl) =>
-        call(
-          "taking the lock",
-          Effect.gen(function*() {
-            const expired = yield* changed(
-              `UPDATE \`ticket_tokens_state\` SET \`value\` = ?, \`expires_at\` = ${now} + ? ` +
-                `WHERE \`key\` = ? AND \`expires_at\` < ${now}`,
-              [holder, ttl, lockKey]
-            )
-            return expired || (yield* changed(insertIfAbsent, [lockKey, holder, ttl]))
-          })
-        ),
+      acquire: (lockKey, holder, ttl) => call("taking the lock", take(lockKey, holder, ttl)),
       swap: (lockKey, expected, holder, ttl) =>
         call(
           "taking over a stale lock",
@@ -105,6 +105,15 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
           Effect.asVoid(
             sql.unsafe("DELETE FROM `ticket_tokens_state` WHERE `key` = ? AND `value` = ?", [lockKey, holder]).raw
           )
+        ),
+      reclaim: (lockKey, holder, ttl, key, expected) =>
+        call(
+          "taking the lock back",
+          sql.withTransaction(Effect.gen(function*() {
+            const record = yield* read(key, forUpdate)
+            if (Option.isSome(record) && String(record.value[0]) !== expected) return false
+            return yield* take(lockKey, holder, ttl)
+          }))
         ),
       inspect: (lockKey) =>
         call(

@@ -18,6 +18,8 @@ export const unavailable = (operation: string) =>
 export class MemoryStore {
   readonly data = new Map<string, { value: string; expiresAt: number | undefined }>()
   saves = 0
+  /** While true every operation fails as an unreachable store would. */
+  down = false
 
   constructor(readonly log: EventLog | undefined = undefined, public faults: StoreFaults = {}) {}
 
@@ -37,14 +39,17 @@ export class MemoryStore {
   }
 
   get store(): Checkpoint.Store {
-    const withNow = <A>(f: (now: number) => A) => Effect.map(Clock.currentTimeMillis, f)
-    return {
+    const withNow = <A>(f: (now: number) => A) =>
+      Effect.suspend(() =>
+        this.down ? Effect.fail(unavailable("any operation")) : Effect.map(Clock.currentTimeMillis, f)
+      )
+    const store: Checkpoint.Store = {
       name: "memory",
       locate: (key) => `memory key ${key}`,
       get: (key) => withNow((now) => Option.fromNullable(this.live(key, now)?.value)),
       set: (key, value) => withNow(() => void this.data.set(key, { value, expiresAt: undefined })),
       setFenced: (key, value, lockKey, holder) =>
-        Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        Effect.flatMap(withNow((now) => now), (now) => {
           const n = ++this.saves
           if (this.faults.save?.(n) === true) return Effect.fail(unavailable("writing the checkpoint"))
           if (this.live(lockKey, now)?.value !== holder) return Effect.succeed(false)
@@ -76,6 +81,13 @@ export class MemoryStore {
         withNow((now) => {
           if (this.live(lockKey, now)?.value === holder) this.data.delete(lockKey)
         }),
+      reclaim: (lockKey, holder, ttl, key, expected) =>
+        withNow((now) => {
+          const record = this.live(key, now)
+          if (this.live(lockKey, now) !== undefined || (record !== undefined && record.value !== expected)) return false
+          this.data.set(lockKey, { value: holder, expiresAt: now + ttl })
+          return true
+        }),
       inspect: (lockKey) =>
         withNow((now) => {
           const entry = this.live(lockKey, now)
@@ -87,6 +99,7 @@ export class MemoryStore {
             })
         })
     }
+    return store
   }
 
   layer(host: Checkpoint.Host = testHost): Layer.Layer<Checkpoint.Checkpoint> {
