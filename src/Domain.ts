@@ -169,6 +169,22 @@ export class DuplicateToken extends Data.TaggedError("DuplicateToken")<{ readonl
   }
 }
 
+/** A seeder stopped part way: the INSERTs that committed stay (each is all or nothing). */
+export class SeedIncomplete extends Data.TaggedError("SeedIncomplete")<{
+  readonly error: DatabaseError
+  readonly table: "users" | "orders" | "tickets"
+  readonly inserted: number
+  readonly requested: number
+}> {
+  override get message() {
+    const kept = this.inserted === 0
+      ? "nothing was inserted"
+      : `the ${this.inserted} ${this.table} inserted stay; to add the other ${this.requested - this.inserted}, run ` +
+        `\`seed ${this.table} --count ${this.requested - this.inserted}\``
+    return `${this.error.message}. Seeding stopped after ${this.inserted} of ${this.requested} ${this.table}: ${kept}.`
+  }
+}
+
 /** A run stopped by a failure that its retries could not fix; the checkpoint stays at the last commit. */
 export class RunFailed extends Data.TaggedError("RunFailed")<{
   readonly error: DatabaseError | DuplicateToken
@@ -283,6 +299,7 @@ export type AppError =
   | SchemaMissing
   | SchemaMismatch
   | NoParents
+  | SeedIncomplete
   | DatabaseError
   | DuplicateToken
   | RunFailed
@@ -315,6 +332,7 @@ const exitCodes: Record<AppError["_tag"], 1 | 2> = {
   UnsuitableServer: 2,
   RedisUnavailable: 1,
   DatabaseError: 1,
+  SeedIncomplete: 1,
   DuplicateToken: 1,
   RunFailed: 1,
   CheckpointUnavailable: 1,

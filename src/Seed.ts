@@ -6,9 +6,10 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
+import * as Ref from "effect/Ref"
 import { randomBytes } from "node:crypto"
 import { databaseError, datetime, Db, letEventLoopTurn, requireSchema, statementText, writeError } from "./Db.js"
-import { DatabaseError, NoParents, SchemaMismatch } from "./Domain.js"
+import { DatabaseError, NoParents, SchemaMismatch, SeedIncomplete, transientRetry } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
@@ -209,6 +210,7 @@ const placeholders = (columns: number, rows: number): string =>
 
 interface Seeding {
   readonly table: "user" | "order" | "ticket"
+  readonly plural: "users" | "orders" | "tickets"
   readonly label: string
   readonly columns: ReadonlyArray<string>
   /** The rows of one INSERT (`count` of them, each with one value per column); `at` dates their new ids. */
@@ -221,43 +223,76 @@ export interface SeedResult {
   readonly seconds: number
 }
 
-const run = (seeding: Seeding, count: number) =>
+/** A duplicate primary key: on a retried INSERT, the first attempt committed before its answer was lost. */
+const isDuplicateId = (error: DatabaseError) =>
+  /Duplicate entry for key '(?:\w+\.)?PRIMARY'|UNIQUE constraint failed: \w+\.id\b/.test(error.detail)
+
+/**
+ * One multi-row INSERT (all or nothing), retried on a transient failure such as a killed connection. A
+ * token collision, astronomically unlikely, is reported as the failed insert it is.
+ */
+const insert = (statement: string, params: ReadonlyArray<unknown>, operation: string) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+    let attempts = 0
+    return yield* Effect.suspend(() => {
+      attempts++
+      return sql.unsafe(statement, params).raw
+    }).pipe(
+      Effect.mapError((error) => {
+        const e = writeError(operation)(error)
+        return e._tag === "DuplicateToken" ? new DatabaseError({ operation, transient: false, detail: e.detail }) : e
+      }),
+      Effect.retry({ schedule: transientRetry, while: (error) => error.transient }),
+      Effect.catchIf((error) => attempts > 1 && isDuplicateId(error), () => Effect.void)
+    )
+  })
+
+const run = (seeding: Seeding, count: number) =>
+  Effect.gen(function*() {
     const db = yield* Db
     const progress = yield* Progress
     const start = yield* Clock.currentTimeMillis
     const columns = seeding.columns.map((c) => `\`${c}\``).join(", ")
     const batches = Math.ceil(count / rowsPerInsert)
+    const inserted = yield* Ref.make(0)
+    // The first failure stops new INSERTs; those in flight finish (an interrupted one may still commit on
+    // the server), so that the count of rows kept is exact.
+    const failure = yield* Ref.make<DatabaseError | undefined>(undefined)
     yield* progress.emit(ProgressEvent.Started({ label: seeding.label, base: 0, throttle: undefined }))
     yield* progress.emit(ProgressEvent.Total({ total: count }))
     yield* Effect.forEach(
       Array.from({ length: batches }, (_, i) => i),
       (i) =>
         Effect.gen(function*() {
+          if ((yield* Ref.get(failure)) !== undefined) return
           const size = Math.min(rowsPerInsert, count - i * rowsPerInsert)
           const rows = yield* seeding.rows(size, i * rowsPerInsert, yield* Clock.currentTimeMillis)
           const statement = `INSERT INTO \`${seeding.table}\` (${columns}) VALUES ${
             placeholders(seeding.columns.length, size)
           }`
-          yield* sql.unsafe(statement, rows.flat()).raw.pipe(
-            Effect.mapError(writeError(`inserting into ${seeding.table}`))
+          yield* insert(statement, rows.flat(), `inserting into ${seeding.table}`).pipe(
+            Effect.zipRight(Ref.update(inserted, (n) => n + size)),
+            Effect.zipRight(progress.emit(ProgressEvent.Advanced({ rows: size, batchSize: size }))),
+            Effect.catchAll((error) => Ref.update(failure, (first) => first ?? error))
           )
-          yield* progress.emit(ProgressEvent.Advanced({ rows: size, batchSize: size }))
           yield* letEventLoopTurn(db.dialect)
         }),
       { concurrency: db.dialect === "mysql" ? 3 : 1, discard: true }
     )
+    const failed = yield* Ref.get(failure)
+    if (failed !== undefined) {
+      return yield* new SeedIncomplete({
+        error: failed,
+        table: seeding.plural,
+        inserted: yield* Ref.get(inserted),
+        requested: count
+      })
+    }
     yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
     const seconds = ((yield* Clock.currentTimeMillis) - start) / 1000
     return { table: seeding.table, inserted: count, seconds } satisfies SeedResult
-  }).pipe(
-    // A token collision while seeding is astronomically unlikely; report it as the failed insert it is.
-    Effect.catchTag("DuplicateToken", (e) =>
-      Effect.fail(
-        new DatabaseError({ operation: `inserting into ${seeding.table}`, transient: false, detail: e.detail })
-      ))
-  )
+  })
 
 export const users = (count: number) =>
   Effect.gen(function*() {
@@ -267,6 +302,7 @@ export const users = (count: number) =>
     const tag = now.toString(36)
     return yield* run({
       table: "user",
+      plural: "users",
       label: "seed users",
       columns: [
         "id",
@@ -302,6 +338,7 @@ export const orders = (count: number) =>
     const now = yield* Clock.currentTimeMillis
     return yield* run({
       table: "order",
+      plural: "orders",
       label: "seed orders",
       columns: ["id", "created_at", "updated_at", "deleted_at", "name", "user_id"],
       rows: (n, _offset, at) =>
@@ -323,6 +360,7 @@ export const tickets = (count: number) =>
     const now = yield* Clock.currentTimeMillis
     return yield* run({
       table: "ticket",
+      plural: "tickets",
       label: "seed tickets",
       columns: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"],
       rows: (n, _offset, at) =>

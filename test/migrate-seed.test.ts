@@ -8,10 +8,11 @@ import { createHash } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Scope } from "../src/Domain.js"
 import { keysetPage } from "../src/TicketRepo.js"
-import { type CliResult, runCli } from "./support/cli.js"
+import { type CliResult, runCli, spawnCli } from "./support/cli.js"
 import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
 import { Sqlite } from "./support/sqlite.js"
 import { describeResult, expectExit, seedFixture } from "./support/tickets.js"
@@ -247,6 +248,56 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
       ).toBe(0)
     }
     expect(await one("SELECT COUNT(*) FROM `ticket` WHERE `updated_at` < `created_at`")).toBe(0)
+  })
+
+  it("connections killed mid-seed: each INSERT is retried on a fresh connection and the count is exact", async () => {
+    const start = await one("SELECT COUNT(*) FROM `ticket`")
+    const seeding = spawnCli(["seed", "tickets", "--count", "60000"], { env: { DATABASE_URL: db.url } })
+    let kills = 0
+    while (kills < 3 && seeding.child.exitCode === null) {
+      const busy = await rows(
+        "SELECT `ID` AS id FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID() AND `COMMAND` <> 'Sleep'",
+        [db.name]
+      )
+      for (const { id } of busy) await admin.query(`KILL CONNECTION ${Number(id)}`).then(() => kills++, () => undefined)
+      await sleep(busy.length === 0 ? 5 : 300)
+    }
+    const result = await seeding.result
+    expect(kills, "connections killed in the middle of an INSERT").toBeGreaterThanOrEqual(2)
+    expect(result.code, result.stderr).toBe(0)
+    expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(start + 60000)
+    expect(await one("SELECT COUNT(DISTINCT `token`) FROM `ticket`")).toBe(start + 60000)
+  })
+
+  it("a seed that fails for good says how many rows it kept and the command that adds the rest", async () => {
+    const start = await one("SELECT COUNT(*) FROM `ticket`")
+    // Counts the rows inserted (a failed INSERT's count rolls back with it) and refuses the 9001st.
+    await admin.query("CREATE TABLE `tt_seed_counter` (`n` INT NOT NULL)")
+    await admin.query("INSERT INTO `tt_seed_counter` VALUES (0)")
+    await admin.query(
+      "CREATE TRIGGER `tt_refuse_seed` BEFORE INSERT ON `ticket` FOR EACH ROW BEGIN " +
+        "UPDATE `tt_seed_counter` SET `n` = `n` + 1; IF (SELECT `n` FROM `tt_seed_counter`) > 9000 THEN " +
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a test trigger'; END IF; END"
+    )
+    let r: CliResult
+    try {
+      r = await expectExit(cli(["seed", "tickets", "--count", "20000"]), 1)
+    } finally {
+      await admin.query("DROP TRIGGER IF EXISTS `tt_refuse_seed`")
+      await admin.query("DROP TABLE IF EXISTS `tt_seed_counter`")
+    }
+    const kept = (await one("SELECT COUNT(*) FROM `ticket`")) - start
+    const errors = r.stderr.split("\n").filter((l) => l.startsWith("error: "))
+    expect(errors, r.stderr).toHaveLength(1)
+    expect(errors[0]).toMatch(/^error: database error while inserting into ticket: refused by a test trigger\b/)
+    expect(errors[0]).toContain(
+      `. Seeding stopped after ${kept} of 20000 tickets: the ${kept} tickets inserted stay; to add the other ` +
+        `${20000 - kept}, run \`seed tickets --count ${20000 - kept}\`.`
+    )
+    expect(kept % 1000, "whole INSERTs only").toBe(0)
+    expect(kept).toBe(9000)
+    await expectExit(cli(["seed", "tickets", "--count", String(20000 - kept)]), 0)
+    expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(start + 20000)
   })
 })
 
