@@ -255,8 +255,10 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
           held: {
             holder,
             expiresInMillis: held.expiresInMillis ?? 0,
-            stale: damage === null && holder.host === host.hostname && holder.pid !== host.pid &&
-              !host.isAlive(holder.pid),
+            // Our own pid on our host is an earlier process that had it (a container restarted after a
+            // kill -9 runs node as pid 1 again): nothing running holds it.
+            stale: damage === null && holder.host === host.hostname &&
+              (holder.pid === host.pid || !host.isAlive(holder.pid)),
             damage,
             location: store.locate(lockKey)
           } satisfies HeldLock

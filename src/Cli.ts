@@ -12,6 +12,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
 import * as Path from "node:path"
 import * as Checkpoint from "./Checkpoint.js"
 import * as Db from "./Db.js"
@@ -251,24 +252,7 @@ const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
       )
       yield* out(`resume with: ${resumeCommand(process.argv, process.cwd())}`)
     }
-    if (json) {
-      yield* Console.log(JSON.stringify({
-        runId: summary.runId,
-        scope: summary.scope,
-        status: summary.status,
-        rotated: summary.rotated,
-        rotatedTotal: summary.rotatedTotal,
-        skipped: summary.skipped,
-        retries: summary.retries,
-        batches: summary.batches,
-        seconds: Number(summary.seconds.toFixed(3)),
-        rowsPerSecond: Math.round(summary.rowsPerSecond),
-        cursor: summary.cursor,
-        total: summary.total,
-        resumed: summary.resumed,
-        note: summary.note
-      }))
-    }
+    if (json) yield* Console.log(JSON.stringify(Regenerate.summaryJson(summary)))
   })
 
 const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions, json: boolean) =>
@@ -366,16 +350,25 @@ const regenerate = Command.make(
   Command.withDescription("Give every ticket in scope a new random token, in batches, resumably."),
   // Progress is human output: on stderr like the rest of it under --json.
   Command.provide(({ flags }) => appLayer(flags.concurrency, flags.dryRun ? "silent" : Progress.detectMode())),
-  // Under --json a failure is a JSON object on stdout too (the one-line error still goes to stderr).
+  // Under --json a failure is a JSON object on stdout too (the one-line error still goes to stderr): the
+  // run's summary with status "failed" when it had started, else only the error.
   Command.transformHandler((effect, { flags }) =>
     flags.json
-      ? Effect.tapError(effect, (error) =>
-        Console.log(JSON.stringify({
-          status: "failed",
-          error: isAppError(error) ? error._tag : "InternalError",
-          message: isAppError(error) ? error.message : String(error),
-          exitCode: isAppError(error) ? exitCodeOf(error) : 1
-        })))
+      ? Effect.gen(function*() {
+        const failed = yield* Ref.make(Option.none<Regenerate.RunSummary>())
+        return yield* effect.pipe(
+          Effect.provideService(Regenerate.FailedSummary, failed),
+          Effect.tapError((error) =>
+            Effect.flatMap(Ref.get(failed), (summary) =>
+              Console.log(JSON.stringify({
+                ...Option.match(summary, { onNone: () => ({ status: "failed" }), onSome: Regenerate.summaryJson }),
+                error: isAppError(error) ? error._tag : "InternalError",
+                message: isAppError(error) ? error.message : String(error),
+                exitCode: isAppError(error) ? exitCodeOf(error) : 1
+              })))
+          )
+        )
+      })
       : effect
   )
 )

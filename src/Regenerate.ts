@@ -3,14 +3,18 @@
  * checkpoints of the low-water mark. Pure wiring of the services; every decision about resuming is here.
  *
  * Invariants (see test/Regenerate.test.ts):
- * - the checkpoint cursor only moves after every batch up to it has committed (ordered emission);
- * - at most `concurrency` batches are taken but not yet checkpointed (the window semaphore), so a crash
- *   redoes at most concurrency × batch size tickets and misses none;
- * - a stop request ends the page source; batches in flight still commit and are checkpointed.
+ * - the checkpoint's low-water mark only moves over batches that committed, and the ranges committed
+ *   beyond it are recorded with it, so a resume skips them;
+ * - a batch keeps its slot (one of `concurrency`) until its commit is recorded, so a crash redoes at most
+ *   concurrency × batch size tickets and misses none;
+ * - a stop request, or a failure retries cannot fix, ends the page source; batches in flight still commit
+ *   and are checkpointed.
  */
 import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -85,6 +89,27 @@ export interface RunSummary {
   readonly note: string | null
 }
 
+/** Where a run that fails after it started leaves its summary (status "failed"), for `--json`. Optional. */
+export class FailedSummary extends Context.Tag("FailedSummary")<FailedSummary, Ref.Ref<Option.Option<RunSummary>>>() {}
+
+/** The `--json` summary: one object, with `error`, `message` and `exitCode` added when the run failed. */
+export const summaryJson = (summary: RunSummary) => ({
+  runId: summary.runId,
+  scope: summary.scope,
+  status: summary.status,
+  rotated: summary.rotated,
+  rotatedTotal: summary.rotatedTotal,
+  skipped: summary.skipped,
+  retries: summary.retries,
+  batches: summary.batches,
+  seconds: Number(summary.seconds.toFixed(3)),
+  rowsPerSecond: Math.round(summary.rowsPerSecond),
+  cursor: summary.cursor,
+  total: summary.total,
+  resumed: summary.resumed,
+  note: summary.note
+})
+
 export type RegenerateError =
   | SchemaMissing
   | SchemaMismatch
@@ -142,13 +167,26 @@ export const keyFraction = (cursor: string, min: string, max: string): number | 
   return Math.min(1, Math.max(0, (c - lo) / (hi - lo)))
 }
 
-/** The next batch size after a batch of `size` took `millis`: quick to shrink, slow to grow, 100-10000. */
+/**
+ * The batch size after a batch of `size` took `millis`, toward `target`: at once down to half (or in
+ * proportion), up by at most 25 %, within 100-10000. Sizes are multiples of 25 below 1000 and of 100 from
+ * there (a few distinct statements, not one per size).
+ */
 export const adaptBatchSize = (size: number, millis: number, target: number): number => {
   const ratio = target / Math.max(1, millis)
-  const next = size * (ratio < 1 ? Math.max(0.5, ratio) : Math.min(1.25, ratio))
-  // Multiples of 100 keep the number of distinct prepared statements small.
-  const rounded = (ratio < 1 ? Math.floor : Math.ceil)(next / 100) * 100
-  return Math.min(defaults.maxBatchSize, Math.max(defaults.minBatchSize, rounded))
+  const step = size < 1000 ? 25 : 100
+  const wanted = Math.floor((size * (ratio < 1 ? Math.max(0.5, ratio) : Math.min(1.25, ratio))) / step) * step
+  return Math.min(defaults.maxBatchSize, Math.max(defaults.minBatchSize, wanted))
+}
+
+/**
+ * The controller's next size after a batch read at `size` took `millis`. Several batches are in flight,
+ * some read before the last change: a slow one lowers the size (never below what its own timing asks),
+ * and only a batch of the current size may raise it, so changes never compound on stale feedback.
+ */
+export const nextBatchSize = (current: number, size: number, millis: number, target: number): number => {
+  const asked = adaptBatchSize(size, millis, target)
+  return asked < size ? Math.min(current, asked) : size === current ? asked : current
 }
 
 /** A committed id range beyond the low-water mark, as the checkpoint keeps it (both ends inclusive). */
@@ -159,7 +197,13 @@ export type DoneRange = readonly [first: string, last: string]
  * already committed and recorded (it is skipped, and only moves the low-water mark).
  */
 type Item =
-  | { readonly _tag: "Batch"; readonly seq: number; readonly ids: ReadonlyArray<string> }
+  | {
+    readonly _tag: "Batch"
+    readonly seq: number
+    readonly ids: ReadonlyArray<string>
+    /** The page size it was read with (the batch may be shorter: the end of the table, a range to skip). */
+    readonly size: number
+  }
   | { readonly _tag: "Done"; readonly seq: number; readonly range: DoneRange }
 
 const rangeOf = (item: Item): DoneRange =>
@@ -339,7 +383,19 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         return record
       })
 
-    yield* persist(() => ({}))
+    /** On a failure after the run started: the progress line ends so, and `FailedSummary` gets the counts. */
+    const publishing = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.tapError(effect, () =>
+        Effect.gen(function*() {
+          yield* progress.emit(ProgressEvent.Finished({ outcome: "failed" }))
+          const target = yield* Effect.serviceOption(FailedSummary)
+          if (Option.isNone(target)) return
+          const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
+          const record = new RunRecord({ ...(yield* Ref.get(state)), status: "failed" }, true)
+          yield* Ref.set(target.value, Option.some(summaryOf(record, yield* Ref.get(counters), seconds, resumed, null)))
+        }))
+
+    yield* publishing(persist(() => ({})))
     yield* progress.emit(
       ProgressEvent.Started({ label: "regenerate", base: starting.rotated, throttle: options.maxRowsPerSecond })
     )
@@ -382,13 +438,27 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     /** The end of the stream on a stop request (no batch is taken after it), recorded as such. */
     const halt = Effect.as(Ref.set(halted, true), Option.none())
 
-    const nextItem = (s: Source): Effect.Effect<Option.Option<readonly [Item, Source]>, DatabaseError> =>
+    // The first failure that retries could not fix. No batch is taken after it, but those in flight commit
+    // and are recorded (an interrupted UPDATE might still commit on the server, unrecorded); then the run
+    // fails with it, its checkpoint at the last commit.
+    const failure = yield* Ref.make(Option.none<DatabaseError | DuplicateToken>())
+    const failed = (error: DatabaseError | DuplicateToken) =>
+      Effect.zipRight(
+        Ref.update(failure, Option.orElse(() => Option.some(error))),
+        // A batch taken after this one may be waiting for the slot this one will never free.
+        window.release(1)
+      )
+
+    const nextItem = (s: Source): Effect.Effect<Option.Option<readonly [Item, Source]>> =>
       Effect.gen(function*() {
         if (yield* stopRequested) return yield* halt
+        if (Option.isSome(yield* Ref.get(failure))) return Option.none()
         const limit = yield* Ref.get(batchSize)
-        const ids = yield* retrying(
+        const page = yield* Effect.either(retrying(
           answeredWithin("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
-        )
+        ))
+        if (Either.isLeft(page)) return yield* Effect.as(failed(page.left), Option.none())
+        const ids = page.right
         const skip = s.skips[0]
         const seq = s.seq + 1
         // Stop the batch before a range committed by an earlier process; once there, step over the range.
@@ -402,7 +472,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         }
         yield* throttle(batch.length)
         if (yield* stopRequested) return yield* halt
-        return Option.some([{ _tag: "Batch", seq, ids: batch }, { ...s, cursor: batch.at(-1)!, seq }] as const)
+        return Option.some(
+          [{ _tag: "Batch", seq, ids: batch, size: limit }, { ...s, cursor: batch.at(-1)!, seq }] as const
+        )
       })
 
     const rotate = (ids: ReadonlyArray<string>) =>
@@ -451,7 +523,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           skipped: c.skipped + (item.ids.length - rotated),
           batches: c.batches + 1
         }))
-        yield* progress.emit(ProgressEvent.Advanced({ rows: rotated, batchSize: item.ids.length }))
+        yield* progress.emit(ProgressEvent.Advanced({ rows: rotated, batchSize: yield* Ref.get(batchSize) }))
         const bounds = yield* Ref.get(range)
         if (Option.isSome(bounds)) {
           const fraction = keyFraction(saved.cursor, bounds.value[0], bounds.value[1])
@@ -464,24 +536,31 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const processItem = (item: Item) =>
       Effect.gen(function*() {
         if (item._tag === "Done") return yield* record(item, 0)
+        if (Option.isSome(yield* Ref.get(failure))) return
         const start = yield* Clock.currentTimeMillis
-        const rotated = yield* rotate(item.ids)
+        const outcome = yield* Effect.either(rotate(item.ids))
+        if (Either.isLeft(outcome)) return yield* failed(outcome.left)
+        const rotated = outcome.right
         const millis = (yield* Clock.currentTimeMillis) - start
         if (options.targetBatchMillis !== undefined) {
           const target = options.targetBatchMillis
-          yield* Ref.update(batchSize, (size) => adaptBatchSize(size, millis, target))
+          yield* Ref.update(batchSize, (current) => nextBatchSize(current, item.size, millis, target))
         }
         yield* record(item, rotated)
         yield* letEventLoopTurn(db.dialect)
       })
 
     const start: Source = { cursor: starting.cursor, seq: 0, skips: starting.done }
-    const outcome = yield* Stream.unfoldEffect(start, nextItem).pipe(
+    const stopped = yield* Stream.unfoldEffect(start, nextItem).pipe(
       Stream.tap(() => window.take(1)),
       // Unordered: a slow batch does not hold the others back. A batch keeps its slot until its commit is
       // recorded, so at most `concurrency` batches are ever committed but unrecorded (the crash redo bound).
       Stream.mapEffect(processItem, { concurrency: options.concurrency, unordered: true }),
       Stream.runDrain,
+      Effect.zipRight(Effect.flatMap(
+        Ref.get(failure),
+        Option.match({ onNone: () => Ref.get(halted), onSome: (error) => Effect.fail(error) })
+      )),
       Effect.catchAll((error): Effect.Effect<never, LockLost | CheckpointUnavailable | RunFailed> =>
         error._tag === "LockLost" ? Effect.fail(error) : Effect.gen(function*() {
           // One attempt, briefly: the store may be what failed, and the failure itself is what to report.
@@ -494,10 +573,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           return yield* new RunFailed({ error, runId, rotated, cursor })
         })
       ),
-      Effect.zipRight(Ref.get(halted))
+      publishing
     )
-    const final = yield* persist(() => ({ status: outcome ? "interrupted" : "completed" }))
-    yield* progress.emit(ProgressEvent.Finished({ outcome: outcome ? "stopped" : "done" }))
+    const final = yield* publishing(persist(() => ({ status: stopped ? "interrupted" : "completed" })))
+    yield* progress.emit(ProgressEvent.Finished({ outcome: stopped ? "stopped" : "done" }))
     const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
     return summaryOf(final, yield* Ref.get(counters), seconds, resumed, null)
   }))

@@ -14,7 +14,14 @@ import {
 } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { LockHolder, RunRecord, Scope } from "../src/Domain.js"
-import { adaptBatchSize, graceful, keyFraction, regenerate, type RegenerateOptions } from "../src/Regenerate.js"
+import {
+  adaptBatchSize,
+  graceful,
+  keyFraction,
+  nextBatchSize,
+  regenerate,
+  type RegenerateOptions
+} from "../src/Regenerate.js"
 import * as Shutdown from "../src/Shutdown.js"
 import {
   checkInvariants,
@@ -535,6 +542,13 @@ describe("locks", () => {
       expect(summary.rotated).toBe(20)
     }))
 
+  it.effect("a lock left with this process's own pid (a restarted container's pid 1) is stale", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      world.store.data.set(lockKey, { value: holderValue(testHost.hostname, testHost.pid), expiresAt: 30_000 })
+      expect((yield* runIn(world)).rotated).toBe(20)
+    }))
+
   it.effect("a live process on this host keeps its lock", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(20))
@@ -693,10 +707,32 @@ describe("throttle and adaptive batches", () => {
   it("the batch size shrinks quickly after a slow batch and grows slowly, within 100-10000", () => {
     expect(adaptBatchSize(1000, 1000, 250)).toBe(500)
     expect(adaptBatchSize(1000, 300, 250)).toBe(800)
-    expect(adaptBatchSize(1000, 100, 250)).toBe(1300)
+    expect(adaptBatchSize(1000, 100, 250)).toBe(1200)
     expect(adaptBatchSize(1000, 250, 250)).toBe(1000)
     expect(adaptBatchSize(100, 10_000, 250)).toBe(100)
     expect(adaptBatchSize(10_000, 1, 250)).toBe(10_000)
+    // At most 25 % up, small sizes included.
+    expect([100, 125, 150, 200, 300, 975].map((size) => adaptBatchSize(size, 1, 250))).toEqual([
+      125,
+      150,
+      175,
+      250,
+      375,
+      1200
+    ])
+  })
+
+  it("with batches in flight, feedback from pages read at an older size never compounds", () => {
+    // Eight slow batches read at 1000 complete one after another: halved once, not eight times.
+    let size = 1000
+    for (let i = 0; i < 8; i++) size = nextBatchSize(size, 1000, 1000, 250)
+    expect(size).toBe(500)
+    // Fast batches read at 1000 do not raise a size already raised to 1200; a fast one of 1200 does.
+    expect(nextBatchSize(1200, 1000, 10, 250)).toBe(1200)
+    expect(nextBatchSize(1200, 1200, 10, 250)).toBe(1500)
+    // A slow batch of the old size still lowers it (to what its own timing asks, if lower).
+    expect(nextBatchSize(1200, 1000, 1000, 250)).toBe(500)
+    expect(nextBatchSize(400, 1000, 300, 250)).toBe(400)
   })
 
   it.effect("adaptive batches keep resume exact", () =>
