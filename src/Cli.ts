@@ -16,7 +16,7 @@ import * as Ref from "effect/Ref"
 import * as Path from "node:path"
 import * as Checkpoint from "./Checkpoint.js"
 import * as Db from "./Db.js"
-import { exitCodeOf, isAppError, Scope, VerifyFailed } from "./Domain.js"
+import { BadUsage, exitCodeOf, isAppError, Scope, VerifyFailed } from "./Domain.js"
 import * as Memory from "./Memory.js"
 import { migrate } from "./migrations/index.js"
 import * as Progress from "./Progress.js"
@@ -282,12 +282,20 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         : "would start a new run"
     )
     if (plan.action !== "nothing") {
+      const tickets = total === null
+        ? `the tickets (${options.scope.description}; not counted: --no-count)`
+        : `${total} tickets (${options.scope.description})`
+      const sizes = options.targetBatchMillis === undefined
+        ? `in ${batches ?? "batches"}${batches === null ? "" : " batches"} of ${options.batchSize}`
+        : `in batches of ${
+          Math.min(Regenerate.defaults.maxBatchSize, Math.max(Regenerate.defaults.minBatchSize, options.batchSize))
+        } to start with, then sized to take about ${options.targetBatchMillis} ms each (100-10000)`
+      const throttle = options.maxRowsPerSecond === undefined
+        ? ""
+        : `, at most ${options.maxRowsPerSecond} rows/s` +
+          (total === null ? "" : ` (at least ${Progress.formatDuration((total * 1000) / options.maxRowsPerSecond)})`)
       yield* out(
-        `would rotate ${total ?? "(not counted)"} tickets (${options.scope.description}) in ${
-          batches ?? "?"
-        } batches ` +
-          `of ${options.batchSize}, ${options.concurrency} at a time` +
-          (options.maxRowsPerSecond === undefined ? "" : `, at most ${options.maxRowsPerSecond} rows/s`)
+        `would rotate ${tickets} ${sizes}, ${options.concurrency} at a time${throttle}`
       )
     }
     yield* out(`checkpoint store: ${plan.store}`)
@@ -310,7 +318,10 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         toRotate: total,
         batches,
         batchSize: options.batchSize,
+        targetBatchMs: options.targetBatchMillis ?? null,
         concurrency: options.concurrency,
+        maxRowsPerSecond: options.maxRowsPerSecond ?? null,
+        store: plan.store,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
         staleLock: Option.isSome(plan.holder) && plan.holder.value.damage === null,
         damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage))
@@ -434,6 +445,48 @@ export const hoistLogLevel = (argv: ReadonlyArray<string>): ReadonlyArray<string
   return [node, script, ...hoisted, ...rest]
 }
 
+/** Flags that take a value (the parser would read the next flag as that value, or report it as unknown). */
+const valueFlags = new Set([
+  "--batch-size",
+  "--concurrency",
+  "--max-rows-per-second",
+  "--target-batch-ms",
+  "--email-domain",
+  "--created-after",
+  "--created-before",
+  "--count",
+  "--log-level",
+  "--completions"
+])
+
+/**
+ * What the argument parser would report misleadingly (a flag without its value, a flag given twice, both
+ * as "unknown argument"), said plainly; undefined when argv is fine as far as this goes.
+ */
+export const argvProblem = (argv: ReadonlyArray<string>): string | undefined => {
+  const args = argv.slice(2)
+  const end = args.includes("--") ? args.indexOf("--") : args.length
+  const seen = new Set<string>()
+  for (let i = 0; i < end; i++) {
+    const arg = args[i]!
+    if (!arg.startsWith("--")) continue
+    const name = arg.split("=")[0]!
+    if (seen.has(name)) return `${name} is given twice: give it once`
+    seen.add(name)
+    const next = args[i + 1]
+    if (valueFlags.has(arg) && (i + 1 >= end || next === undefined || next.startsWith("--"))) {
+      return `${name} needs a value (see --help)`
+    }
+    if (valueFlags.has(arg)) i++
+  }
+  return undefined
+}
+
 /** Parses argv and runs the chosen command. */
-export const run = (version: string) => (argv: ReadonlyArray<string>) =>
-  Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(argv))
+export const run = (version: string) => (argv: ReadonlyArray<string>) => {
+  const problem = argvProblem(argv)
+  const checked: Effect.Effect<void, BadUsage> = problem === undefined
+    ? Effect.void
+    : Effect.fail(new BadUsage({ message: problem }))
+  return Effect.zipRight(checked, Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(argv)))
+}

@@ -97,7 +97,10 @@ export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")
   readonly cause?: unknown
 }> {
   override get message() {
-    return `cannot connect to the database at ${this.target}: ${this.reason}. Check DATABASE_URL and that the server is up.`
+    const advice = /access denied/i.test(this.reason)
+      ? "Check the user name and password in DATABASE_URL, and that this user may connect from this host."
+      : "Check DATABASE_URL and that the server is up."
+    return `cannot connect to the database at ${this.target}: ${this.reason}. ${advice}`
   }
 }
 
@@ -219,7 +222,7 @@ export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
 }> {
   override get message() {
     return `the checkpoint at ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
-      `inspect it, or pass --restart to abandon it and start a new run.`
+      `inspect it, or run \`regenerate --restart\` (with the same scope flags) to abandon it and start a new run.`
   }
 }
 
@@ -277,9 +280,11 @@ export class ForeignCheckpoint extends Data.TaggedError("ForeignCheckpoint")<{
   }
 }
 
-export class NoRun extends Data.TaggedError("NoRun")<{ readonly database: string }> {
+export class NoRun extends Data.TaggedError("NoRun")<{ readonly database: string; readonly scope: string | null }> {
   override get message() {
-    return `no run is recorded for ${this.database}: start one with \`regenerate\`.`
+    const of = this.scope === null ? "" : ` with scope ${this.scope}`
+    return `no run is recorded for ${this.database}${of}: start one with \`regenerate\`` +
+      `${this.scope === null ? "" : " and the same scope flags (without them, verify checks the latest run)"}.`
   }
 }
 

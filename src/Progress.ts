@@ -65,8 +65,10 @@ export interface ProgressState {
 
 /** How far back the rate looks. */
 export const rateWindowMillis = 10_000
-/** No ETA before this much time: the first batches warm caches and pools. */
-export const warmupMillis = 3_000
+/** No ETA before this much time (and two commits): the first batches warm caches and pools. */
+export const warmupMillis = 1_000
+/** Running this long without a commit shows as "no commit for …" (a lock wait, a slow server). */
+export const stallMillis = 5_000
 
 export const initial = (label: string, now: number): ProgressState => ({
   label,
@@ -140,13 +142,30 @@ export const step = (state: ProgressState, event: ProgressEvent, now: number): P
   }
 }
 
-/** Rows per second over the recent window of running time; undefined until measurable. */
+/**
+ * Rows per second over the recent window of running time, up to now: time without a commit lowers it,
+ * time backing off between retries does not count. Undefined until something committed over a measurable
+ * time (at the end, over the whole run if that was short).
+ */
 export const rate = (state: ProgressState): number | undefined => {
   const first = state.samples[0]
   const last = state.samples[state.samples.length - 1]
   if (first === undefined || last === undefined || last === first) return undefined
-  const active = last.active - first.active
-  return active < 500 ? undefined : ((last.done - first.done) * 1000) / active
+  // Up to the last commit; once nothing has committed for a while, up to now, so that a stall shows.
+  const end = stalledMillis(state) === undefined ? last : state
+  const active = end.active - first.active
+  if (active >= 500) return ((end.done - first.done) * 1000) / active
+  return state.outcome !== undefined && state.active > 0 ? (state.done * 1000) / state.active : undefined
+}
+
+/** How long the run has gone without a commit while running (not throttled, retrying or stopping). */
+export const stalledMillis = (state: ProgressState): number | undefined => {
+  const last = state.samples[state.samples.length - 1]
+  if (last === undefined || state.outcome !== undefined || state.phase !== "running" || isThrottled(state)) {
+    return undefined
+  }
+  const quiet = state.now - last.at
+  return quiet >= stallMillis ? quiet : undefined
 }
 
 /** Rows done, counting those done before a resume. */
@@ -158,9 +177,12 @@ export const fractionOf = (state: ProgressState): number | undefined =>
     ? (state.total === 0 ? 1 : Math.min(1, doneOf(state) / state.total))
     : state.fraction
 
+/** Time left at the recent rate; none while warming up, retrying, stopping or stalled, or once ended. */
 export const etaMillis = (state: ProgressState): number | undefined => {
   const r = rate(state)
-  if (r === undefined || r <= 0 || state.now - state.startedAt < warmupMillis) return undefined
+  const steady = state.phase === "running" && state.outcome === undefined && stalledMillis(state) === undefined
+  if (r === undefined || r <= 0 || !steady || state.samples.length < 3) return undefined
+  if (state.now - state.startedAt < warmupMillis) return undefined
   const effective = state.throttle === undefined ? r : Math.min(r, state.throttle)
   if (state.total !== undefined) return (Math.max(0, state.total - doneOf(state)) * 1000) / effective
   const fraction = state.fraction
@@ -189,9 +211,10 @@ const percent = (fraction: number | undefined, estimated: boolean): string =>
 export const isThrottled = (state: ProgressState): boolean =>
   state.throttling || (state.throttledAt !== undefined && state.now - state.throttledAt < throttledShowMillis)
 
-/** What the run is doing besides running: stopping, retrying (why), throttled; or its outcome. */
-const note = (state: ProgressState): string =>
-  state.outcome !== undefined
+/** What the run is doing besides running: stopping, retrying (why), throttled, stalled; or its outcome. */
+const note = (state: ProgressState): string => {
+  const stalled = stalledMillis(state)
+  return state.outcome !== undefined
     ? state.outcome
     : state.phase === "stopping"
     ? "stopping"
@@ -199,7 +222,10 @@ const note = (state: ProgressState): string =>
     ? `retrying (${state.lastRetry ?? ""})`
     : isThrottled(state)
     ? "throttled"
+    : stalled !== undefined
+    ? `no commit for ${formatDuration(stalled)}`
     : ""
+}
 
 /** The plain line printed every few seconds when stderr is not a terminal (no control characters). */
 export const renderPlain = (state: ProgressState): string => {
@@ -238,16 +264,17 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   const head = `${state.label} ${counts} ${percent(fraction, state.total === undefined)} `
   const width = columns - 1
   const tailOf = (parts: ReadonlyArray<string>) => parts.filter((p) => p !== "").join("  ")
+  // Values padded to a steady width, so that the bar keeps its length from one redraw to the next.
   const withNote = (text: string) => [
-    `${formatRate(rate(state))} rows/s`,
-    state.outcome === undefined ? (eta === undefined ? "ETA -" : `ETA ${formatDuration(eta)}`) : "",
+    `${formatRate(rate(state)).padStart(5)} rows/s`,
+    state.outcome === undefined ? `ETA ${(eta === undefined ? "-" : formatDuration(eta)).padEnd(5)}` : "",
     text
   ]
   // "retrying (checkpoint)" becomes "retrying" rather than be cut off.
   const full = withNote(note(state))
   const essential = head.length + tailOf(full).length <= width ? full : withNote(note(state).replace(/ \(.*\)$/, ""))
   const extras = [
-    `elapsed ${formatDuration(state.now - state.startedAt)}`,
+    `elapsed ${formatDuration(state.now - state.startedAt).padEnd(5)}`,
     `retries ${state.retries}`,
     state.batchSize === undefined ? "" : `batch ${state.batchSize}`
   ]
@@ -259,7 +286,7 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   const tail = tailOf([...essential, ...extras.slice(0, kept)])
   const room = barRoom(tail)
   const drawn = fraction !== undefined && room >= barWidths.min ? bar(fraction, Math.min(barWidths.max, room)) : ""
-  const line = `${head}${drawn}${tail}`
+  const line = `${head}${drawn}${tail}`.trimEnd()
   return line.length > width ? line.slice(0, Math.max(0, width)) : line
 }
 

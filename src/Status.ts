@@ -13,6 +13,8 @@ import { formatDuration } from "./Progress.js"
 export interface StatusReport {
   readonly database: string
   readonly store: string
+  /** The scope asked for (its description), or null for the latest run of any scope. */
+  readonly scope: string | null
   readonly run: Option.Option<RunRecord>
   readonly lock: Option.Option<HeldLock>
   readonly now: Date
@@ -31,7 +33,8 @@ export const status = (scope: Option.Option<Scope>) =>
       ? yield* checkpoint.holder({ database: db.identity, scope: run.value.scope })
       : Option.none<HeldLock>()
     const now = new Date(yield* Clock.currentTimeMillis)
-    return { database: db.display, store: checkpoint.store, run, lock, now } satisfies StatusReport
+    const asked = Option.getOrNull(Option.map(scope, (s) => s.description))
+    return { database: db.display, store: checkpoint.store, scope: asked, run, lock, now } satisfies StatusReport
   })
 
 const rateOf = (run: RunRecord) => (run.activeMillis > 0 ? (run.rotated * 1000) / run.activeMillis : 0)
@@ -62,7 +65,11 @@ const stateLine = (run: RunRecord, lock: Option.Option<HeldLock>): string => {
 
 export const render = (report: StatusReport): ReadonlyArray<string> =>
   Option.match(report.run, {
-    onNone: () => [`no run is recorded for ${report.database} (checkpoints: ${report.store})`],
+    onNone: () => [
+      `no run is recorded for ${report.database}${
+        report.scope === null ? "" : ` with scope ${report.scope} (without scope flags: the latest run of any scope)`
+      } (checkpoints: ${report.store})`
+    ],
     onSome: (run) => {
       const total = run.total === null
         ? ""

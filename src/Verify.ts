@@ -37,7 +37,12 @@ export const verify = (scope: Option.Option<Scope>) =>
       onNone: () => checkpoint.latest(db.identity),
       onSome: (s) => checkpoint.load({ database: db.identity, scope: s })
     })
-    if (Option.isNone(found)) return yield* new NoRun({ database: db.display })
+    if (Option.isNone(found)) {
+      return yield* new NoRun({
+        database: db.display,
+        scope: Option.getOrNull(Option.map(scope, (s) => s.description))
+      })
+    }
     const run = found.value
     yield* progress.emit(ProgressEvent.Started({ label: "verify", base: 0, throttle: undefined }))
     if (run.total !== null) yield* progress.emit(ProgressEvent.Total({ total: run.total }))

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
-import { hoistLogLevel, parseInstant, resumeCommand } from "../src/Cli.js"
+import { argvProblem, hoistLogLevel, parseInstant, resumeCommand } from "../src/Cli.js"
 
 describe("the printed resume command", () => {
   it("repeats the flags with --resume in place of --restart, quoted so that it pastes back as it ran", () => {
@@ -62,5 +62,29 @@ describe("--log-level", () => {
     expect(hoistLogLevel(argv("verify", "--", "--log-level", "debug"))).toEqual(
       argv("verify", "--", "--log-level", "debug")
     )
+  })
+})
+
+describe("flags the argument parser would misreport", () => {
+  const argv = (...args: Array<string>) => ["node", "main.js", ...args]
+  it("a flag without its value, or given twice, is named as such", () => {
+    expect(argvProblem(argv("regenerate", "--batch-size"))).toBe("--batch-size needs a value (see --help)")
+    expect(argvProblem(argv("regenerate", "--email-domain", "--live-only"))).toBe(
+      "--email-domain needs a value (see --help)"
+    )
+    expect(argvProblem(argv("regenerate", "--batch-size", "5", "--batch-size", "6"))).toBe(
+      "--batch-size is given twice: give it once"
+    )
+    expect(argvProblem(argv("status", "--json", "--json"))).toBe("--json is given twice: give it once")
+    expect(argvProblem(argv("regenerate", "--batch-size=5", "--batch-size=6"))).toBe(
+      "--batch-size is given twice: give it once"
+    )
+  })
+
+  it("leaves well-formed argv (negative numbers, values, --) to the parser", () => {
+    expect(argvProblem(argv("regenerate", "--concurrency", "-3", "--json"))).toBeUndefined()
+    expect(argvProblem(argv("seed", "tickets", "--count", "10"))).toBeUndefined()
+    expect(argvProblem(argv("regenerate", "--batch-size=5", "--resume"))).toBeUndefined()
+    expect(argvProblem(argv("verify", "--", "--json", "--json"))).toBeUndefined()
   })
 })

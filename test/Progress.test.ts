@@ -35,8 +35,9 @@ describe("progress state", () => {
   })
 
   it("has no ETA during the warm-up, then remaining / rate", () => {
-    expect(etaMillis(play(steady(2, 5000)))).toBeUndefined()
-    expect(warmupMillis).toBeLessThanOrEqual(5000)
+    expect(etaMillis(play(steady(0.5, 5000)))).toBeUndefined()
+    expect(warmupMillis).toBeLessThanOrEqual(1000)
+    expect(etaMillis(play(steady(1.5, 5000))), "well before the first plain line (3 s)").toBeDefined()
     const s = play(steady(10, 5000))
     // 50,000 done of 100,000 at 5,000 rows/s.
     expect(etaMillis(s)).toBeCloseTo(10_000, -2)
@@ -50,6 +51,21 @@ describe("progress state", () => {
     const s = play(events)
     expect(rate(s)).toBeGreaterThan(4000)
     expect(s.retries).toBe(1)
+  })
+
+  it("a run where nothing commits says so, and its rate falls instead of freezing", () => {
+    const s = play(steady(6, 5000))
+    const at = (millis: number) => step(s, E.Total({ total: 100_000 }), millis)
+    // 4 s without a commit: an ordinary pause, nothing said yet.
+    expect(renderPlain(at(10_000))).not.toContain("no commit")
+    expect(etaMillis(at(10_000))).toBeDefined()
+    // 12 s without a commit (a lock wait, say): the line says so, the rate falls, no ETA is promised.
+    const stuck = at(18_000)
+    expect(renderPlain(stuck)).toContain("no commit for 12s")
+    expect(rate(stuck)).toBeLessThan(2500)
+    expect(etaMillis(stuck)).toBeUndefined()
+    // A commit ends it.
+    expect(renderPlain(step(stuck, E.Advanced({ rows: 500, batchSize: 1000 }), 18_100))).not.toContain("no commit")
   })
 
   it("throttled time counts: the rate is the throttled pace", () => {
@@ -105,7 +121,7 @@ describe("rendering", () => {
   it("plain lines have no control characters", () => {
     const line = renderPlain(state)
     expect(line).toMatch(
-      /^regenerate: 50000\/100000 rows \(50\.0%\), 5000 rows\/s, ETA \d+s, elapsed 10s, retries 1, batch 1000, retrying \(database\)$/
+      /^regenerate: 50000\/100000 rows \(50\.0%\), 5000 rows\/s, elapsed 10s, retries 1, batch 1000, retrying \(database\)$/
     )
 
     expect(line).not.toMatch(/[\x00-\x1f\x7f]/)
@@ -125,19 +141,19 @@ describe("rendering", () => {
   it("on an 80-column terminal keeps counts, %, a bar, rate, ETA and the state; drops extras first", () => {
     const line = renderTty(play(steady(10, 5000)), 80)
     expect(line.length).toBeLessThanOrEqual(79)
-    expect(line).toMatch(/^regenerate 50,000\/100,000 50\.0% \[[█░]{10,}\] 5000 rows\/s {2}ETA \d+s {2}elapsed 10s$/)
+    expect(line).toMatch(/^regenerate 50,000\/100,000 50\.0% \[[█░]{10,}\] +5000 rows\/s {2}ETA \d+s( +elapsed 10s)?$/)
     // A longer state note takes the bar's place rather than being cut off.
     const retrying = renderTty(play([...steady(10, 5000), [10_000, E.Retried({ reason: "database" })]]), 80)
-    expect(retrying).toMatch(/^regenerate 50,000\/100,000 50\.0% 5000 rows\/s {2}ETA \d+s {2}retrying \(database\)$/)
+    expect(retrying).toMatch(/^regenerate 50,000\/100,000 50\.0% +5000 rows\/s {2}ETA - +retrying \(database\)$/)
     const wide = renderTty(play(steady(10, 5000)), 200)
-    expect(wide).toMatch(/\[[█░]{30}\] 5000 rows\/s {2}ETA \d+s {2}elapsed 10s {2}retries 0 {2}batch 1000$/)
+    expect(wide).toMatch(/\[[█░]{30}\] +5000 rows\/s {2}ETA \d+s +elapsed 10s +retries 0 {2}batch 1000$/)
     // Without a total (no bar), the extras stay while they fit.
     expect(renderTty(play(steady(10, 5000, null)), 100)).toMatch(
-      /^regenerate 50,000 +5000 rows\/s {2}ETA - {2}elapsed 10s {2}retries 0 {2}batch 1000$/
+      /^regenerate 50,000 +5000 rows\/s {2}ETA - +elapsed 10s +retries 0 {2}batch 1000$/
     )
-    // A huge table on 80 columns: the reason goes before the state would be cut.
-    const huge = renderTty(play([...steady(10, 5000, 250_000_000), [10_000, E.Retried({ reason: "checkpoint" })]]), 80)
-    expect(huge).toMatch(/^regenerate 50,000\/250,000,000 0\.0% 5000 rows\/s {2}ETA \d+h\d+m {2}retrying$/)
+    // A huge table on 76 columns: the reason goes before the state would be cut.
+    const huge = renderTty(play([...steady(10, 5000, 250_000_000), [10_000, E.Retried({ reason: "checkpoint" })]]), 76)
+    expect(huge).toMatch(/^regenerate 50,000\/250,000,000 0\.0% +5000 rows\/s {2}ETA - +retrying$/)
     // Never an empty bar, even when nothing else fits.
     expect(renderTty(play(steady(10, 5000)), 30)).not.toContain("[]")
   })

@@ -495,8 +495,34 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
         "END IF; END"
     )
     try {
-      const failed = await runCli(["regenerate"], { env: runEnv })
+      const failed = await runCli(["regenerate", "--json"], { env: runEnv })
       expect(failed.code, failed.stderr).toBe(1)
+      // --json: the run's summary, status "failed", with the error (the one-line error still on stderr).
+      const summary = JSON.parse(failed.stdout) as Record<string, unknown>
+      expect(Object.keys(summary).sort()).toEqual(
+        [
+          "batches",
+          "cursor",
+          "error",
+          "exitCode",
+          "message",
+          "note",
+          "resumed",
+          "retries",
+          "rotated",
+          "rotatedTotal",
+          "rowsPerSecond",
+          "runId",
+          "scope",
+          "seconds",
+          "skipped",
+          "status",
+          "total"
+        ]
+      )
+      expect(summary).toMatchObject({ status: "failed", error: "RunFailed", exitCode: 1, resumed: false })
+      expect(Number(summary.rotated)).toBeGreaterThan(0)
+      expect(Number(summary.batches)).toBeGreaterThan(0)
       const errors = failed.stderr.split("\n").filter((l) => l.startsWith("error: "))
       expect(errors, failed.stderr).toHaveLength(1)
       const stopped = errors[0]!.match(
@@ -504,6 +530,8 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       )
       expect(stopped, errors[0]).not.toBeNull()
       const cursor = stopped![1]!
+      expect(summary.cursor).toBe(cursor)
+      expect(summary.rotatedTotal).toBe(Number(stopped![2]))
       expect(cursor < refusedId).toBe(true)
       const after = await readTickets()
       const changed = after.filter((t) => before.get(t.id)!.token !== t.token)

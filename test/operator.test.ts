@@ -102,7 +102,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     })
     const frames = framesOf(output)
     const live = frames.filter((f) =>
-      /^regenerate [\d,]+\/30,000 \d+\.\d% \[[█░]{10,}\] [\d.k]+ rows\/s {2}ETA \d+s/.test(f)
+      /^regenerate [\d,]+\/30,000 \d+\.\d% \[[█░]{10,}\] +[\d.k]+ rows\/s {2}ETA \d+s/.test(f)
     )
     expect(live.length, output.slice(0, 2000)).toBeGreaterThan(5)
     expect(live.every((f) => f.length <= 79)).toBe(true)
