@@ -307,6 +307,53 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     expect(`${again.stdout}${again.stderr}`).toContain("nothing to resume")
   })
 
+  it(
+    "kill -9 while a slow batch holds the low-water mark back: the ranges committed beyond it are recorded and skipped on resume",
+    {
+      timeout: 180_000
+    },
+    async () => {
+      const prefix = freshPrefix()
+      const env = envFor(prefix.name)
+      const read = () => readRun(prefix.name)
+      const before = await snapshot()
+      const ids = [...before.keys()].sort()
+      // A site transaction holds one row of the third batch: that batch waits while later ones commit.
+      const site = await adminConnection(db.name)
+      try {
+        await site.query("BEGIN")
+        await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [ids[2 * batchSize + 10]])
+        const args = ["regenerate", "--batch-size", String(batchSize), "--concurrency", String(concurrency)]
+        const killed = await runAndKill(args, { env }, async (exited) => {
+          const until = Date.now() + 30_000
+          while (Date.now() < until && !exited() && ((await read())?.done.length ?? 0) < concurrency - 1) {
+            await sleep(15)
+          }
+        })
+        expect(killed.signal, describeResult(killed)).toBe("SIGKILL")
+        const crashed = (await read())!
+        expect(crashed.done.length, "committed ranges beyond the low-water mark are recorded").toBeGreaterThan(0)
+        expect(crashed.cursor < ids[2 * batchSize]!, "the low-water mark stays before the held batch").toBe(true)
+        expectCheckpointConsistent("kill -9 out of order", await readTokens(), before, crashed, batchSize * concurrency)
+        await site.query("ROLLBACK")
+
+        const resumed = await expectExit(runCli([...args, "--resume", "--json"], { env }), 0)
+        const summary = parseJsonSummary(resumed)
+        expect(summary.status).toBe("completed")
+        // The recorded ranges were skipped, not redone: this process rotated only what the checkpoint did not cover.
+        const covered = ids.filter((id) =>
+          id <= crashed.cursor || crashed.done.some(([first, last]) => id >= first && id <= last)
+        ).length
+        expect(summary.rotated).toBe(ticketCount - covered)
+        expect(summary.rotatedTotal).toBe(ticketCount)
+        expectAllRotated(before, await readTickets())
+        await expectTokensUnique()
+      } finally {
+        await site.end()
+      }
+    }
+  )
+
   it.each([["SIGINT", 130], ["SIGTERM", 143]] as const)(
     "stops gracefully on %s (exit %i, resume hint) and --resume completes",
     { timeout: 120_000 },
