@@ -1,13 +1,15 @@
 import { describe, expect, it } from "@effect/vitest"
 import {
   Cause,
+  Chunk,
   Deferred,
-  type Duration,
+  Duration,
   Effect,
   Exit,
   FastCheck as FC,
   Fiber,
   Option,
+  Random,
   Ref,
   Schema,
   TestClock
@@ -27,6 +29,7 @@ import {
   checkInvariants,
   covers,
   duplicateToken,
+  type EventLog,
   fatalError,
   type Fault,
   inScope,
@@ -64,6 +67,21 @@ const lastSaved = (world: World) => {
 /** Yields `n` times: a delay that reorders concurrent batches without a clock. */
 const yields = (n: number) => Effect.forEach(Array.from({ length: n }), () => Effect.yieldNow(), { discard: true })
 
+/** A turn of the event loop, which the engine also takes after each batch: every fiber moves on meanwhile. */
+const turn = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
+/** Waits `n` turns of the event loop. */
+const turns = (n: number) => Effect.forEach(Array.from({ length: n }), () => turn, { discard: true })
+
+/** Waits turns of the event loop until `ready()`, at most `max` of them. */
+const turnsUntil = (ready: () => boolean, max = 100) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < max && !ready(); i++) yield* turn
+  })
+
 /** Runs `effect` in a fiber while moving the TestClock on in steps, until it completes. */
 const withClock = <A, E>(effect: Effect.Effect<A, E>, step: Duration.DurationInput = "100 millis", maxSteps = 2000) =>
   Effect.gen(function*() {
@@ -75,6 +93,72 @@ const withClock = <A, E>(effect: Effect.Effect<A, E>, step: Duration.DurationInp
     }
     return yield* Fiber.await(fiber)
   })
+
+/**
+ * Runs `effect` in a fiber, moving the TestClock from one sleep's deadline to the next until it completes,
+ * so that every fiber wakes at its own instant and measured delays are exact.
+ */
+const stepping = <A, E>(effect: Effect.Effect<A, E>, maxSteps = 10_000) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.fork(effect)
+    for (let i = 0; i < maxSteps; i++) {
+      const exit = yield* Fiber.poll(fiber)
+      if (Option.isSome(exit)) return exit.value
+      const now = yield* TestClock.currentTimeMillis
+      const deadlines = Chunk.toReadonlyArray(yield* TestClock.sleeps())
+      yield* TestClock.setTime(deadlines.length === 0 ? now : Math.max(now, Math.min(...deadlines)))
+    }
+    yield* Fiber.interrupt(fiber)
+    return yield* Effect.dieMessage(`still running after ${maxSteps} steps of the clock`)
+  })
+
+/** Lets forked fibers run until `done()`, or until `log` has not grown for a few turns of the event loop. */
+const untilDoneOrStuck = (log: EventLog, done: () => boolean) =>
+  Effect.gen(function*() {
+    for (let quiet = 0, seen = -1; !done() && quiet < 3; seen = log.events.length) {
+      yield* TestClock.adjust(0)
+      quiet = log.events.length === seen ? quiet + 1 : 0
+    }
+  })
+
+const hour = (h: number | null) => (h === null ? null : new Date(Date.UTC(2024, 0, 1) + h * 3_600_000).toISOString())
+
+/** Scopes over `makeTickets`: live only or not, either email domain or both, a window of creation hours. */
+const scopes = FC.record({
+  liveOnly: FC.boolean(),
+  emailDomain: FC.constantFrom(null, "example.org", "example.com"),
+  created: FC.option(FC.tuple(FC.integer({ min: 0, max: 150 }), FC.integer({ min: 30, max: 250 })), { nil: null }),
+  openEnded: FC.constantFrom("neither", "after", "before")
+}).map(({ created, emailDomain, liveOnly, openEnded }) =>
+  new Scope({
+    liveOnly,
+    emailDomain,
+    createdAfter: created === null || openEnded === "after" ? null : hour(created[0]),
+    createdBefore: created === null || openEnded === "before" ? null : hour(created[0] + created[1])
+  })
+)
+
+/**
+ * A run to kill: its table and scope, the rotation held until the crash (never the last batch, so that
+ * batches after it commit out of order), and the event the crash comes after.
+ */
+const crashCases = FC.record({ rows: FC.integer({ min: 40, max: 250 }), scope: scopes })
+  .map((c) => ({ ...c, inScope: makeTickets(c.rows, c.rows).filter(inScope(c.scope)).length }))
+  .filter((c) => c.inScope >= 4)
+  .chain((c) =>
+    FC.record({
+      batchSize: FC.integer({ min: 1, max: Math.floor(c.inScope / 4) }),
+      concurrency: FC.integer({ min: 2, max: 8 }),
+      heldShare: FC.integer({ min: 0, max: 100 }),
+      crashShare: FC.integer({ min: 0, max: 100 }),
+      delays: FC.array(FC.integer({ min: 0, max: 30 }), { minLength: 1, maxLength: 20 })
+    }).map(({ crashShare, heldShare, ...r }) => {
+      const batches = Math.ceil(c.inScope / r.batchSize)
+      const held = 1 + Math.min(batches - 2, Math.floor((heldShare / 100) ** 2 * (batches - 1)))
+      // A save and a commit per batch: most crashes come after the held batch, when others committed beyond it.
+      return { ...c, ...r, held, crashAt: Math.floor(Math.sqrt(crashShare / 100) * 2 * batches) }
+    })
+  )
 
 describe("regenerate", () => {
   it.effect("rotates every ticket in scope once, touches nothing else, and completes the checkpoint", () =>
@@ -126,47 +210,40 @@ describe("regenerate", () => {
     }))
 
   it.effect.prop(
-    "the checkpoint never passes an uncommitted batch, and a crash at any instant redoes at most concurrency × batch size",
-    {
-      rows: FC.integer({ min: 0, max: 250 }),
-      batchSize: FC.integer({ min: 1, max: 40 }),
-      concurrency: FC.integer({ min: 1, max: 8 }),
-      delays: FC.array(FC.integer({ min: 0, max: 30 }), { minLength: 1, maxLength: 20 }),
-      crashAfter: FC.integer({ min: 0, max: 40 })
-    },
-    ({ batchSize, concurrency, crashAfter, delays, rows }) =>
+    "a kill -9 at any event, batches committed out of order: the resume misses nothing, redoes only what the " +
+      "checkpoint did not cover (at most concurrency × batch size), and touches nothing outside the scope",
+    { c: crashCases },
+    ({ c: { batchSize, concurrency, crashAt, delays, held, rows, scope } }) =>
       Effect.gen(function*() {
-        const crashed = yield* Deferred.make<void>()
-        const world = new World(makeTickets(rows, rows), {
-          rotate: (n) =>
-            Effect.zipRight(
-              n > crashAfter ? Deferred.succeed(crashed, undefined) : Effect.void,
-              yields(delays[n % delays.length]!)
-            )
-        })
-        const scopeIds = world.table.sorted.map((t) => t.id)
-        // First run: "kill -9" (an abrupt interruption, no graceful stop) once `crashAfter` batches went in.
-        const fiber = yield* Effect.fork(runIn(world, { batchSize, concurrency }))
-        yield* Effect.raceFirst(Deferred.await(crashed), Fiber.await(fiber))
-        yield* Fiber.interrupt(fiber)
-        const maxRedo = concurrency * batchSize
-        expect(checkInvariants(world.log, scopeIds, maxRedo)).toBeUndefined()
-        const savedAtCrash = lastSaved(world) ?? { cursor: "", done: [] }
-        const committedAtCrash = new Set(world.table.rotations.flat())
-        // Resume to the end.
-        const completed = world.store.records().length > 0 && record(world).status === "completed"
-        const summary = yield* runIn(world, { batchSize, concurrency, mode: completed ? "start" : "resume" })
-        expect(summary.status).toBe("completed")
-        const counts = world.table.rotationCounts()
-        // Nothing missed, nothing outside the scope.
-        expect(scopeIds.every((id) => (counts.get(id) ?? 0) >= 1)).toBe(true)
-        expect(counts.size).toBe(scopeIds.length)
-        if (!completed) {
-          // Redone = committed before the crash but not covered by its checkpoint.
-          const redone = [...committedAtCrash].filter((id) => !covers(savedAtCrash)(id))
-          expect(redone.length).toBeLessThanOrEqual(maxRedo)
-          expect(scopeIds.filter((id) => (counts.get(id) ?? 0) > 1).sort()).toEqual(redone.sort())
+        const delay = (n: number) => yields(delays[n % delays.length]!)
+        // The held rotation never ends in this world: later batches commit beyond it until the window is full.
+        const world = new World(makeTickets(rows, rows), { rotate: (n) => (n === held ? Effect.never : delay(n)) })
+        const scopeIds = world.table.sorted.filter(inScope(scope)).map((t) => t.id)
+        const run = { scope, batchSize, concurrency }
+        // The crash comes after event `crashAt`, or where the run got stuck behind the held batch if sooner.
+        let next: World | undefined
+        world.log.onEvent = (i) => {
+          if (i === crashAt) next = world.afterKill({ rotate: delay })
         }
+        const killed = yield* Effect.fork(runIn(world, run))
+        yield* untilDoneOrStuck(world.log, () => next !== undefined)
+        next ??= world.afterKill({ rotate: delay })
+        yield* Fiber.interrupt(killed)
+
+        const maxRedo = concurrency * batchSize
+        expect(checkInvariants(next.log, scopeIds, maxRedo)).toBeUndefined()
+        const atCrash = lastSaved(next)!
+        const redo = [...new Set(next.table.rotations.flat())].filter((id) => !covers(atCrash)(id))
+        expect(redo.length).toBeLessThanOrEqual(maxRedo)
+
+        const summary = yield* runIn(next, { ...run, mode: "resume" })
+        expect(summary.status).toBe("completed")
+        const counts = next.table.rotationCounts()
+        expect(scopeIds.filter((id) => !counts.has(id)), "missed").toEqual([])
+        expect([...counts.keys()].filter((id) => !scopeIds.includes(id)), "outside the scope").toEqual([])
+        expect(scopeIds.filter((id) => counts.get(id)! > 1).sort(), "redone").toEqual(redo.sort())
+        // Across both processes: the resumed one adds at most its own batches in flight to what was uncovered.
+        expect(checkInvariants(next.log, scopeIds, 2 * maxRedo)).toBeUndefined()
       }),
     { fastCheck: { numRuns: 60 } }
   )
@@ -271,29 +348,44 @@ describe("regenerate", () => {
 })
 
 describe("failures", () => {
-  it.effect("transient failures are retried on the named schedule and counted", () =>
+  /** The retry schedule's delay before retry `i` (from 0) without jitter: 100 ms doubling, capped at 5 s. */
+  const nominalDelay = (i: number) => Math.min(100 * 2 ** i, 5000)
+
+  const gapsOf = (times: ReadonlyArray<number>) => times.slice(1).map((t, i) => t - times[i]!)
+
+  /** Each gap is its nominal delay jittered by at most ±20 % (to the microsecond). */
+  const expectBackoff = (gaps: ReadonlyArray<number>) => {
+    expect(gaps.length).toBeGreaterThan(0)
+    gaps.forEach((gap, i) => {
+      expect(gap, `retry ${i + 1}`).toBeGreaterThanOrEqual(nominalDelay(i) * 0.8 - 0.001)
+      expect(gap, `retry ${i + 1}`).toBeLessThanOrEqual(nominalDelay(i) * 1.2 + 0.001)
+    })
+  }
+
+  it.effect("ten transient failures in a row are retried on the named schedule: from 100 ms doubling, capped at 5 s, jittered", () =>
     Effect.gen(function*() {
       const attempts: Array<number> = []
       const world = new World(makeTickets(30), {
         rotate: (n) =>
           Effect.gen(function*() {
-            attempts.push(yield* TestClock.currentTimeMillis)
-            if (n >= 2 && n <= 4) return yield* transientError()
+            // Calls 2-12 are the second batch: ten failures, then its commit.
+            if (n >= 2 && n <= 12) attempts.push(yield* TestClock.currentTimeMillis)
+            if (n >= 2 && n <= 11) return yield* transientError()
           })
       })
-      const exit = yield* withClock(runIn(world, { batchSize: 10 }), "10 millis")
-      const summary = yield* exit
-      expect(summary.status).toBe("completed")
-      expect(summary.retries).toBe(3)
-      expect(record(world).retries).toBe(3)
-      // Attempts 2..5 are the same batch: exponential from 100 ms, doubled, jittered by ±20%.
-      const gaps = [attempts[2]! - attempts[1]!, attempts[3]! - attempts[2]!, attempts[4]! - attempts[3]!]
-      expect(gaps[0]).toBeGreaterThanOrEqual(80)
-      expect(gaps[0]).toBeLessThanOrEqual(130)
-      expect(gaps[1]).toBeGreaterThanOrEqual(160)
-      expect(gaps[1]).toBeLessThanOrEqual(250)
-      expect(gaps[2]).toBeGreaterThanOrEqual(320)
-      expect(gaps[2]).toBeLessThanOrEqual(490)
+      const run = runIn(world, { batchSize: 10 }).pipe(Effect.withRandom(Random.make("jitter")))
+      const summary = yield* Effect.flatten(stepping(run))
+      expect(summary).toMatchObject({ status: "completed", rotated: 30, retries: 10 })
+      expect(record(world).retries).toBe(10)
+      const gaps = gapsOf(attempts)
+      expect(gaps.length).toBe(10)
+      expectBackoff(gaps)
+      // Capped: no delay beyond 5 s jittered up, and the last ones at the cap jittered down at most.
+      expect(Math.max(...gaps)).toBeLessThanOrEqual(5000 * 1.2)
+      expect(Math.min(...gaps.slice(6))).toBeGreaterThanOrEqual(5000 * 0.8)
+      // Jittered: each delay has its own factor, not the nominal one.
+      const factors = new Set(gaps.map((gap, i) => (gap / nominalDelay(i)).toFixed(3)))
+      expect(factors.size, "distinct jitter factors").toBeGreaterThan(5)
       expect(world.table.rotationCounts().size).toBe(30)
     }))
 
@@ -308,6 +400,23 @@ describe("failures", () => {
       const failed = yield* withClock(runIn(broken, { batchSize: 10 }), "1 second")
       expect(Exit.isFailure(failed)).toBe(true)
       expect(broken.table.calls).toMatchObject({ checkSchema: 1, rotate: 0 })
+    }))
+
+  it.effect("Ctrl-C while the schema check is being retried ends the run with its error, not after ~26 s of retries", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(30), { checkSchema: () => transientError("checking the schema") })
+      const stop = yield* Ref.make(false)
+      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
+      const started = yield* TestClock.currentTimeMillis
+      const exit = yield* stepping(runIn(world, { batchSize: 10 }, Ref.get(stop)))
+      expect(Exit.isFailure(exit) && Cause.failureOption(exit.cause)).toMatchObject({
+        value: { _tag: "DatabaseError", transient: true, operation: "checking the schema" }
+      })
+      // The attempt after the stop (the fourth retry, due at about 1.5 s) is the last.
+      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThan(2500)
+      expect(world.table.calls.checkSchema).toBeLessThanOrEqual(5)
+      expect(world.table.rotations).toEqual([])
+      expect(world.store.records()).toEqual([])
     }))
 
   it.effect("a page query or batch that never answers times out and is retried", () =>
@@ -356,6 +465,62 @@ describe("failures", () => {
       expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
     }))
 
+  it.effect.prop(
+    "a failure retries cannot fix, at any concurrency: the batches in flight commit, the failed checkpoint " +
+      "covers every commit, no batch begins after it, and a resume redoes nothing",
+    {
+      rows: FC.integer({ min: 20, max: 120 }),
+      batchSize: FC.integer({ min: 1, max: 20 }),
+      concurrency: FC.integer({ min: 2, max: 8 }),
+      fatalShare: FC.integer({ min: 0, max: 100 }),
+      delays: FC.array(FC.integer({ min: 0, max: 6 }), { minLength: 2, maxLength: 20 })
+    },
+    ({ batchSize, concurrency, delays, fatalShare, rows }) =>
+      Effect.gen(function*() {
+        const batches = Math.ceil(rows / batchSize)
+        const fatal = 1 + Math.floor((fatalShare / 100) * (batches - 1))
+        let failed = false
+        const begunAfter: Array<number> = []
+        const world: World = new World(makeTickets(rows, rows + 3), {
+          rotate: (n) =>
+            Effect.gen(function*() {
+              if (failed) begunAfter.push(n)
+              if (n === fatal) {
+                // The failure comes once the other slots' batches have begun: they are in flight.
+                const inFlight = Math.min(fatal + concurrency - 1, batches)
+                yield* turnsUntil(() => world.table.calls.rotate >= inFlight)
+                failed = true
+                return yield* fatalError()
+              }
+              yield* turns(delays[n % delays.length]!)
+            })
+        })
+        // An UPDATE the client stops waiting for still commits: interrupting batches in flight would show.
+        world.table.outlivesCaller = true
+        const exit = yield* Effect.exit(runIn(world, { batchSize, concurrency }))
+        yield* world.table.settled
+        const error = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+        expect(error).toMatchObject({
+          value: { _tag: "RunFailed", error: { _tag: "DatabaseError", transient: false } }
+        })
+        const committed = world.table.rotations.flat()
+        const last = lastSaved(world)!
+        expect(last.status).toBe("failed")
+        expect(committed.filter((id) => !covers(last)(id)), "committed, not in the failed checkpoint").toEqual([])
+        expect(Option.getOrThrow(error)).toMatchObject({ rotated: committed.length })
+        // The engine hears of the failure a moment after it happens: only batches already taken into the other
+        // slots may begin in between.
+        expect(begunAfter.length).toBeLessThanOrEqual(concurrency - 1)
+
+        world.table.faults = {}
+        const summary = yield* runIn(world, { batchSize, concurrency, mode: "resume" })
+        expect(summary.status).toBe("completed")
+        expect([...world.table.rotationCounts().values()].every((n) => n === 1), "redone").toBe(true)
+        expect(world.table.rotationCounts().size).toBe(rows)
+      }),
+    { fastCheck: { numRuns: 60 } }
+  )
+
   it.effect("a failed page query is an error, never the end of the table", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(50), { page: (n) => (n === 3 ? fatalError("page") : undefined) })
@@ -365,17 +530,24 @@ describe("failures", () => {
       expect(world.table.rotationCounts().size).toBe(20)
     }))
 
-  it.effect("a duplicate token gets fresh tokens and the batch is retried", () =>
+  it.effect("a duplicate token gets fresh tokens and the batch is retried on the named schedule", () =>
     Effect.gen(function*() {
       const tokensSeen: Array<ReadonlyArray<string>> = []
-      const world = new World(makeTickets(20), { rotate: (n) => (n === 2 ? duplicateToken() : undefined) })
-      const exit = yield* withClock(runIn(world, { batchSize: 10 }), "50 millis")
-      const summary = yield* exit
-      expect(summary.retries).toBe(1)
+      const attempts: Array<number> = []
+      const world = new World(makeTickets(20), {
+        rotate: (n) =>
+          Effect.gen(function*() {
+            if (n >= 2 && n <= 5) attempts.push(yield* TestClock.currentTimeMillis)
+            if (n >= 2 && n <= 4) return yield* duplicateToken()
+          })
+      })
+      const summary = yield* Effect.flatten(stepping(runIn(world, { batchSize: 10 })))
+      expect(summary.retries).toBe(3)
       expect(summary.rotated).toBe(20)
+      expectBackoff(gapsOf(attempts))
       for (const t of world.table.sorted) tokensSeen.push([t.token])
       expect(new Set(tokensSeen.flat()).size).toBe(20)
-      // The failed attempt consumed tokens 10-19; the retry used new ones.
+      // The failed attempts consumed tokens 10-39; the last one used new ones.
       expect(world.table.sorted.some((t) => t.token === "tok-00000000000a")).toBe(false)
     }))
 
@@ -391,13 +563,20 @@ describe("failures", () => {
       expect(world.store.saves).toBe(2 + 1 + 10 + 1)
     }))
 
-  it.effect("checkpoint hiccups are retried and the run completes", () =>
+  it.effect("checkpoint hiccups are retried on the named schedule and the run completes", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(50))
-      world.store.faults = { save: (n) => n >= 3 && n <= 5 }
-      const summary = yield* Effect.flatten(withClock(runIn(world, { batchSize: 10 }), "50 millis"))
+      const attempts: Array<number> = []
+      world.store.faults = {
+        save: (n, now) => {
+          if (n >= 3 && n <= 6) attempts.push(now)
+          return n >= 3 && n <= 5
+        }
+      }
+      const summary = yield* Effect.flatten(stepping(runIn(world, { batchSize: 10 })))
       expect(summary.status).toBe("completed")
       expect(summary.retries).toBe(3)
+      expectBackoff(gapsOf(attempts))
       expect(record(world).status).toBe("completed")
     }))
 })
@@ -734,6 +913,70 @@ describe("throttle and adaptive batches", () => {
     expect(nextBatchSize(1200, 1000, 1000, 250)).toBe(500)
     expect(nextBatchSize(400, 1000, 300, 250)).toBe(400)
   })
+
+  it.effect.prop(
+    "adaptive batches: sizes within 100-10000, at most 25 % above the largest size timed, progress shows the " +
+      "controller's size, and a kill -9 redoes at most concurrency × the largest batch",
+    {
+      rows: FC.integer({ min: 1500, max: 5000 }),
+      concurrency: FC.integer({ min: 1, max: 8 }),
+      startSize: FC.integer({ min: 4, max: 12 }).map((n) => n * 25),
+      targetBatchMillis: FC.integer({ min: 20, max: 200 }),
+      // The batch size that takes the target time: rows take targetBatchMillis / idealSize each.
+      idealSize: FC.integer({ min: 50, max: 2500 }),
+      // One batch in ten, on average, takes ten times as long.
+      spikes: FC.array(FC.integer({ min: 0, max: 9 }), { minLength: 1, maxLength: 10 }),
+      crashShare: FC.integer({ min: 0, max: 95 }),
+      crashDelay: FC.integer({ min: 0, max: 3 })
+    },
+    ({ concurrency, crashDelay, crashShare, idealSize, rows, spikes, startSize, targetBatchMillis }) =>
+      Effect.gen(function*() {
+        const slow = (n: number) => (spikes[n % spikes.length] === 0 ? 10 : 1)
+        const delay = (n: number, ids: ReadonlyArray<string>) =>
+          Effect.sleep(Duration.millis((ids.length / idealSize) * targetBatchMillis * slow(n)))
+        const world = new World(makeTickets(rows, rows), { rotate: delay })
+        const run = { batchSize: startSize, concurrency, targetBatchMillis }
+        // A second process starts from where a kill -9 would have left things once `crashShare` % of the rows
+        // committed (`crashDelay` events later); the first runs on to the end, for the sizes it takes.
+        let crashAt: number | undefined
+        let next: World | undefined
+        world.log.onEvent = (i) => {
+          crashAt ??= world.table.rotations.flat().length >= (crashShare / 100) * rows ? i + crashDelay : undefined
+          if (i === crashAt) next = world.afterKill({ rotate: delay })
+        }
+        expect(yield* Effect.flatten(stepping(runIn(world, run)))).toMatchObject({ status: "completed", rotated: rows })
+
+        const sizes = world.table.pages.map((p) => p.limit)
+        expect(sizes.filter((size) => size < 100 || size > 10_000), "out of range").toEqual([])
+        // No page is read at more than 1.25 × the largest size timed (committed) before it: feedback from
+        // batches read at an older size never compounds.
+        const committedAt = new Map<string, number>()
+        world.log.events.forEach((e, i) => e._tag === "commit" && committedAt.set(e.ids[0]!, i))
+        const overgrown = world.table.pages.filter((page) => {
+          const timed = world.table.pages.filter((p) => (committedAt.get(p.ids[0] ?? "") ?? Infinity) < page.at)
+          return page.limit > Math.max(startSize, ...timed.map((p) => p.limit * 1.25))
+        })
+        expect(overgrown.map((p) => p.limit), "grew beyond what was timed").toEqual([])
+        const last = world.table.sorted.at(-1)!.id
+        expect(world.table.rotations.filter((ids) => ids.length < 100 && !ids.includes(last)), "short").toEqual([])
+        // Progress shows the controller's size (a multiple of 25, like every size it takes), after each change.
+        const shown = world.progress.flatMap((e) => (e._tag === "Advanced" ? [e.batchSize] : []))
+        expect(shown.filter((size) => size < 100 || size > 10_000 || size % 25 !== 0), "not a size").toEqual([])
+        expect(shown.slice(1).filter((size, i) => size > shown[i]! * 1.25), "grew more than 25 %").toEqual([])
+
+        if (next === undefined) return
+        const ids = world.table.sorted.map((t) => t.id)
+        const maxRedo = concurrency * Math.max(startSize, ...next.table.pages.map((p) => p.limit))
+        expect(checkInvariants(next.log, ids, maxRedo)).toBeUndefined()
+        const atCrash = lastSaved(next)!
+        const redo = [...new Set(next.table.rotations.flat())].filter((id) => !covers(atCrash)(id))
+        yield* Effect.flatten(stepping(runIn(next, { ...run, mode: "resume" })))
+        const counts = next.table.rotationCounts()
+        expect(ids.filter((id) => !counts.has(id)), "missed").toEqual([])
+        expect(ids.filter((id) => counts.get(id)! > 1).sort(), "redone").toEqual(redo.sort())
+      }),
+    { fastCheck: { numRuns: 20 } }
+  )
 
   it.effect("adaptive batches keep resume exact", () =>
     Effect.gen(function*() {

@@ -13,8 +13,11 @@ export type Event =
 
 export class EventLog {
   readonly events: Array<Event> = []
+  /** Called with each event's index as it happens, synchronously: a test can act at that exact instant. */
+  onEvent: ((index: number) => void) | undefined = undefined
   push(event: Event): void {
     this.events.push(event)
+    this.onEvent?.(this.events.length - 1)
   }
 }
 

@@ -8,8 +8,8 @@ import { CheckpointUnavailable } from "../../src/Domain.js"
 import type { EventLog } from "./EventLog.js"
 
 export interface StoreFaults {
-  /** Called for every checkpoint write (fenced set); `n` counts from 1. */
-  readonly save?: (n: number) => boolean
+  /** Called for every checkpoint write (fenced set) at the Clock's `now`; `n` counts from 1. True fails it. */
+  readonly save?: (n: number, now: number) => boolean
 }
 
 export const unavailable = (operation: string) =>
@@ -51,7 +51,7 @@ export class MemoryStore {
       setFenced: (key, value, lockKey, holder) =>
         Effect.flatMap(withNow((now) => now), (now) => {
           const n = ++this.saves
-          if (this.faults.save?.(n) === true) return Effect.fail(unavailable("writing the checkpoint"))
+          if (this.faults.save?.(n, now) === true) return Effect.fail(unavailable("writing the checkpoint"))
           if (this.live(lockKey, now)?.value !== holder) return Effect.succeed(false)
           this.data.set(key, { value, expiresAt: undefined })
           const record = JSON.parse(value) as { cursor: string; done: Array<[string, string]>; status: string }

@@ -2,7 +2,7 @@
  * An in-memory ticket table behind the TicketRepo interface, with fault injection: fail or delay any
  * call, raise a duplicate token, and record every commit in a shared event log.
  */
-import { Effect, Layer, Option } from "effect"
+import { Effect, Fiber, Layer, Option } from "effect"
 import { createHash } from "node:crypto"
 import { DatabaseError, DuplicateToken, type Scope } from "../../src/Domain.js"
 import { TicketRepo, type TicketRepoService } from "../../src/TicketRepo.js"
@@ -56,7 +56,15 @@ export class MemoryTable {
   readonly sorted: Array<MemoryTicket>
   /** Every commit, in order: the ids of the batch and its new tokens. */
   readonly rotations: Array<ReadonlyArray<string>> = []
+  /** Every page read, in order: the size asked for, the ids that came back, and the log's length then. */
+  readonly pages: Array<{ readonly limit: number; readonly ids: ReadonlyArray<string>; readonly at: number }> = []
   calls = { checkSchema: 0, page: 0, rotate: 0, count: 0 }
+  /**
+   * When true, a rotation that has begun runs to its end (its fault, then the commit) even if the caller
+   * stops waiting, as an UPDATE the server has begun does; `settled` waits for those still running.
+   */
+  outlivesCaller = false
+  private readonly statements: Array<Fiber.RuntimeFiber<number, DatabaseError | DuplicateToken>> = []
 
   constructor(tickets: ReadonlyArray<MemoryTicket>, readonly log: EventLog, public faults: Faults = {}) {
     this.sorted = [...tickets].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
@@ -79,12 +87,14 @@ export class MemoryTable {
           const n = this.calls.page += 1
           return this.faults.page?.(n) ?? Effect.void
         }).pipe(
-          Effect.map(() =>
-            this.sorted.filter((t) => t.id > after && inScope(scope)(t)).slice(0, limit).map((t) => t.id)
-          )
+          Effect.map(() => {
+            const ids = this.sorted.filter((t) => t.id > after && inScope(scope)(t)).slice(0, limit).map((t) => t.id)
+            this.pages.push({ limit, ids, at: this.log.events.length })
+            return ids
+          })
         ),
-      rotate: (_scope, ids, tokens, at) =>
-        Effect.suspend(() => {
+      rotate: (_scope, ids, tokens, at) => {
+        const statement = Effect.suspend(() => {
           const n = this.calls.rotate += 1
           return fault(this.faults.rotate?.(n, ids))
         }).pipe(
@@ -105,7 +115,14 @@ export class MemoryTable {
               return changed
             })
           )
-        ),
+        )
+        return this.outlivesCaller
+          ? Effect.flatMap(Effect.forkDaemon(statement), (fiber) => {
+            this.statements.push(fiber)
+            return Fiber.join(fiber)
+          })
+          : statement
+      },
       count: (scope) => Effect.sync(() => ++this.calls.count && this.sorted.filter(inScope(scope)).length),
       idRange: Effect.sync(() =>
         this.sorted.length === 0
@@ -127,6 +144,11 @@ export class MemoryTable {
         return { values: dup.length, sample: dup.flat().slice(0, 10) }
       })
     }
+  }
+
+  /** Waits for every rotation begun under `outlivesCaller` to end, committed or not. */
+  get settled(): Effect.Effect<void> {
+    return Effect.suspend(() => Fiber.awaitAll(this.statements))
   }
 
   get layer(): Layer.Layer<TicketRepo> {

@@ -38,12 +38,33 @@ export class World {
   readonly store: MemoryStore
   readonly progress: Array<ProgressEvent> = []
 
-  constructor(tickets: ReadonlyArray<MemoryTicket>, faults: Faults = {}) {
+  /** `host` is the process that runs in this world. */
+  constructor(tickets: ReadonlyArray<MemoryTicket>, faults: Faults = {}, readonly host: Host = testHost) {
     this.table = new MemoryTable(tickets, this.log, faults)
     this.store = new MemoryStore(this.log)
   }
 
-  layer(host: Host = testHost) {
+  /**
+   * The world a new process on the same host finds after a kill -9 at this instant: copies of the table,
+   * of the checkpoint store's data and of the log as they are now. The killed process's fibers may run on,
+   * but only in this world, so nothing it does afterwards (its finalizers releasing the lock included)
+   * reaches the new one; its lock stays, held by a pid that is gone.
+   */
+  afterKill(faults: Faults = {}): World {
+    const pid = this.host.pid + 1
+    const next = new World(this.table.sorted.map((t) => ({ ...t })), faults, {
+      hostname: this.host.hostname,
+      pid,
+      isAlive: (p) => p === pid
+    })
+    next.log.events.push(...this.log.events)
+    next.table.rotations.push(...this.table.rotations)
+    next.table.pages.push(...this.table.pages)
+    for (const [key, entry] of this.store.data) next.store.data.set(key, { ...entry })
+    return next
+  }
+
+  layer(host: Host = this.host) {
     return Layer.mergeAll(
       this.table.layer,
       this.store.layer(host),
