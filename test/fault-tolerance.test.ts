@@ -131,22 +131,32 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     for (const p of prefixes) await p.drop()
   })
 
+  /**
+   * A run on `redis`, which is stopped for `awayMillis` once the run is rotating and then started again: the
+   * run must complete (exit 0) with every ticket rotated. Returns its summary and environment.
+   */
+  const restartedMidRun = async (redis: ReturnType<typeof privateRedis>, awayMillis: number) => {
+    const before = await snapshot()
+    const runEnv = env({ REDIS_URL: redis.url })
+    const run = spawnCli(["regenerate", "--json", ...throttle], { env: runEnv })
+    await untilRotating(admin, before)
+    await redis.stop()
+    await sleep(awayMillis)
+    await redis.start()
+    const result = await run.result
+    expect(result.code, result.stderr).toBe(0)
+    const summary = parseJsonSummary(result)
+    expect(summary.status).toBe("completed")
+    expectAllRotated(before, await readTickets())
+    return { summary, runEnv }
+  }
+
   it("Redis restarted mid-run: checkpoint writes are retried and the run completes", async () => {
     const redis = privateRedis()
     await redis.start()
     try {
-      const before = await snapshot()
-      const run = spawnCli(["regenerate", "--json", ...throttle], { env: env({ REDIS_URL: redis.url }) })
-      await untilRotating(admin, before)
-      await redis.stop()
-      await sleep(2500)
-      await redis.start()
-      const result = await run.result
-      expect(result.code, result.stderr).toBe(0)
-      const summary = parseJsonSummary(result)
-      expect(summary.status).toBe("completed")
+      const { summary } = await restartedMidRun(redis, 2500)
       expect(Number(summary.retries)).toBeGreaterThan(0)
-      expectAllRotated(before, await readTickets())
     } finally {
       await redis.stop()
     }
@@ -192,17 +202,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     await redis.start()
     const watcher = redis.client()
     try {
-      const before = await snapshot()
-      const runEnv = env({ REDIS_URL: redis.url })
-      const run = spawnCli(["regenerate", "--json", ...throttle], { env: runEnv })
-      await untilRotating(admin, before)
-      await redis.stop()
-      await sleep(1000)
-      await redis.start()
-      const result = await run.result
-      expect(result.code, result.stderr).toBe(0)
-      expect(parseJsonSummary(result).status).toBe("completed")
-      expectAllRotated(before, await readTickets())
+      const { runEnv } = await restartedMidRun(redis, 1000)
       // The record is back (status sees the completed run), and --resume finds it.
       const status = await runCli(["status", "--json"], { env: runEnv })
       expect(status.code, status.stderr).toBe(0)
