@@ -23,8 +23,8 @@ export type ProgressEvent = Data.TaggedEnum<{
   Total: { readonly total: number }
   /** Without a total: the fraction of the key space already behind the cursor. */
   Estimate: { readonly fraction: number }
-  /** Rows committed. */
-  Advanced: { readonly rows: number; readonly batchSize: number }
+  /** Rows committed; `batchSize`, the batch size in force, for jobs where the operator chooses one. */
+  Advanced: { readonly rows: number; readonly batchSize?: number }
   Retried: { readonly reason: string }
   Phase: { readonly phase: Phase }
   /** A line for the operator, printed once above the live line. */
@@ -120,7 +120,7 @@ export const step = (state: ProgressState, event: ProgressEvent, now: number): P
       return sampled({
         ...s,
         done: s.done + event.rows,
-        batchSize: event.batchSize,
+        batchSize: event.batchSize ?? s.batchSize,
         phase: s.phase === "retrying" ? "running" : s.phase
       })
     case "Retried":

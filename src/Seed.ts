@@ -7,6 +7,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
 import { randomBytes } from "node:crypto"
 import { databaseError, datetime, Db, letEventLoopTurn, requireSchema, statementText, writeError } from "./Db.js"
 import { DatabaseError, NoParents, SchemaMismatch, SeedIncomplete, transientRetry } from "./Domain.js"
@@ -231,7 +232,12 @@ const isDuplicateId = (error: DatabaseError) =>
  * One multi-row INSERT (all or nothing), retried on a transient failure such as a killed connection. A
  * token collision, astronomically unlikely, is reported as the failed insert it is.
  */
-const insert = (statement: string, params: ReadonlyArray<unknown>, operation: string) =>
+const insert = (
+  statement: string,
+  params: ReadonlyArray<unknown>,
+  operation: string,
+  onRetry: Effect.Effect<void>
+) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     let attempts = 0
@@ -243,7 +249,10 @@ const insert = (statement: string, params: ReadonlyArray<unknown>, operation: st
         const e = writeError(operation)(error)
         return e._tag === "DuplicateToken" ? new DatabaseError({ operation, transient: false, detail: e.detail }) : e
       }),
-      Effect.retry({ schedule: transientRetry, while: (error) => error.transient }),
+      Effect.retry({
+        schedule: Schedule.tapInput(transientRetry, () => onRetry),
+        while: (error) => error.transient
+      }),
       Effect.catchIf((error) => attempts > 1 && isDuplicateId(error), () => Effect.void)
     )
   })
@@ -261,6 +270,7 @@ const run = (seeding: Seeding, count: number) =>
     const failure = yield* Ref.make<DatabaseError | undefined>(undefined)
     yield* progress.emit(ProgressEvent.Started({ label: seeding.label, base: 0, throttle: undefined }))
     yield* progress.emit(ProgressEvent.Total({ total: count }))
+    const retried = progress.emit(ProgressEvent.Retried({ reason: "database" }))
     yield* Effect.forEach(
       Array.from({ length: batches }, (_, i) => i),
       (i) =>
@@ -271,7 +281,7 @@ const run = (seeding: Seeding, count: number) =>
           const statement = `INSERT INTO \`${seeding.table}\` (${columns}) VALUES ${
             placeholders(seeding.columns.length, size)
           }`
-          yield* insert(statement, rows.flat(), `inserting into ${seeding.table}`).pipe(
+          yield* insert(statement, rows.flat(), `inserting into ${seeding.table}`, retried).pipe(
             Effect.zipRight(Ref.update(inserted, (n) => n + size)),
             Effect.zipRight(progress.emit(ProgressEvent.Advanced({ rows: size, batchSize: size }))),
             Effect.catchAll((error) => Ref.update(failure, (first) => first ?? error))

@@ -57,7 +57,7 @@ export const verify = (scope: Option.Option<Scope>) =>
       notRotated += page.stale.length
       notRotatedSample.push(...page.stale.slice(0, sampleSize - notRotatedSample.length))
       cursor = page.ids[page.ids.length - 1]!
-      yield* progress.emit(ProgressEvent.Advanced({ rows: page.ids.length, batchSize: pageSize }))
+      yield* progress.emit(ProgressEvent.Advanced({ rows: page.ids.length }))
       yield* letEventLoopTurn(db.dialect)
     }
     const duplicates = yield* repo.duplicateTokens

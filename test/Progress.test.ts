@@ -106,6 +106,17 @@ describe("progress state", () => {
     expect(renderPlain(s)).toContain("41000/100000 rows (41.0%)")
   })
 
+  it("a job without a batch size to show (verify) leaves it out", () => {
+    const s = play([
+      [0, E.Started({ label: "verify", base: 0, throttle: undefined })],
+      [0, E.Total({ total: 2000 })],
+      [1000, E.Advanced({ rows: 1000 })],
+      [2000, E.Advanced({ rows: 1000 })]
+    ])
+    expect(renderPlain(s)).toMatch(/^verify: 2000\/2000 rows \(100\.0%\), .* retries 0$/)
+    expect(renderTty(s, 120)).not.toContain("batch")
+  })
+
   it("without a total, shows the key space estimate", () => {
     const events = steady(5, 1000, null)
     events.push([5000, E.Estimate({ fraction: 0.25 })])

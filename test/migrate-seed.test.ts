@@ -299,6 +299,29 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
     await expectExit(cli(["seed", "tickets", "--count", String(20000 - kept)]), 0)
     expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(start + 20000)
   })
+
+  it("one INSERT refused by a deadlock is retried, and the progress line counts the retry", async () => {
+    const start = await one("SELECT COUNT(*) FROM `ticket`")
+    // A counter outside the transaction (MyISAM: not rolled back with the failed INSERT), so that exactly
+    // one row attempt, the 5000th, meets the deadlock.
+    await admin.query("CREATE TABLE `tt_seed_attempts` (`n` INT NOT NULL) ENGINE=MyISAM")
+    await admin.query("INSERT INTO `tt_seed_attempts` VALUES (0)")
+    await admin.query(
+      "CREATE TRIGGER `tt_deadlock_once` BEFORE INSERT ON `ticket` FOR EACH ROW BEGIN " +
+        "UPDATE `tt_seed_attempts` SET `n` = `n` + 1; IF (SELECT `n` FROM `tt_seed_attempts`) = 5000 THEN " +
+        "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found (test trigger)'; END IF; END"
+    )
+    let r: CliResult
+    try {
+      r = await expectExit(cli(["seed", "tickets", "--count", "12000"]), 0)
+    } finally {
+      await admin.query("DROP TRIGGER IF EXISTS `tt_deadlock_once`")
+      await admin.query("DROP TABLE IF EXISTS `tt_seed_attempts`")
+    }
+    const last = r.stderr.split("\n").filter((l) => l.startsWith("seed tickets:")).at(-1)
+    expect(last, r.stderr).toMatch(/^seed tickets: 12000\/12000 rows .*, retries 1, batch 1000, done$/)
+    expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(start + 12000)
+  })
 })
 
 // Errors before any work starts
