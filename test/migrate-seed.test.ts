@@ -269,23 +269,35 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
     expect(await one("SELECT COUNT(DISTINCT `token`) FROM `ticket`")).toBe(start + 60000)
   })
 
+  /**
+   * `seed tickets --count count` (expected to exit `code`) while a trigger counts the tickets' row attempts
+   * in a table of `engine` and, when the count meets `condition`, raises what it says.
+   */
+  const seedWithTrigger = async (engine: string, condition: string, count: number, code: number) => {
+    await admin.query(`CREATE TABLE \`tt_seed_counter\` (\`n\` INT NOT NULL) ENGINE=${engine}`)
+    await admin.query("INSERT INTO `tt_seed_counter` VALUES (0)")
+    await admin.query(
+      "CREATE TRIGGER `tt_seed_trigger` BEFORE INSERT ON `ticket` FOR EACH ROW BEGIN " +
+        "UPDATE `tt_seed_counter` SET `n` = `n` + 1; " +
+        `IF (SELECT \`n\` FROM \`tt_seed_counter\`) ${condition}; END IF; END`
+    )
+    try {
+      return await expectExit(cli(["seed", "tickets", "--count", String(count)]), code)
+    } finally {
+      await admin.query("DROP TRIGGER IF EXISTS `tt_seed_trigger`")
+      await admin.query("DROP TABLE IF EXISTS `tt_seed_counter`")
+    }
+  }
+
   it("a seed that fails for good says how many rows it kept and the command that adds the rest", async () => {
     const start = await one("SELECT COUNT(*) FROM `ticket`")
     // Counts the rows inserted (a failed INSERT's count rolls back with it) and refuses the 9001st.
-    await admin.query("CREATE TABLE `tt_seed_counter` (`n` INT NOT NULL)")
-    await admin.query("INSERT INTO `tt_seed_counter` VALUES (0)")
-    await admin.query(
-      "CREATE TRIGGER `tt_refuse_seed` BEFORE INSERT ON `ticket` FOR EACH ROW BEGIN " +
-        "UPDATE `tt_seed_counter` SET `n` = `n` + 1; IF (SELECT `n` FROM `tt_seed_counter`) > 9000 THEN " +
-        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a test trigger'; END IF; END"
+    const r = await seedWithTrigger(
+      "InnoDB",
+      "> 9000 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a test trigger'",
+      20000,
+      1
     )
-    let r: CliResult
-    try {
-      r = await expectExit(cli(["seed", "tickets", "--count", "20000"]), 1)
-    } finally {
-      await admin.query("DROP TRIGGER IF EXISTS `tt_refuse_seed`")
-      await admin.query("DROP TABLE IF EXISTS `tt_seed_counter`")
-    }
     const kept = (await one("SELECT COUNT(*) FROM `ticket`")) - start
     const errors = r.stderr.split("\n").filter((l) => l.startsWith("error: "))
     expect(errors, r.stderr).toHaveLength(1)
@@ -304,20 +316,12 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
     const start = await one("SELECT COUNT(*) FROM `ticket`")
     // A counter outside the transaction (MyISAM: not rolled back with the failed INSERT), so that exactly
     // one row attempt, the 5000th, meets the deadlock.
-    await admin.query("CREATE TABLE `tt_seed_attempts` (`n` INT NOT NULL) ENGINE=MyISAM")
-    await admin.query("INSERT INTO `tt_seed_attempts` VALUES (0)")
-    await admin.query(
-      "CREATE TRIGGER `tt_deadlock_once` BEFORE INSERT ON `ticket` FOR EACH ROW BEGIN " +
-        "UPDATE `tt_seed_attempts` SET `n` = `n` + 1; IF (SELECT `n` FROM `tt_seed_attempts`) = 5000 THEN " +
-        "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found (test trigger)'; END IF; END"
+    const r = await seedWithTrigger(
+      "MyISAM",
+      "= 5000 THEN SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found (test trigger)'",
+      12000,
+      0
     )
-    let r: CliResult
-    try {
-      r = await expectExit(cli(["seed", "tickets", "--count", "12000"]), 0)
-    } finally {
-      await admin.query("DROP TRIGGER IF EXISTS `tt_deadlock_once`")
-      await admin.query("DROP TABLE IF EXISTS `tt_seed_attempts`")
-    }
     const last = r.stderr.split("\n").filter((l) => l.startsWith("seed tickets:")).at(-1)
     expect(last, r.stderr).toMatch(/^seed tickets: 12000\/12000 rows .*, retries 1, batch 1000, done$/)
     expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(start + 12000)
