@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
 import { argvProblem, hoistLogLevel, parseInstant, resumeCommand } from "../src/Cli.js"
+import { runCli } from "./support/cli.js"
 
 describe("the printed resume command", () => {
   it("repeats the flags with --resume in place of --restart, quoted so that it pastes back as it ran", () => {
@@ -79,6 +80,26 @@ describe("flags the argument parser would misreport", () => {
     expect(argvProblem(argv("regenerate", "--batch-size=5", "--batch-size=6"))).toBe(
       "--batch-size is given twice: give it once"
     )
+  })
+
+  it("knows every flag that takes a value, as each command's --help lists them", async () => {
+    const commands = [["migrate"], ["seed", "users"], ["seed", "orders"], ["seed", "tickets"], ["regenerate"], [
+      "status"
+    ], ["verify"]]
+    let valued = 0
+    for (const command of commands) {
+      const help = (await runCli([...command, "--help"])).stdout.replace(/\x1b\[[0-9;]*m/g, "")
+      const usage = help.split("\n").find((line) => line.startsWith("$ "))
+      expect(usage, help).toBeDefined()
+      // `[--batch-size integer]` takes a value, `[--json]` does not.
+      for (const [, name, value] of usage!.matchAll(/\[--([a-z-]+)( [^\]]+)?\]/g)) {
+        const problem = argvProblem(argv(...command, `--${name}`))
+        if (value === undefined) expect(problem, `--${name}`).toBeUndefined()
+        else expect(problem, `--${name}`).toBe(`--${name} needs a value (see --help)`)
+        if (value !== undefined) valued++
+      }
+    }
+    expect(valued, "flags with a value seen in the usage lines").toBeGreaterThanOrEqual(11)
   })
 
   it("leaves well-formed argv (negative numbers, values, --) to the parser", () => {
