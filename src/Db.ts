@@ -244,17 +244,18 @@ export const layer = (
 ): Layer.Layer<Db | SqlClient.SqlClient, BadDatabaseUrl | DatabaseUnreachable | UnsuitableServer | SchemaMissing> =>
   Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
 
+/** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
+export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
 /**
- * Lets Node's event loop turn once. SQLite calls are synchronous: without a turn between batches, the
- * progress ticker and the signal handlers (Ctrl-C) would wait until the whole job has ended.
+ * Lets Node's event loop turn once on SQLite. Its calls are synchronous: without a turn between batches,
+ * the progress ticker and the signal handlers (Ctrl-C) would wait until the whole job has ended.
  */
 export const letEventLoopTurn = (dialect: Dialect): Effect.Effect<void> =>
-  dialect === "sqlite"
-    ? Effect.async<void>((resume) => {
-      const handle = setImmediate(() => resume(Effect.void))
-      return Effect.sync(() => clearImmediate(handle))
-    })
-    : Effect.void
+  dialect === "sqlite" ? eventLoopTurn : Effect.void
 
 /** A datetime as both dialects store it: UTC, `YYYY-MM-DD HH:MM:SS.ffffff` (what Django writes). */
 export const datetime = (date: Date): string => date.toISOString().replace("T", " ").replace("Z", "000")

@@ -15,6 +15,7 @@ import {
   TestClock
 } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
+import { eventLoopTurn } from "../src/Db.js"
 import { LockHolder, RunRecord, Scope } from "../src/Domain.js"
 import {
   adaptBatchSize,
@@ -67,19 +68,13 @@ const lastSaved = (world: World) => {
 /** Yields `n` times: a delay that reorders concurrent batches without a clock. */
 const yields = (n: number) => Effect.forEach(Array.from({ length: n }), () => Effect.yieldNow(), { discard: true })
 
-/** A turn of the event loop, which the engine also takes after each batch: every fiber moves on meanwhile. */
-const turn = Effect.async<void>((resume) => {
-  const handle = setImmediate(() => resume(Effect.void))
-  return Effect.sync(() => clearImmediate(handle))
-})
-
 /** Waits `n` turns of the event loop. */
-const turns = (n: number) => Effect.forEach(Array.from({ length: n }), () => turn, { discard: true })
+const turns = (n: number) => Effect.forEach(Array.from({ length: n }), () => eventLoopTurn, { discard: true })
 
 /** Waits turns of the event loop until `ready()`, at most `max` of them. */
 const turnsUntil = (ready: () => boolean, max = 100) =>
   Effect.gen(function*() {
-    for (let i = 0; i < max && !ready(); i++) yield* turn
+    for (let i = 0; i < max && !ready(); i++) yield* eventLoopTurn
   })
 
 /** Runs `effect` in a fiber while moving the TestClock on in steps, until it completes. */
