@@ -17,9 +17,9 @@ import {
   DatabaseError,
   DatabaseUnreachable,
   DuplicateToken,
+  retryTransient,
   SchemaMismatch,
   SchemaMissing,
-  transientRetry,
   UnsuitableServer
 } from "./Domain.js"
 
@@ -112,8 +112,8 @@ const isDuplicateToken = (error: unknown): boolean => {
  * server's settings): a transient driver failure — a killed or lost connection — is tried again on a fresh
  * connection, on the one retry schedule.
  */
-export const retryingTransient = <A, R>(effect: Effect.Effect<A, SqlError, R>): Effect.Effect<A, SqlError, R> =>
-  Effect.retry(effect, { schedule: transientRetry, while: isTransient })
+export const retryingTransient: <A, R>(effect: Effect.Effect<A, SqlError, R>) => Effect.Effect<A, SqlError, R> =
+  retryTransient<SqlError>(isTransient)
 
 /** Maps a driver failure to the app's typed error, once, at the adapter boundary. */
 export const databaseError = (operation: string) => (error: SqlError): DatabaseError =>

@@ -4,8 +4,10 @@
  */
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
 import * as Predicate from "effect/Predicate"
 import * as Schedule from "effect/Schedule"
+import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as Schema from "effect/Schema"
 
 /** Which tickets a run rotates. Dates are ISO-8601 instants; `createdAfter` inclusive, `createdBefore` exclusive. */
@@ -152,6 +154,28 @@ export const transientRetry = Schedule.exponential("100 millis", 2).pipe(
   Schedule.jittered,
   Schedule.intersect(Schedule.recurs(10))
 )
+
+/**
+ * Retries `effect` on `transientRetry` while `retryable` says a failure is worth it. `onRetry` runs once
+ * for every retry actually made — not for a failure that is not retried, nor for the one that exhausts the
+ * schedule.
+ */
+export const retryTransient = <E>(
+  retryable: (error: E) => boolean | Effect.Effect<boolean>,
+  onRetry: (error: E) => Effect.Effect<void> = () => Effect.void
+) =>
+<A, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.retry(
+    effect,
+    transientRetry.pipe(
+      Schedule.whileInputEffect((error: E) => {
+        const verdict = retryable(error)
+        return typeof verdict === "boolean" ? Effect.succeed(verdict) : verdict
+      }),
+      Schedule.passthrough,
+      Schedule.onDecision((error, decision) => ScheduleDecision.isContinue(decision) ? onRetry(error) : Effect.void)
+    )
+  )
 
 /** A database statement failed. `transient` failures are retried by the pipeline. */
 export class DatabaseError extends Data.TaggedError("DatabaseError")<{

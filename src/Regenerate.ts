@@ -17,7 +17,6 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
-import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
 import { Checkpoint, fingerprint, type HeldLock, refusal, type RunKey } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
@@ -30,6 +29,7 @@ import {
   type LockHeld,
   type LockLost,
   NoRunToResume,
+  retryTransient,
   RunFailed,
   RunRecord,
   type RunStatus,
@@ -37,7 +37,6 @@ import {
   type SchemaMissing,
   type Scope,
   ScopeMismatch,
-  transientRetry,
   UnfinishedRun
 } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
@@ -150,11 +149,8 @@ const settled = <A, E extends { readonly _tag: string; readonly transient?: bool
   effect: Effect.Effect<A, E, R>,
   stopRequested: Effect.Effect<boolean> = Effect.succeed(false)
 ) =>
-  Effect.retry(effect, {
-    schedule: transientRetry,
-    // Ctrl-C while the server is away: the failure is the answer, not another 30 s of retries.
-    while: (error) => isRetryable(error) ? Effect.map(stopRequested, (stop) => !stop) : false
-  })
+  // Ctrl-C while the server is away: the failure is the answer, not another 30 s of retries.
+  retryTransient((error: E) => isRetryable(error) ? Effect.map(stopRequested, (stop) => !stop) : false)(effect)
 
 /** Position of an id in the uniform hex key space between `min` and `max` (0..1), from its first 13 digits. */
 export const keyFraction = (cursor: string, min: string, max: string): number | undefined => {
@@ -345,21 +341,17 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const retrying = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(
       effect: Effect.Effect<A, E, R>
     ) =>
-      Effect.retry(effect, {
-        schedule: transientRetry.pipe(Schedule.tapInput((error: E) =>
-          Effect.zipRight(
-            Ref.update(counters, (c) => ({ ...c, retries: c.retries + 1 })),
-            progress.emit(ProgressEvent.Retried({
-              reason: error._tag === "DuplicateToken"
-                ? "duplicate token"
-                : error._tag === "DatabaseError"
-                ? "database"
-                : "checkpoint"
-            }))
-          )
-        )),
-        while: isRetryable
-      })
+      retryTransient(isRetryable, (error: E) =>
+        Effect.zipRight(
+          Ref.update(counters, (c) => ({ ...c, retries: c.retries + 1 })),
+          progress.emit(ProgressEvent.Retried({
+            reason: error._tag === "DuplicateToken"
+              ? "duplicate token"
+              : error._tag === "DatabaseError"
+              ? "database"
+              : "checkpoint"
+          }))
+        ))(effect)
 
     type Patch = Partial<Pick<RunRecord, "cursor" | "done" | "rotated" | "batches" | "total" | "status" | "error">>
 

@@ -7,10 +7,9 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
-import * as Schedule from "effect/Schedule"
 import { randomBytes } from "node:crypto"
 import { databaseError, datetime, Db, letEventLoopTurn, requireSchema, statementText, writeError } from "./Db.js"
-import { DatabaseError, NoParents, SchemaMismatch, SeedIncomplete, transientRetry } from "./Domain.js"
+import { DatabaseError, NoParents, retryTransient, SchemaMismatch, SeedIncomplete } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
@@ -249,10 +248,7 @@ const insert = (
         const e = writeError(operation)(error)
         return e._tag === "DuplicateToken" ? new DatabaseError({ operation, transient: false, detail: e.detail }) : e
       }),
-      Effect.retry({
-        schedule: Schedule.tapInput(transientRetry, () => onRetry),
-        while: (error) => error.transient
-      }),
+      retryTransient((error) => error.transient, () => onRetry),
       Effect.catchIf((error) => attempts > 1 && isDuplicateId(error), () => Effect.void)
     )
   })

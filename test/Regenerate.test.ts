@@ -433,6 +433,8 @@ describe("failures", () => {
       expect(Exit.isFailure(exit)).toBe(true)
       expect(world.table.calls.rotate).toBe(1 + 11)
       const saved = record(world)
+      // Ten retries made; the failure that exhausted the schedule is not one.
+      expect(saved.retries).toBe(10)
       expect(saved.status).toBe("failed")
       expect(saved.cursor).toBe(world.table.sorted[9]!.id)
       expect(saved.rotated).toBe(10)
@@ -451,6 +453,7 @@ describe("failures", () => {
       expect(message).toContain(`every batch up to id ${saved.cursor} is committed and recorded (20 rotated in all)`)
       expect(message).toMatch(/crashed.*Fix the cause, then rerun with --resume\.$/)
       expect(saved.status).toBe("failed")
+      expect(saved.retries).toBe(0) // a failure that is not retried is not counted as a retry
       expect(saved.error).toContain("crashed")
       expect(saved.cursor).toBe(world.table.sorted[19]!.id)
       // A resume picks up from there and finishes.
