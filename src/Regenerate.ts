@@ -7,8 +7,8 @@
  *   beyond it are recorded with it, so a resume skips them;
  * - a batch keeps its slot (one of `concurrency`) until its commit is recorded, so a crash redoes at most
  *   concurrency × batch size tickets and misses none;
- * - a stop request, or a failure retries cannot fix, ends the page source; batches in flight still commit
- *   and are checkpointed.
+ * - a stop request, or a failure retries cannot fix, ends the page source, and no batch begins after it
+ *   (pages read ahead are left for a resume); batches in flight still commit and are checkpointed.
  */
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -529,6 +529,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       Effect.gen(function*() {
         if (item._tag === "Done") return yield* record(item, 0)
         if (Option.isSome(yield* Ref.get(failure))) return
+        if (yield* stopRequested) {
+          // A page read ahead before the stop: not begun, so not taken. It stays above the checkpoint (a
+          // resume takes it), and its slot is freed, as it will never be recorded.
+          yield* Ref.set(halted, true)
+          return yield* window.release(1)
+        }
         const start = yield* Clock.currentTimeMillis
         const outcome = yield* Effect.either(rotate(item.ids))
         if (Either.isLeft(outcome)) return yield* failed(outcome.left)

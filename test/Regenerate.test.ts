@@ -296,16 +296,25 @@ describe("regenerate", () => {
           )
       )
       yield* Deferred.await(inFlight)
+      // The other slot runs ahead until the window fills and the next page, read, waits for a slot.
+      for (let seen = -1; seen !== world.table.calls.page;) {
+        seen = world.table.calls.page
+        for (let i = 0; i < 20; i++) yield* Effect.yieldNow()
+      }
+      const rotationsBegun = world.table.calls.rotate
       expect(shutdown.request()).toBe(true)
       yield* Effect.yieldNow()
       yield* Deferred.succeed(release, undefined)
-      return { world, exit: yield* Fiber.await(fiber) }
+      return { world, exit: yield* Fiber.await(fiber), rotationsBegun }
     })
 
   it.effect("interrupting a run through `graceful` lets the batches in flight commit and records where it stopped", () =>
     Effect.gen(function*() {
-      const { exit, world } = yield* stopDuringBatch3(Effect.void)
+      const { exit, rotationsBegun, world } = yield* stopDuringBatch3(Effect.void)
       expect(Exit.isInterrupted(exit)).toBe(true)
+      // No batch began after the stop, not even one whose page had been read ahead.
+      expect(world.table.calls.page).toBeGreaterThan(rotationsBegun)
+      expect(world.table.calls.rotate).toBe(rotationsBegun)
       const saved = record(world)
       expect(saved.status).toBe("interrupted")
       // Batch 3 was in flight when the stop came: it committed and the checkpoint covers it.
