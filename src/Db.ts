@@ -103,7 +103,9 @@ export const isTransient = (error: unknown): boolean => {
 const isDuplicateToken = (error: unknown): boolean => {
   const cause = driverError(error)
   const text = String(cause.sqlMessage ?? cause.message ?? "")
-  return (cause.errno === 1062 && /for key '(?:[^']*\.)?token'/.test(text)) ||
+  // The key is `token` when the column was created unique, `ticket_token_<digest>_uniq` when a later Django
+  // migration made it so.
+  return (cause.errno === 1062 && /for key '(?:[^']*\.)?(?:token|ticket_token_[0-9a-f]{8}_uniq)'/.test(text)) ||
     (String(cause.code).startsWith("SQLITE_CONSTRAINT") && /\bticket\.token\b/.test(text))
 }
 

@@ -251,8 +251,10 @@ export const makeSql = Effect.gen(function*() {
    * A page as one range (see `rangeRotateStatement`). When the range holds more tickets of the scope than
    * the page (the site inserted some since it was read), the statement fails as a whole and the batch goes
    * by key with the same tokens; fewer (some were deleted) is fine, every remaining one gets its own token.
-   * A server that refuses the form also falls back; transient errors and duplicate tokens go to the
-   * caller's retry as usual.
+   * A server that refuses the form also falls back, and so does a duplicate token: with 122 random bits a
+   * real collision practically never happens, so it rather means the server cut the tokens wrongly (the form
+   * leans on user variables, deprecated in MySQL 8); by key, a real one still fails as DuplicateToken.
+   * Transient errors go to the caller's retry as usual.
    */
   const rotateRange = (
     where: string,
@@ -278,7 +280,7 @@ export const makeSql = Effect.gen(function*() {
       Effect.mapError(writeError("rotating a batch of tokens")),
       Effect.tap(() => byForm.range),
       Effect.catchAll((error) =>
-        error._tag === "DatabaseError" && !error.transient
+        error._tag === "DuplicateToken" || !error.transient
           ? Effect.logDebug(`range UPDATE refused (${error.detail}); rotating the batch by key`).pipe(
             Effect.zipRight(rotateIds(ids, tokens, at)),
             Effect.tap(() => byForm.fallback)

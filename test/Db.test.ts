@@ -40,6 +40,9 @@ describe("driver errors", () => {
     expect(tag(sqliteError("SQLITE_CONSTRAINT_UNIQUE", "UNIQUE constraint failed: ticket.token"))).toBe(
       "DuplicateToken"
     )
+    // The name Django gives a unique key that a later migration added.
+    expect(tag(mysqlError(1062, "ER_DUP_ENTRY", "Duplicate entry 'ab12' for key 'ticket.ticket_token_5c4f9d5e_uniq'")))
+      .toBe("DuplicateToken")
     expect(tag(mysqlError(1062, "ER_DUP_ENTRY", "Duplicate entry 'ab12' for key 'PRIMARY'"))).toBe("DatabaseError")
     expect(tag(mysqlError(1062, "ER_DUP_ENTRY", "Duplicate entry 'x' for key 'token_backup'"))).toBe(
       "DatabaseError"
