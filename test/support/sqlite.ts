@@ -7,6 +7,7 @@ import { createRequire } from "node:module"
 export interface SqliteStatement {
   all(...params: Array<unknown>): Array<Record<string, unknown>>
   get(...params: Array<unknown>): Record<string, unknown> | undefined
+  run(...params: Array<unknown>): unknown
 }
 
 export interface SqliteDatabase {
