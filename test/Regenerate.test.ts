@@ -2,6 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import {
   Cause,
   Chunk,
+  Clock,
   Deferred,
   Duration,
   Effect,
@@ -757,12 +758,24 @@ describe("locks", () => {
 
   it.effect("the lock is renewed while a run lasts and released at the end", () =>
     Effect.gen(function*() {
-      const world = new World(makeTickets(40), {
-        rotate: () => Effect.sleep("20 seconds")
+      // The lease left on the lock as each batch begins (a lapsed lock would be taken back at the next save,
+      // so the save succeeding alone would not show the renewal).
+      const leaseLeft: Array<number> = []
+      const world: World = new World(makeTickets(40), {
+        rotate: () =>
+          Effect.zipRight(
+            Effect.map(Clock.currentTimeMillis, (now) => {
+              const expiresAt = world.store.data.get(lockKey)?.expiresAt
+              leaseLeft.push(expiresAt === undefined ? -1 : expiresAt - now)
+            }),
+            Effect.sleep("20 seconds")
+          )
       })
       const exit = yield* withClock(runIn(world, { batchSize: 10 }), "1 second")
       expect(Exit.isSuccess(exit)).toBe(true)
-      // 80 s of batches with a 30 s lease: only renewal kept the lock (saves are fenced by it).
+      // 80 s of batches with a 30 s lease renewed every 10 s: never less than 20 s left, never lapsed.
+      expect(leaseLeft).toHaveLength(4)
+      expect(Math.min(...leaseLeft)).toBeGreaterThanOrEqual(20_000)
       expect(record(world).status).toBe("completed")
       expect(world.store.data.has(lockKey)).toBe(false)
     }))
