@@ -231,12 +231,17 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
 
   const latest = (database: string) =>
     Effect.gen(function*() {
-      const pointer = yield* store.get(latestKey(database))
+      const k = latestKey(database)
+      const pointer = yield* store.get(k)
       if (Option.isNone(pointer)) return Option.none()
+      // The pointer names a record of this database, which this tool never deletes: anything else is damage.
+      const damaged = (detail: string) => new CheckpointCorrupt({ key: store.locate(k), detail })
+      if (!pointer.value.startsWith(`run:${databaseHash(database)}:`)) {
+        return yield* damaged("it does not name a run of this database")
+      }
       const text = yield* store.get(pointer.value)
-      return Option.isNone(text)
-        ? Option.none()
-        : Option.some(yield* decodeRecord(store.locate(pointer.value), text.value))
+      if (Option.isNone(text)) return yield* damaged(`the run it names, ${store.locate(pointer.value)}, is missing`)
+      return Option.some(yield* decodeRecord(store.locate(pointer.value), text.value))
     })
 
   const inspectHolder = (lockKey: string) =>

@@ -37,17 +37,33 @@ export class Scope extends Schema.Class<Scope>("Scope")({
 export const RunStatus = Schema.Literal("running", "interrupted", "failed", "completed")
 export type RunStatus = typeof RunStatus.Type
 
+/** A ticket id as the app writes it: 32 lowercase hex characters (a uuid without dashes). */
+const TicketId = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/, { message: () => "not a ticket id" }))
+
+/** The committed ranges lie above the cursor, each in order and after the one before, or a resume would misstep. */
+const rangesAboveCursor = (
+  record: { readonly cursor: string; readonly done: ReadonlyArray<readonly [string, string]> }
+): boolean => {
+  let floor = record.cursor
+  for (const [first, last] of record.done) {
+    if (!(first > floor && first <= last)) return false
+    floor = last
+  }
+  return true
+}
+
 /** One run as the checkpoint store keeps it. `cursor` is the low-water mark: every id ≤ cursor is done. */
-export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
+export class RunRecord extends Schema.Class<RunRecord>("RunRecord")(Schema.Struct({
   version: Schema.Literal(1),
   runId: Schema.String,
   fingerprint: Schema.String,
   database: Schema.String,
   scope: Scope,
   batchSize: Schema.Int.pipe(Schema.positive()),
-  cursor: Schema.String.pipe(Schema.pattern(/^[0-9A-Za-z_-]{0,64}$/)),
+  /** "" before the first commit. */
+  cursor: Schema.Union(Schema.Literal(""), TicketId),
   /** Id ranges (inclusive) committed beyond the cursor; a resume skips them. */
-  done: Schema.Array(Schema.Tuple(Schema.String, Schema.String)),
+  done: Schema.Array(Schema.Tuple(TicketId, TicketId)),
   rotated: Schema.NonNegativeInt,
   batches: Schema.NonNegativeInt,
   retries: Schema.NonNegativeInt,
@@ -58,7 +74,9 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
   updatedAt: Schema.DateFromString,
   status: RunStatus,
   error: Schema.NullOr(Schema.String)
-}) {
+}).pipe(Schema.filter(rangesAboveCursor, {
+  message: () => "done: the committed ranges are not in order above the cursor"
+}))) {
   get finished(): boolean {
     return this.status === "completed"
   }

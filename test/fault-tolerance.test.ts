@@ -439,6 +439,34 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       }
       await expectUnchanged(before)
 
+      // Well-formed records that would misstep a resume: a cursor that is no ticket id (it would end the
+      // run at once, "completed"), committed ranges inverted or below the cursor (they would skip or redo).
+      const parsed = JSON.parse(record) as Record<string, unknown>
+      for (
+        const damage of [
+          { cursor: "zz" },
+          { done: [["f".repeat(32), "e".repeat(32)]] },
+          { done: [["0".repeat(32), `${"0".repeat(31)}1`]] }
+        ]
+      ) {
+        await redis.set(key!, JSON.stringify({ ...parsed, ...damage }))
+        const r = await runCli(["regenerate", "--resume"], { env: runEnv })
+        expect(r.code, `${JSON.stringify(damage)}: ${r.stderr}`).toBe(2)
+        expect(r.stderr).toMatch(/^error: the checkpoint .* cannot be read .*--restart/m)
+      }
+      await expectUnchanged(before)
+
+      // The pointer to the latest run: garbage, or naming a record that is not there, is damage too.
+      const [pointerKey] = await redis.keys(`${runEnv.REDIS_PREFIX}:latest:*`)
+      const pointer = (await redis.get(pointerKey!))!
+      for (const value of ["garbage", `${pointer.slice(0, -4)}beef`]) {
+        await redis.set(pointerKey!, value)
+        const r = await runCli(["status"], { env: runEnv })
+        expect(r.code, `${value}: ${r.stdout}${r.stderr}`).toBe(2)
+        expect(r.stderr).toMatch(new RegExp(`^error: the checkpoint at redis key ${pointerKey} .* cannot be read`, "m"))
+      }
+      await redis.set(pointerKey!, pointer)
+
       // The record of "all tickets" under the key of another scope is foreign to it.
       await redis.set(key!, record)
       // Find the --live-only slot's key by letting a run create it, then plant the foreign record there.
