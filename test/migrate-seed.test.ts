@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Scope } from "../src/Domain.js"
 import { keysetPage } from "../src/TicketRepo.js"
 import { type CliResult, runCli, spawnCli } from "./support/cli.js"
-import { adminConnection, createDatabase, servicesAvailable } from "./support/services.js"
+import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
 import { Sqlite } from "./support/sqlite.js"
 import { describeResult, expectExit, seedFixture } from "./support/tickets.js"
 
@@ -508,6 +508,28 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     ])
     expect(`${r.stdout}${r.stderr}`).not.toContain("r3disPassw0rd")
     expect(`${r.stdout}${r.stderr}`).not.toMatch(/^ {4}at /m)
+    expect(await ticketsDigest()).toBe(before)
+  })
+
+  it("a malformed REDIS_URL, or a Redis database the server does not have: one line, nothing written", async () => {
+    const before = await ticketsDigest()
+    const redis = createRedisPrefix("tt-badredis")
+    const urls = ["redis//nope", "http://127.0.0.1:6379", "redis://:pw@127.0.0.1:6379/abc"]
+    const results = await Promise.all(
+      urls.map((url) => runCli(["regenerate"], { env: { DATABASE_URL: seeded.url, REDIS_URL: url } }))
+    )
+    results.forEach((r, i) => {
+      expect(r.code, `${urls[i]}: ${describeResult(r)}`).toBe(2)
+      expect(linesOf(r), urls[i]).toEqual([expect.stringMatching(/^error: REDIS_URL is malformed/)])
+      expect(`${r.stdout}${r.stderr}`, urls[i]).not.toContain(":pw@")
+    })
+    // ioredis only warns about an index the server refuses, and would go on in database 0.
+    const outOfRange = await runCli(["regenerate"], {
+      env: { DATABASE_URL: seeded.url, REDIS_URL: `${redisUrl}/99`, REDIS_PREFIX: redis.name }
+    })
+    expect(outOfRange.code, describeResult(outOfRange)).toBe(1)
+    expect(linesOf(outOfRange)).toEqual([expect.stringMatching(/^error: Redis at .*\/99 .*DB index is out of range/)])
+    expect(await redis.keys()).toEqual([])
     expect(await ticketsDigest()).toBe(before)
   })
 

@@ -68,6 +68,9 @@ export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, Re
         try {
           await client.connect()
           await client.ping()
+          // ioredis reports a database index the server refuses only as an event and stays on 0: ask again,
+          // so that the refusal fails the command instead of the checkpoints going to another database.
+          if (client.options.db !== undefined && client.options.db !== 0) await client.select(client.options.db)
         } catch (error) {
           client.disconnect()
           throw lastError ?? error
