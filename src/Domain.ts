@@ -53,30 +53,32 @@ const rangesAboveCursor = (
 }
 
 /** One run as the checkpoint store keeps it. `cursor` is the low-water mark: every id ≤ cursor is done. */
-export class RunRecord extends Schema.Class<RunRecord>("RunRecord")(Schema.Struct({
-  version: Schema.Literal(1),
-  runId: Schema.String,
-  fingerprint: Schema.String,
-  database: Schema.String,
-  scope: Scope,
-  batchSize: Schema.Int.pipe(Schema.positive()),
-  /** "" before the first commit. */
-  cursor: Schema.Union(Schema.Literal(""), TicketId),
-  /** Id ranges (inclusive) committed beyond the cursor; a resume skips them. */
-  done: Schema.Array(Schema.Tuple(TicketId, TicketId)),
-  rotated: Schema.NonNegativeInt,
-  batches: Schema.NonNegativeInt,
-  retries: Schema.NonNegativeInt,
-  total: Schema.NullOr(Schema.NonNegativeInt),
-  /** Time spent running, over all resumptions (for the rate). */
-  activeMillis: Schema.NonNegativeInt,
-  startedAt: Schema.DateFromString,
-  updatedAt: Schema.DateFromString,
-  status: RunStatus,
-  error: Schema.NullOr(Schema.String)
-}).pipe(Schema.filter(rangesAboveCursor, {
-  message: () => "done: the committed ranges are not in order above the cursor"
-}))) {
+export class RunRecord extends Schema.Class<RunRecord>("RunRecord")(
+  Schema.Struct({
+    version: Schema.Literal(1),
+    runId: Schema.String,
+    fingerprint: Schema.String,
+    database: Schema.String,
+    scope: Scope,
+    batchSize: Schema.Int.pipe(Schema.positive()),
+    /** "" before the first commit. */
+    cursor: Schema.Union(Schema.Literal(""), TicketId),
+    /** Id ranges (inclusive) committed beyond the cursor; a resume skips them. */
+    done: Schema.Array(Schema.Tuple(TicketId, TicketId)),
+    rotated: Schema.NonNegativeInt,
+    batches: Schema.NonNegativeInt,
+    retries: Schema.NonNegativeInt,
+    total: Schema.NullOr(Schema.NonNegativeInt),
+    /** Time spent running, over all resumptions (for the rate). */
+    activeMillis: Schema.NonNegativeInt,
+    startedAt: Schema.DateFromString,
+    updatedAt: Schema.DateFromString,
+    status: RunStatus,
+    error: Schema.NullOr(Schema.String)
+  }).pipe(Schema.filter(rangesAboveCursor, {
+    message: () => "done: the committed ranges are not in order above the cursor"
+  }))
+) {
   get finished(): boolean {
     return this.status === "completed"
   }
@@ -238,9 +240,13 @@ export class RunFailed extends Data.TaggedError("RunFailed")<{
   readonly cursor: string
 }> {
   override get message() {
-    const upTo = this.cursor === "" ? "no batch had committed yet" : `every batch up to id ${this.cursor} is committed`
-    return `${this.error.message}. Run ${this.runId} stopped: ${upTo} and recorded (${this.rotated} rotated in ` +
-      `all). Fix the cause, then rerun with --resume.`
+    const where = this.cursor !== ""
+      ? `every batch up to id ${this.cursor} is committed and recorded (${this.rotated} rotated in all)`
+      : this.rotated === 0
+      ? "no batch had committed yet"
+      : `its first batch did not commit; the ${this.rotated} tickets rotated by batches after it are committed and ` +
+        `recorded`
+    return `${this.error.message}. Run ${this.runId} stopped: ${where}. Fix the cause, then rerun with --resume.`
   }
 }
 

@@ -17,7 +17,7 @@ import {
 } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { eventLoopTurn } from "../src/Db.js"
-import { LockHolder, RunRecord, Scope } from "../src/Domain.js"
+import { DatabaseError, LockHolder, RunFailed, RunRecord, Scope } from "../src/Domain.js"
 import {
   adaptBatchSize,
   graceful,
@@ -449,6 +449,19 @@ describe("failures", () => {
       expect(saved.cursor).toBe(world.table.sorted[9]!.id)
       expect(saved.rotated).toBe(10)
     }))
+
+  it("the failure's line says what is recorded, also when the batch that failed was the first", () => {
+    const error = new DatabaseError({ operation: "rotating a batch of tokens", transient: false, detail: "refused" })
+    const line = (cursor: string, rotated: number) => new RunFailed({ error, runId: "r1", rotated, cursor }).message
+    expect(line("", 0)).toContain("Run r1 stopped: no batch had committed yet. Fix the cause")
+    expect(line("", 300)).toContain(
+      "stopped: its first batch did not commit; the 300 tickets rotated by batches after it are committed and recorded."
+    )
+    const id = "ab".repeat(16)
+    expect(line(id, 300)).toContain(
+      `stopped: every batch up to id ${id} is committed and recorded (300 rotated in all).`
+    )
+  })
 
   it.effect("a permanent failure stops at once and leaves the checkpoint at the last commit", () =>
     Effect.gen(function*() {
