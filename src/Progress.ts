@@ -254,14 +254,16 @@ const barWidths = { min: 10, max: 30 } as const
 
 /**
  * The live line for a terminal of `columns` columns (redrawn in place; never wider than the terminal).
- * What matters most survives a narrow terminal: counts, %, rate, ETA and the state note always; then a
- * bar of at least 10; then elapsed, retries and batch size, in that order; then a wider bar.
+ * What matters most survives a narrow terminal: %, rate, ETA and the state note always (on the narrowest,
+ * the label and then the counts give way to them); then a bar of at least 10; then elapsed, retries and
+ * batch size, in that order; then a wider bar.
  */
 export const renderTty = (state: ProgressState, columns: number): string => {
   const fraction = fractionOf(state)
   const eta = etaMillis(state)
   const counts = `${withSeparators(doneOf(state))}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
-  const head = `${state.label} ${counts} ${percent(fraction, state.total === undefined)} `
+  const shown = percent(fraction, state.total === undefined)
+  const head = `${state.label} ${counts} ${shown} `
   const width = columns - 1
   const tailOf = (parts: ReadonlyArray<string>) => parts.filter((p) => p !== "").join("  ")
   // Values padded to a steady width, so that the bar keeps its length from one redraw to the next.
@@ -287,7 +289,13 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   const room = barRoom(tail)
   const drawn = fraction !== undefined && room >= barWidths.min ? bar(fraction, Math.min(barWidths.max, room)) : ""
   const line = `${head}${drawn}${tail}`.trimEnd()
-  return line.length > width ? line.slice(0, Math.max(0, width)) : line
+  if (line.length <= width) return line
+  // Too narrow even for the essentials: without the label, then without the counts, unpadded.
+  const compact = essential.map((part) => part.trim().replace(/ {2,}/g, " ")).filter((p) => p !== "").join(" ")
+  const narrow = [`${counts} ${shown} `, shown === "" ? "" : `${shown} `]
+    .map((h) => `${h}${compact}`.trimEnd())
+    .find((l) => l.length <= width)
+  return narrow ?? line.slice(0, Math.max(0, width))
 }
 
 export interface ProgressService {
