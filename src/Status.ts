@@ -53,7 +53,8 @@ const stateLine = (run: RunRecord, lock: Option.Option<HeldLock>): string => {
   }
   switch (run.status) {
     case "running":
-      return "running, but no process holds its lock (it was killed): resume with --resume"
+      return "running, but no process holds its lock (its process was killed, or stopped while the store was " +
+        "unreachable): resume with --resume"
     case "interrupted":
       return "interrupted: resume with --resume"
     case "failed":
