@@ -18,6 +18,7 @@ import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import type { Scope as EffectScope } from "effect/Scope"
 import { createHash, randomBytes } from "node:crypto"
+import * as Fs from "node:fs"
 import * as Os from "node:os"
 import { makeRedisStore, redisClient } from "./Checkpoint/Redis.js"
 import { makeSqlStore, stateTable } from "./Checkpoint/Sql.js"
@@ -91,15 +92,26 @@ export interface Store {
 
 // The service
 
-/** The process that takes locks: a lock of this host whose pid is gone is stale. */
+/** The process that takes locks: a lock of this host (and PID namespace) whose pid is gone is stale. */
 export interface Host {
   readonly hostname: string
+  /** Null where the system does not tell (not Linux): the host name alone then. */
+  readonly pidNamespace: string | null
   readonly pid: number
   readonly isAlive: (pid: number) => boolean
 }
 
+const pidNamespace = (): string | null => {
+  try {
+    return Fs.readlinkSync("/proc/self/ns/pid")
+  } catch {
+    return null
+  }
+}
+
 export const systemHost: Host = {
   hostname: Os.hostname(),
+  pidNamespace: pidNamespace(),
   pid: process.pid,
   isAlive: (pid) => {
     try {
@@ -260,9 +272,10 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
           held: {
             holder,
             expiresInMillis: held.expiresInMillis ?? 0,
-            // Our own pid on our host is an earlier process that had it (a container restarted after a
-            // kill -9 runs node as pid 1 again): nothing running holds it.
-            stale: damage === null && holder.host === host.hostname &&
+            // Pids only say something within one PID namespace of one host: another container with the same
+            // host name has its own (and its own pid 1), so its lock lasts its lease. Our own pid there is an
+            // earlier process that had it: nothing running holds it.
+            stale: damage === null && holder.host === host.hostname && holder.pidNamespace === host.pidNamespace &&
               (holder.pid === host.pid || !host.isAlive(holder.pid)),
             damage,
             location: store.locate(lockKey)
@@ -277,6 +290,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       const now = yield* Clock.currentTimeMillis
       const holder = new LockHolder({
         host: host.hostname,
+        pidNamespace: host.pidNamespace,
         pid: host.pid,
         token: randomBytes(8).toString("hex"),
         since: new Date(now)

@@ -87,6 +87,8 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")(
 /** Who holds a run lock: enough to tell a live holder from a dead one on the same host. */
 export class LockHolder extends Schema.Class<LockHolder>("LockHolder")({
   host: Schema.String,
+  /** The holder's PID namespace (Linux): containers sharing a host name have their own, and their own pid 1. */
+  pidNamespace: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null }),
   pid: Schema.Int,
   token: Schema.String,
   since: Schema.DateFromString

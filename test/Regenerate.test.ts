@@ -720,8 +720,8 @@ describe("resume rules", () => {
 })
 
 describe("locks", () => {
-  const holderValue = (host: string, pid: number) =>
-    JSON.stringify({ host, pid, token: "abc", since: new Date(0).toISOString() })
+  const holderValue = (host: string, pid: number, pidNamespace = testHost.pidNamespace) =>
+    JSON.stringify({ host, pidNamespace, pid, token: "abc", since: new Date(0).toISOString() })
   const lockKey = Checkpoint.keys({ database: "memory:test", scope: Scope.all }).lock
 
   it.effect("a second runner on the same scope is refused, naming the holder", () =>
@@ -747,6 +747,17 @@ describe("locks", () => {
       const world = new World(makeTickets(20))
       world.store.data.set(lockKey, { value: holderValue(testHost.hostname, testHost.pid), expiresAt: 30_000 })
       expect((yield* runIn(world)).rotated).toBe(20)
+    }))
+
+  it.effect("pids of another PID namespace (a container sharing the host name) say nothing: its lock lasts its lease", () =>
+    Effect.gen(function*() {
+      for (const [pid, pidNamespace] of [[testHost.pid, "pid:[4026532999]"], [999_999, null]] as const) {
+        const world = new World(makeTickets(20))
+        world.store.data.set(lockKey, { value: holderValue(testHost.hostname, pid, pidNamespace), expiresAt: 30_000 })
+        const error = yield* Effect.flip(runIn(world))
+        expect(error._tag, `pid ${pid} in ${pidNamespace}`).toBe("LockHeld")
+        expect(world.table.rotations.length).toBe(0)
+      }
     }))
 
   it.effect("a live process on this host keeps its lock", () =>

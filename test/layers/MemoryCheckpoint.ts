@@ -110,6 +110,7 @@ export class MemoryStore {
 /** This test process, on a host where only the pids in `alive` run. */
 export const testHost: Checkpoint.Host = {
   hostname: "test-host",
+  pidNamespace: "pid:[4026531836]",
   pid: 1000,
   isAlive: (pid) => pid === 1000
 }

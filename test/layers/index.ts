@@ -54,6 +54,7 @@ export class World {
     const pid = this.host.pid + 1
     const next = new World(this.table.sorted.map((t) => ({ ...t })), faults, {
       hostname: this.host.hostname,
+      pidNamespace: this.host.pidNamespace,
       pid,
       isAlive: (p) => p === pid
     })
