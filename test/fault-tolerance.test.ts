@@ -321,6 +321,57 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     }
   })
 
+  it("a real deadlock with a site transaction: InnoDB rolls back the batch, which is retried and completes", async () => {
+    const deadlocks = async () =>
+      Number(
+        ((await admin.query("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'"))[0] as Array<{ Value: string }>)[0]!.Value
+      )
+    const lockWaits = async () =>
+      Number(
+        ((await admin.query(
+          "SELECT COUNT(*) AS `n` FROM information_schema.`INNODB_TRX` WHERE `trx_state` = 'LOCK WAIT'"
+        ))[
+          0
+        ] as Array<{ n: number }>)[0]!.n
+      )
+    // The site's transaction has done more work than a batch, so InnoDB picks the batch as the victim.
+    await admin.query("CREATE TABLE `site_work` (`n` int PRIMARY KEY, `v` int NOT NULL) ENGINE=InnoDB")
+    for (let n = 0; n < 20_000; n += 1000) {
+      await admin.query("INSERT INTO `site_work` VALUES ?", [Array.from({ length: 1000 }, (_, i) => [n + i, 0])])
+    }
+    const site = await adminConnection(db.name)
+    try {
+      const before = await snapshot()
+      const ids = [...before.keys()].sort()
+      // Both in the sixth page: the batch's range UPDATE locks rows in id order, so it holds `first` when it
+      // comes to wait for `second`, which the site holds; then the site asks for `first`.
+      const [first, second] = [ids[5100]!, ids[5500]!]
+      const deadlocksBefore = await deadlocks()
+      await site.query("BEGIN")
+      await site.query("UPDATE `site_work` SET `v` = `v` + 1")
+      await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [second])
+      const run = spawnCli(["regenerate", "--json"], { env: env() })
+      const deadline = Date.now() + 30_000
+      while ((await lockWaits()) === 0) {
+        expect(Date.now(), "a batch comes to wait for the site's row").toBeLessThan(deadline)
+        // InnoDB refreshes this table only when it was not read for 100 ms.
+        await sleep(250)
+      }
+      await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [first])
+      expect(await deadlocks(), "InnoDB saw a deadlock and rolled the batch back").toBeGreaterThan(deadlocksBefore)
+      await site.query("ROLLBACK")
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(0)
+      const summary = parseJsonSummary(result)
+      expect(summary.status).toBe("completed")
+      expect(Number(summary.retries)).toBeGreaterThan(0)
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await site.end()
+      await admin.query("DROP TABLE `site_work`")
+    }
+  })
+
   it("a second Ctrl-C exits at once while a batch is stuck; the checkpoint stays right and --resume completes", async () => {
     const locker = await adminConnection(db.name)
     try {
