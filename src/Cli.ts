@@ -219,7 +219,7 @@ export const resumeCommand = (argv: ReadonlyArray<string>, cwd: string): string 
   const invocation = script.endsWith(".js")
     ? ["node", Path.relative(cwd, script) || script]
     : [Path.basename(script)]
-  const kept = args.filter((arg) => arg !== "--restart" && arg !== "--resume")
+  const kept = args.filter((arg) => !/^--(restart|resume)(=.*)?$/.test(arg))
   return [...invocation, ...kept, "--resume"].map(shellWord).join(" ")
 }
 
@@ -482,11 +482,24 @@ export const argvProblem = (argv: ReadonlyArray<string>): string | undefined => 
   return undefined
 }
 
+/**
+ * `--help` (or `-h`) anywhere among a command's flags asks for that command's help, as it does first: the
+ * parser alone would report it as an unknown argument after another flag.
+ */
+export const helpFirst = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const [node = "", script = "", ...args] = argv
+  const end = args.includes("--") ? args.indexOf("--") : args.length
+  const asked = args.slice(0, end).some((arg, i) => (arg === "--help" || arg === "-h") && !valueFlags.has(args[i - 1]!))
+  if (!asked) return argv
+  const words = args.slice(0, args.findIndex((arg) => arg.startsWith("-")))
+  return [node, script, ...words, "--help"]
+}
+
 /** Parses argv and runs the chosen command. */
 export const run = (version: string) => (argv: ReadonlyArray<string>) => {
   const problem = argvProblem(argv)
   const checked: Effect.Effect<void, BadUsage> = problem === undefined
     ? Effect.void
     : Effect.fail(new BadUsage({ message: problem }))
-  return Effect.zipRight(checked, Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(argv)))
+  return Effect.zipRight(checked, Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(helpFirst(argv))))
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
-import { argvProblem, hoistLogLevel, parseInstant, resumeCommand } from "../src/Cli.js"
+import { argvProblem, helpFirst, hoistLogLevel, parseInstant, resumeCommand } from "../src/Cli.js"
 import { runCli } from "./support/cli.js"
 
 describe("the printed resume command", () => {
@@ -20,6 +20,14 @@ describe("the printed resume command", () => {
     )
     expect(resumeCommand(["/usr/bin/node", "/usr/local/bin/ticket-tokens", "regenerate", "--batch-size", "500"], "/"))
       .toBe("ticket-tokens regenerate --batch-size 500 --resume")
+    // The parser also takes a boolean flag with a value: that form goes too, or the line would be refused.
+    expect(
+      resumeCommand(
+        ["/usr/bin/node", "/usr/local/bin/ticket-tokens", "regenerate", "--restart=true", "--live-only"],
+        "/"
+      )
+    )
+      .toBe("ticket-tokens regenerate --live-only --resume")
   })
 })
 
@@ -107,5 +115,23 @@ describe("flags the argument parser would misreport", () => {
     expect(argvProblem(argv("seed", "tickets", "--count", "10"))).toBeUndefined()
     expect(argvProblem(argv("regenerate", "--batch-size=5", "--resume"))).toBeUndefined()
     expect(argvProblem(argv("verify", "--", "--json", "--json"))).toBeUndefined()
+  })
+})
+
+describe("--help among other flags", () => {
+  const argv = (...args: Array<string>) => ["node", "main.js", ...args]
+  it("asks for the command's help, wherever it stands", () => {
+    expect(helpFirst(argv("regenerate", "--live-only", "--help"))).toEqual(argv("regenerate", "--help"))
+    expect(helpFirst(argv("seed", "users", "--count", "5", "-h"))).toEqual(argv("seed", "users", "--help"))
+    expect(helpFirst(argv("regenerate", "--batch-size", "5"))).toEqual(argv("regenerate", "--batch-size", "5"))
+    // A value that happens to read "--help", and anything after `--`, is not a request for help.
+    expect(helpFirst(argv("regenerate", "--email-domain", "-h"))).toEqual(argv("regenerate", "--email-domain", "-h"))
+    expect(helpFirst(argv("verify", "--", "--help"))).toEqual(argv("verify", "--", "--help"))
+  })
+
+  it("prints it through the real CLI", async () => {
+    const r = await runCli(["regenerate", "--live-only", "--batch-size", "5", "--help"])
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout.replace(/\x1b\[[0-9;]*m/g, "")).toMatch(/^\$ regenerate \[--live-only\]/m)
   })
 })
