@@ -68,7 +68,10 @@ const seedLayer = Layer.mergeAll(
 const seedCommand = <A>(
   name: "users" | "orders" | "tickets",
   defaultCount: number,
-  seed: (count: number) => Effect.Effect<Seed.SeedResult, A, Db.Db | SqlClient.SqlClient | TokenGen | Progress.Progress>
+  seed: (
+    count: number,
+    stopRequested: Effect.Effect<boolean>
+  ) => Effect.Effect<Seed.SeedResult, A, Db.Db | SqlClient.SqlClient | TokenGen | Progress.Progress>
 ) =>
   Command.make(name, {
     count: integerBetween("count", 1, 1_000_000_000).pipe(
@@ -77,9 +80,22 @@ const seedCommand = <A>(
     )
   }, ({ count }) =>
     Effect.gen(function*() {
-      const result = yield* seed(count)
-      const rate = result.seconds > 0 ? Math.round(result.inserted / result.seconds) : result.inserted
-      yield* Console.error(`seeded ${result.inserted} ${name} in ${result.seconds.toFixed(1)} s (${rate} rows/s)`)
+      const progress = yield* Progress.Progress
+      const onStop = Effect.zipRight(
+        progress.emit(Progress.ProgressEvent.Phase({ phase: "stopping" })),
+        Console.error("\nstopping: letting the INSERTs in flight finish (interrupt again to exit at once)")
+      )
+      const report = (result: Seed.SeedResult) => {
+        const left = count - result.inserted
+        const rate = result.seconds > 0 ? Math.round(result.inserted / result.seconds) : result.inserted
+        return Console.error(
+          result.stopped
+            ? `stopped: the ${result.inserted} ${name} inserted stay; to add the other ${left}, run ` +
+              `\`seed ${name} --count ${left}\``
+            : `seeded ${result.inserted} ${name} in ${result.seconds.toFixed(1)} s (${rate} rows/s)`
+        )
+      }
+      yield* Regenerate.graceful((stop) => Effect.tap(seed(count, stop), report), (result) => result.stopped, onStop)
     })).pipe(
       Command.withDescription(`Insert ${name} of test data.`),
       Command.provide(seedLayer)

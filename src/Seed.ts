@@ -221,6 +221,8 @@ export interface SeedResult {
   readonly table: string
   readonly inserted: number
   readonly seconds: number
+  /** A stop request (Ctrl-C) came before the last INSERT began: `inserted` rows were kept. */
+  readonly stopped: boolean
 }
 
 /** A duplicate primary key: on a retried INSERT, the first attempt committed before its answer was lost. */
@@ -253,7 +255,7 @@ const insert = (
     )
   })
 
-const run = (seeding: Seeding, count: number) =>
+const run = (seeding: Seeding, count: number, stopRequested: Effect.Effect<boolean>) =>
   Effect.gen(function*() {
     const db = yield* Db
     const progress = yield* Progress
@@ -264,6 +266,8 @@ const run = (seeding: Seeding, count: number) =>
     // The first failure stops new INSERTs; those in flight finish (an interrupted one may still commit on
     // the server), so that the count of rows kept is exact.
     const failure = yield* Ref.make<DatabaseError | undefined>(undefined)
+    // A stop request likewise: no INSERT begins after it, those in flight finish.
+    const stopped = yield* Ref.make(false)
     yield* progress.emit(ProgressEvent.Started({ label: seeding.label, base: 0, throttle: undefined }))
     yield* progress.emit(ProgressEvent.Total({ total: count }))
     const retried = progress.emit(ProgressEvent.Retried({ reason: "database" }))
@@ -271,7 +275,8 @@ const run = (seeding: Seeding, count: number) =>
       Array.from({ length: batches }, (_, i) => i),
       (i) =>
         Effect.gen(function*() {
-          if ((yield* Ref.get(failure)) !== undefined) return
+          if ((yield* Ref.get(failure)) !== undefined || (yield* Ref.get(stopped))) return
+          if (yield* stopRequested) return yield* Ref.set(stopped, true)
           const size = Math.min(rowsPerInsert, count - i * rowsPerInsert)
           const rows = yield* seeding.rows(size, i * rowsPerInsert, yield* Clock.currentTimeMillis)
           const statement = `INSERT INTO \`${seeding.table}\` (${columns}) VALUES ${
@@ -295,96 +300,114 @@ const run = (seeding: Seeding, count: number) =>
         requested: count
       })
     }
-    yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
+    const wasStopped = yield* Ref.get(stopped)
+    yield* progress.emit(ProgressEvent.Finished({ outcome: wasStopped ? "stopped" : "done" }))
     const seconds = ((yield* Clock.currentTimeMillis) - start) / 1000
-    return { table: seeding.table, inserted: count, seconds } satisfies SeedResult
+    return {
+      table: seeding.table,
+      inserted: yield* Ref.get(inserted),
+      seconds,
+      stopped: wasStopped
+    } satisfies SeedResult
   })
 
-export const users = (count: number) =>
+export const users = (count: number, stopRequested: Effect.Effect<boolean> = Effect.succeed(false)) =>
   Effect.gen(function*() {
     yield* requireSchema
     const now = yield* Clock.currentTimeMillis
     // Emails carry this run's tag and a sequence number, so they stay unique when seeding runs again.
     const tag = now.toString(36)
-    return yield* run({
-      table: "user",
-      plural: "users",
-      label: "seed users",
-      columns: [
-        "id",
-        "created_at",
-        "updated_at",
-        "deleted_at",
-        "password",
-        "last_login",
-        "first_name",
-        "last_name",
-        "email"
-      ],
-      rows: (n, offset, at) =>
-        Effect.sync(() => {
-          const ids = Uuid.v7(n, at)
-          return ids.map((id, i) => {
-            const t = timestamps(now, 0.01)
-            const first = pick(firstNames)
-            const last = pick(lastNames)
-            const email = `${first}.${last}.${tag}${(offset + i).toString(36)}@${pick(domains)}`.toLowerCase()
-            const login = Math.random() < 0.7 ? t.created : null
-            return [id, t.created, t.created, t.deleted, unusablePassword(), login, first, last, email]
+    return yield* run(
+      {
+        table: "user",
+        plural: "users",
+        label: "seed users",
+        columns: [
+          "id",
+          "created_at",
+          "updated_at",
+          "deleted_at",
+          "password",
+          "last_login",
+          "first_name",
+          "last_name",
+          "email"
+        ],
+        rows: (n, offset, at) =>
+          Effect.sync(() => {
+            const ids = Uuid.v7(n, at)
+            return ids.map((id, i) => {
+              const t = timestamps(now, 0.01)
+              const first = pick(firstNames)
+              const last = pick(lastNames)
+              const email = `${first}.${last}.${tag}${(offset + i).toString(36)}@${pick(domains)}`.toLowerCase()
+              const login = Math.random() < 0.7 ? t.created : null
+              return [id, t.created, t.created, t.deleted, unusablePassword(), login, first, last, email]
+            })
           })
-        })
-    }, count)
+      },
+      count,
+      stopRequested
+    )
   })
 
-export const orders = (count: number) =>
+export const orders = (count: number, stopRequested: Effect.Effect<boolean> = Effect.succeed(false)) =>
   Effect.gen(function*() {
     yield* requireSchema
     const parents = yield* loadIds("user")
     if (parents.size === 0) return yield* new NoParents({ parent: "users" })
     const now = yield* Clock.currentTimeMillis
-    return yield* run({
-      table: "order",
-      plural: "orders",
-      label: "seed orders",
-      columns: ["id", "created_at", "updated_at", "deleted_at", "name", "user_id"],
-      rows: (n, _offset, at) =>
-        Effect.sync(() =>
-          Uuid.v7(n, at).map((id) => {
-            const t = timestamps(now, 0.02)
-            return [id, t.created, t.created, t.deleted, `${pick(events)} order`, parents.random()]
-          })
-        )
-    }, count)
+    return yield* run(
+      {
+        table: "order",
+        plural: "orders",
+        label: "seed orders",
+        columns: ["id", "created_at", "updated_at", "deleted_at", "name", "user_id"],
+        rows: (n, _offset, at) =>
+          Effect.sync(() =>
+            Uuid.v7(n, at).map((id) => {
+              const t = timestamps(now, 0.02)
+              return [id, t.created, t.created, t.deleted, `${pick(events)} order`, parents.random()]
+            })
+          )
+      },
+      count,
+      stopRequested
+    )
   })
 
-export const tickets = (count: number) =>
+export const tickets = (count: number, stopRequested: Effect.Effect<boolean> = Effect.succeed(false)) =>
   Effect.gen(function*() {
     yield* requireSchema
     const parents = yield* loadIds("order")
     if (parents.size === 0) return yield* new NoParents({ parent: "orders" })
     const tokenGen = yield* TokenGen
     const now = yield* Clock.currentTimeMillis
-    return yield* run({
-      table: "ticket",
-      plural: "tickets",
-      label: "seed tickets",
-      columns: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"],
-      rows: (n, _offset, at) =>
-        Effect.map(tokenGen.tokens(n), (tokens) =>
-          Uuid.v7(n, at).map((id, i) => {
-            const t = timestamps(now, 0.03)
-            const seat = `${String.fromCharCode(65 + Math.floor(Math.random() * 20))}${
-              1 + Math.floor(Math.random() * 40)
-            }`
-            return [
-              id,
-              t.created,
-              t.created,
-              t.deleted,
-              `${pick(events)} - ${pick(sections)} ${seat}`,
-              tokens[i],
-              parents.random()
-            ]
-          }))
-    }, count)
+    return yield* run(
+      {
+        table: "ticket",
+        plural: "tickets",
+        label: "seed tickets",
+        columns: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"],
+        rows: (n, _offset, at) =>
+          Effect.map(tokenGen.tokens(n), (tokens) =>
+            Uuid.v7(n, at).map((id, i) => {
+              const t = timestamps(now, 0.03)
+              const seat = `${String.fromCharCode(65 + Math.floor(Math.random() * 20))}${
+                1 + Math.floor(Math.random() * 40)
+              }`
+              return [
+                id,
+                t.created,
+                t.created,
+                t.deleted,
+                `${pick(events)} - ${pick(sections)} ${seat}`,
+                tokens[i],
+                parents.random()
+              ]
+            }))
+      },
+      count,
+      stopRequested
+    )
   })

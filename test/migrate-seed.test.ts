@@ -269,6 +269,26 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
     expect(await one("SELECT COUNT(DISTINCT `token`) FROM `ticket`")).toBe(start + 60000)
   })
 
+  it("Ctrl-C mid-seed: the INSERTs in flight finish, and the line says how many were kept and how to add the rest", async () => {
+    const start = await one("SELECT COUNT(*) FROM `ticket`")
+    const seeding = spawnCli(["seed", "tickets", "--count", "400000"], { env: { DATABASE_URL: db.url } })
+    while ((await one("SELECT COUNT(*) FROM `ticket`")) === start) {
+      expect(seeding.child.exitCode, "still seeding").toBeNull()
+      await sleep(20)
+    }
+    seeding.child.kill("SIGINT")
+    const result = await seeding.result
+    expect(result.code, result.stderr).toBe(130)
+    const kept = (await one("SELECT COUNT(*) FROM `ticket`")) - start
+    expect(kept).toBeGreaterThan(0)
+    expect(kept).toBeLessThan(400000)
+    expect(result.stderr).toContain(
+      `stopped: the ${kept} tickets inserted stay; to add the other ${400000 - kept}, run \`seed tickets --count ${
+        400000 - kept
+      }\``
+    )
+  })
+
   /**
    * `seed tickets --count count` (expected to exit `code`) while a trigger counts the tickets' row attempts
    * in a table of `engine` and, when the count meets `condition`, raises what it says.
