@@ -66,9 +66,29 @@ export class MemoryTable {
   outlivesCaller = false
   private readonly statements: Array<Fiber.RuntimeFiber<number, DatabaseError | DuplicateToken>> = []
 
+  /** Which ticket holds each token: the unique key on `token`. */
+  private readonly byToken = new Map<string, string>()
+
   constructor(tickets: ReadonlyArray<MemoryTicket>, readonly log: EventLog, public faults: Faults = {}) {
     this.sorted = [...tickets].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-    for (const t of this.sorted) this.byId.set(t.id, t)
+    for (const t of this.sorted) {
+      this.byId.set(t.id, t)
+      this.byToken.set(t.token, t.id)
+    }
+  }
+
+  /** A token of the batch that another ticket (or another of the batch) would then share, if any. */
+  private collision(ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>): string | undefined {
+    const batch = new Set(ids)
+    const fresh = new Set<string>()
+    for (const [i, id] of ids.entries()) {
+      if (!this.byId.has(id)) continue
+      const token = tokens[i]!
+      const holder = this.byToken.get(token)
+      if ((holder !== undefined && !batch.has(holder)) || fresh.has(token)) return token
+      fresh.add(token)
+    }
+    return undefined
   }
 
   /** How many times each id was rotated. */
@@ -100,11 +120,13 @@ export class MemoryTable {
         }).pipe(
           // The commit itself is one synchronous step: all of the batch or none of it.
           Effect.flatMap(() =>
-            Effect.sync(() => {
+            this.collision(ids, tokens) !== undefined ? Effect.fail(duplicateToken()) : Effect.sync(() => {
               let changed = 0
               ids.forEach((id, i) => {
                 const t = this.byId.get(id)
                 if (t !== undefined) {
+                  this.byToken.delete(t.token)
+                  this.byToken.set(tokens[i]!, id)
                   t.token = tokens[i]!
                   t.updatedAt = at.getTime()
                   changed++

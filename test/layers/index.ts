@@ -6,6 +6,7 @@ import { Effect, Layer, Ref } from "effect"
 import type { Host } from "../../src/Checkpoint.js"
 import { Db } from "../../src/Db.js"
 import { initial, Progress, type ProgressEvent, step } from "../../src/Progress.js"
+import type { TokenGen } from "../../src/TokenGen.js"
 import { EventLog } from "./EventLog.js"
 import { fixedTokenGen } from "./FixedTokenGen.js"
 import { MemoryStore, testHost } from "./MemoryCheckpoint.js"
@@ -38,8 +39,17 @@ export class World {
   readonly store: MemoryStore
   readonly progress: Array<ProgressEvent> = []
 
-  /** `host` is the process that runs in this world. */
-  constructor(tickets: ReadonlyArray<MemoryTicket>, faults: Faults = {}, readonly host: Host = testHost) {
+  /**
+   * `host` is the process that runs in this world; `tokens` its token generator, one counter for every run
+   * in this world and the worlds after a kill (the table refuses a token it already holds, as the unique
+   * key does).
+   */
+  constructor(
+    tickets: ReadonlyArray<MemoryTicket>,
+    faults: Faults = {},
+    readonly host: Host = testHost,
+    readonly tokens: Layer.Layer<TokenGen> = fixedTokenGen()
+  ) {
     this.table = new MemoryTable(tickets, this.log, faults)
     this.store = new MemoryStore(this.log)
   }
@@ -57,7 +67,7 @@ export class World {
       pidNamespace: this.host.pidNamespace,
       pid,
       isAlive: (p) => p === pid
-    })
+    }, this.tokens)
     next.log.events.push(...this.log.events)
     next.table.rotations.push(...this.table.rotations)
     next.table.pages.push(...this.table.pages)
@@ -69,7 +79,7 @@ export class World {
     return Layer.mergeAll(
       this.table.layer,
       this.store.layer(host),
-      fixedTokenGen(),
+      this.tokens,
       recordingProgress(this.progress),
       memoryDb
     )
