@@ -328,9 +328,12 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
         )
         return true
       })
+      // A failed renewal is tried again every second; the run itself learns of a lost lock at its next save.
       const renewed = store.renew(k.lock, value, leaseMillis).pipe(
         Effect.flatMap((held) => held ? Effect.succeed(true) : reclaim),
-        Effect.orElseSucceed(() => false)
+        Effect.catchAll((error) =>
+          Effect.as(Effect.logDebug(`renewing the run's lock failed: ${error.message}`), false)
+        )
       )
       // Every 10 s while renewals work; every second after one failed, so that a store back from an outage
       // sees the lease renewed before it runs out.

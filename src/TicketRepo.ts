@@ -14,6 +14,7 @@ import {
   databaseError,
   datetime,
   Db,
+  describe,
   requireSchema,
   retryingTransient,
   statementText,
@@ -241,7 +242,14 @@ export const makeSql = Effect.gen(function*() {
       ).values.pipe(
         retryingTransient,
         Effect.map(([row]) => /STRICT_(ALL|TRANS)_TABLES/.test(String(row?.[0])) && String(row?.[1]) === "NO"),
-        Effect.orElseSucceed(() => false)
+        Effect.catchAll((error) =>
+          Effect.as(
+            Effect.logWarning(
+              `could not read the server's SQL mode (${describe(error)}): every batch goes by key (correct, slower)`
+            ),
+            false
+          )
+        )
       )
       : Effect.succeed(false)
   )
