@@ -15,6 +15,7 @@ import { type DatabaseTarget, databaseTarget, type Tls } from "./Config.js"
 import {
   BadDatabaseUrl,
   DatabaseError,
+  DatabaseMissing,
   DatabaseUnreachable,
   DuplicateToken,
   retryTransient,
@@ -203,8 +204,10 @@ const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, optio
     return yield* SqliteClient.make({ filename: target.filename })
   }).pipe(Effect.catchAllDefect((defect) => Effect.fail(defect)))
 
-const unreachable = (target: DatabaseTarget) => (error: unknown) =>
-  new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
+const unreachable = (target: DatabaseTarget) => (error: unknown): DatabaseUnreachable | DatabaseMissing =>
+  target._tag === "mysql" && driverError(error).errno === 1049 // ER_BAD_DB_ERROR
+    ? new DatabaseMissing({ target: target.display.replace(/\/[^/]*$/, ""), database: target.database })
+    : new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
 
 const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
   target._tag === "sqlite"
@@ -243,8 +246,10 @@ const make = (options: DbOptions) =>
 /** The SqlClient for DATABASE_URL (embedded SQLite when unset) and its `Db` description. */
 export const layer = (
   options: DbOptions
-): Layer.Layer<Db | SqlClient.SqlClient, BadDatabaseUrl | DatabaseUnreachable | UnsuitableServer | SchemaMissing> =>
-  Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
+): Layer.Layer<
+  Db | SqlClient.SqlClient,
+  BadDatabaseUrl | DatabaseUnreachable | DatabaseMissing | UnsuitableServer | SchemaMissing
+> => Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
 
 /** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
 export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {

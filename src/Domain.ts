@@ -128,6 +128,17 @@ export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")
   }
 }
 
+/** DATABASE_URL names a database the server does not have. */
+export class DatabaseMissing extends Data.TaggedError("DatabaseMissing")<{
+  readonly target: string
+  readonly database: string
+}> {
+  override get message() {
+    return `there is no database \`${this.database}\` at ${this.target}: check its name in DATABASE_URL, or create ` +
+      `it (CREATE DATABASE) and run \`migrate\`.`
+  }
+}
+
 export class UnsuitableServer extends Data.TaggedError("UnsuitableServer")<{
   readonly target: string
   readonly detail: string
@@ -349,6 +360,7 @@ export type AppError =
   | BadDatabaseUrl
   | BadRedisUrl
   | DatabaseUnreachable
+  | DatabaseMissing
   | UnsuitableServer
   | RedisUnavailable
   | SchemaMissing
@@ -384,6 +396,7 @@ const exitCodes: Record<AppError["_tag"], 1 | 2> = {
   ForeignCheckpoint: 2,
   NoRun: 2,
   DatabaseUnreachable: 1,
+  DatabaseMissing: 2,
   UnsuitableServer: 2,
   RedisUnavailable: 1,
   DatabaseError: 1,

@@ -516,6 +516,28 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     }
   })
 
+  it("a database the server does not have: exit 2, one line naming it, nothing created", async () => {
+    const name = `tt_missing_${Date.now().toString(36)}`
+    const url = seeded.url.replace(/\/[^/]*$/, `/${name}`)
+    for (const args of [["regenerate"], ["migrate"], ["status"]]) {
+      const r = await runCli(args, { env: { DATABASE_URL: url } })
+      expect(r.code, describeResult(r)).toBe(2)
+      expect(linesOf(r)).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^error: there is no database \`${name}\` at mysql://[^/]+: check its name in DATABASE_URL, or create it`
+          )
+        )
+      ])
+    }
+    const admin = await adminConnection()
+    try {
+      expect((await admin.query("SHOW DATABASES LIKE ?", [name]))[0]).toEqual([])
+    } finally {
+      await admin.end()
+    }
+  })
+
   it("an unreachable Redis: non-zero exit, no password, tokens unchanged", async () => {
     const before = await ticketsDigest()
     const r = await runCli(["regenerate"], {
