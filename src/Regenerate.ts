@@ -164,6 +164,13 @@ export const keyFraction = (cursor: string, min: string, max: string): number | 
 }
 
 /**
+ * Whether ids look like random (v4) uuids, the version digit being 4 in at least 9 of 10: only then is the
+ * key-space estimate of `--no-count` sound.
+ */
+export const uniformIds = (ids: ReadonlyArray<string>): boolean =>
+  ids.filter((id) => id[12] === "4").length * 10 >= ids.length * 9
+
+/**
  * The batch size after a batch of `size` took `millis`, toward `target`: at once down to half (or in
  * proportion), up by at most 25 %, within 100-10000. Sizes are multiples of 25 below 1000 and of 100 from
  * there (a few distinct statements, not one per size).
@@ -410,6 +417,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       )
     }
 
+    // With --no-count, whether the first batch's ids look uniform enough for the key-space estimate.
+    const idsChecked = yield* Ref.make(false)
     const batchSize = yield* Ref.make(options.batchSize)
     const throttle = yield* makeThrottle(options.maxRowsPerSecond, options.batchSize, stopRequested)
     const window = yield* Effect.makeSemaphore(options.concurrency * windowPerConcurrency)
@@ -518,6 +527,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         yield* progress.emit(ProgressEvent.Advanced({ rows: rotated, batchSize: yield* Ref.get(batchSize) }))
         const bounds = yield* Ref.get(range)
         if (Option.isSome(bounds)) {
+          if (!(yield* Ref.getAndSet(idsChecked, true)) && !uniformIds(item.ids)) {
+            yield* progress.emit(ProgressEvent.Notice({
+              text: "note: many ids here are not random (v4) uuids — time-ordered ids cluster in the key space, " +
+                "so the estimated % and ETA may be far off; without --no-count progress is exact"
+            }))
+          }
           const fraction = keyFraction(saved.cursor, bounds.value[0], bounds.value[1])
           if (fraction !== undefined) {
             yield* progress.emit(ProgressEvent.Estimate({ fraction }))

@@ -1071,4 +1071,22 @@ describe("progress estimate without a count", () => {
       const summary = record(world)
       expect(summary.total).toBeNull()
     }))
+
+  it.effect("--no-count says when the ids are not random (v4) uuids, for which the estimate is sound", () =>
+    Effect.gen(function*() {
+      const notices = (world: World) => world.progress.filter((e) => e._tag === "Notice")
+      // makeTickets' ids are hashes: their version digit is anything.
+      const mixed = new World(makeTickets(100))
+      yield* runIn(mixed, { batchSize: 20, count: false })
+      expect(notices(mixed)).toMatchObject([{
+        text: expect.stringMatching(/^note: many ids here are not random \(v4\)/)
+      }])
+      const v4 = new World(makeTickets(100).map((t) => ({ ...t, id: `${t.id.slice(0, 12)}4${t.id.slice(13)}` })))
+      yield* runIn(v4, { batchSize: 20, count: false })
+      expect(notices(v4)).toEqual([])
+      // Counted, the estimate is not used: nothing to say.
+      const counted = new World(makeTickets(100))
+      yield* runIn(counted, { batchSize: 20 })
+      expect(notices(counted)).toEqual([])
+    }))
 })
