@@ -53,6 +53,19 @@ const parseUrl = (raw: string): URL | undefined => {
   }
 }
 
+/** Why `raw` does not parse: a port out of range (the parser's most common refusal), else not a URL at all. */
+const notAUrl = (raw: string): string => {
+  const parts = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)(.*)$/i.exec(raw)
+  const authority = parts?.[2] ?? ""
+  const colon = authority.lastIndexOf(":")
+  const withoutPort = colon > authority.lastIndexOf("@") && colon > authority.lastIndexOf("]")
+    ? `${parts![1]}${authority.slice(0, colon)}${parts![3]}`
+    : undefined
+  return withoutPort !== undefined && parseUrl(withoutPort)?.hostname
+    ? "the port is not a number in 1-65535"
+    : "it is not a URL"
+}
+
 const parsePort = (url: URL, fallback: number): number | undefined => {
   if (url.port === "") return fallback
   const port = Number(url.port)
@@ -117,7 +130,7 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
       : Either.right({ _tag: "sqlite", filename, display: `sqlite:${filename}` })
   }
   const url = parseUrl(value)
-  if (url === undefined) return Either.left(new BadDatabaseUrl({ reason: "it is not a URL" }))
+  if (url === undefined) return Either.left(new BadDatabaseUrl({ reason: notAUrl(value) }))
   if (url.protocol !== "mysql:" && url.protocol !== "mariadb:") {
     return Either.left(new BadDatabaseUrl({ reason: `unsupported scheme "${url.protocol}"` }))
   }
@@ -142,7 +155,7 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
 
 export const parseRedisUrl = (raw: string): Either.Either<RedisTarget, BadRedisUrl> => {
   const url = parseUrl(raw.trim())
-  if (url === undefined) return Either.left(new BadRedisUrl({ reason: "it is not a URL" }))
+  if (url === undefined) return Either.left(new BadRedisUrl({ reason: notAUrl(raw.trim()) }))
   if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
     return Either.left(new BadRedisUrl({ reason: `unsupported scheme "${url.protocol}"` }))
   }

@@ -51,7 +51,8 @@ describe("DATABASE_URL", () => {
   it.each([
     ["mysql//nope", "not a URL"],
     ["postgres://a@b/c", "unsupported scheme"],
-    ["mysql://root:hunter2@host:99999/db", "not a URL"],
+    ["mysql://root:hunter2@host:99999/db", "the port is not a number in 1-65535"],
+    ["mysql://root:hunter2@host:33o6/db", "the port is not a number in 1-65535"],
     ["mysql://root:hunter2@:3306/db", "not a URL"],
     ["mysql://root:hunter2@host:3306", "no database"],
     ["mysql://root:hunter2@host:3306/", "no database"],
@@ -79,7 +80,18 @@ describe("REDIS_URL", () => {
     expect(Redacted.value(target.url)).toContain("s3cret")
   })
 
-  it.each(["http://x", "redis://", "redis://h:0", "redis://h/abc", "nonsense"])("rejects %s", (url) => {
-    expect(Either.isLeft(parseRedisUrl(url))).toBe(true)
+  it.each([
+    ["http://x", "unsupported scheme"],
+    ["redis://", "no host"],
+    ["redis://h:0", "the port is not a number in 1-65535"],
+    ["redis://:s3cret@h:70000", "the port is not a number in 1-65535"],
+    ["redis://h/abc", "the database is not a number"],
+    ["nonsense", "not a URL"]
+  ])("rejects %s with a reason and never the password", (url, reason) => {
+    const parsed = parseRedisUrl(url)
+    expect(Either.isLeft(parsed)).toBe(true)
+    const error = Either.getLeft(parsed).pipe((o) => (o._tag === "Some" ? o.value : undefined))!
+    expect(error.message).toContain(reason)
+    expect(error.message).not.toContain("s3cret")
   })
 })
