@@ -2,6 +2,18 @@ import { describe, expect, it } from "@effect/vitest"
 import { Either, Redacted } from "effect"
 import { parseDatabaseUrl, parseRedisUrl } from "../src/Config.js"
 
+/** The URL is refused with an error whose line gives `reason` and never shows `secret`. */
+const expectRefused = (
+  parsed: Either.Either<unknown, { readonly message: string }>,
+  reason: string,
+  secret: string
+) => {
+  expect(Either.isLeft(parsed)).toBe(true)
+  const error = Either.getLeft(parsed).pipe((o) => (o._tag === "Some" ? o.value : undefined))!
+  expect(error.message).toContain(reason)
+  expect(error.message).not.toContain(secret)
+}
+
 describe("DATABASE_URL", () => {
   it("unset means the embedded SQLite file", () => {
     expect(parseDatabaseUrl(undefined)).toEqual(
@@ -65,11 +77,7 @@ describe("DATABASE_URL", () => {
     ["mysql://root:hunter2@10.0.0.5/db?ssl-mode=VERIFY_IDENTITY", "not the address 10.0.0.5"],
     ["mysql://root:hunter2@[::1]/db?ssl-mode=verify_identity", "not the address [::1]"]
   ])("rejects %s with a reason and never the password", (url, reason) => {
-    const parsed = parseDatabaseUrl(url)
-    expect(Either.isLeft(parsed)).toBe(true)
-    const error = Either.getLeft(parsed).pipe((o) => (o._tag === "Some" ? o.value : undefined))!
-    expect(error.message).toContain(reason)
-    expect(error.message).not.toContain("hunter2")
+    expectRefused(parseDatabaseUrl(url), reason, "hunter2")
   })
 })
 
@@ -88,10 +96,6 @@ describe("REDIS_URL", () => {
     ["redis://h/abc", "the database is not a number"],
     ["nonsense", "not a URL"]
   ])("rejects %s with a reason and never the password", (url, reason) => {
-    const parsed = parseRedisUrl(url)
-    expect(Either.isLeft(parsed)).toBe(true)
-    const error = Either.getLeft(parsed).pipe((o) => (o._tag === "Some" ? o.value : undefined))!
-    expect(error.message).toContain(reason)
-    expect(error.message).not.toContain("s3cret")
+    expectRefused(parseRedisUrl(url), reason, "s3cret")
   })
 })

@@ -94,6 +94,15 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     return after
   }
 
+  /** The first `limit` tickets, rotated as one page: by `form`, each to its token, no other ticket changed. */
+  const expectFirstPageRotatedBy = async (limit: number, form: "range" | "key" | "fallback") => {
+    const before = await readTickets()
+    const ids = await page(Scope.all, "", limit)
+    const values = tokens(ids.length)
+    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(limit, form))
+    await expectRotatedTo(before, ids, values)
+  }
+
   beforeAll(async () => {
     db = await createDatabase("tt_repo")
     admin = await adminConnection(db.name)
@@ -268,11 +277,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
         "END IF; END"
     )
     try {
-      const before = await readTickets()
-      const ids = await page(Scope.all, "", 100)
-      const values = tokens(ids.length)
-      expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(100, "fallback"))
-      await expectRotatedTo(before, ids, values)
+      await expectFirstPageRotatedBy(100, "fallback")
     } finally {
       await admin.query("DROP TRIGGER `dup_once`")
       await admin.query("DROP TABLE `dup_counter`")
@@ -282,11 +287,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
   it("a nullable token column (a row past the last token would silently get NULL) sends every batch by key", async () => {
     await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NULL")
     try {
-      const before = await readTickets()
-      const ids = await page(Scope.all, "", 1000)
-      const values = tokens(ids.length)
-      expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(1000, "key"))
-      await expectRotatedTo(before, ids, values)
+      await expectFirstPageRotatedBy(1000, "key")
     } finally {
       await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NOT NULL")
     }
