@@ -22,6 +22,7 @@ import { migrate } from "./migrations/index.js"
 import * as Progress from "./Progress.js"
 import * as Regenerate from "./Regenerate.js"
 import * as Seed from "./Seed.js"
+import * as Shutdown from "./Shutdown.js"
 import * as Status from "./Status.js"
 import * as TicketRepo from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
@@ -95,7 +96,7 @@ const seedCommand = <A>(
             : `seeded ${result.inserted} ${name} in ${result.seconds.toFixed(1)} s (${rate} rows/s)`
         )
       }
-      yield* Regenerate.graceful((stop) => Effect.tap(seed(count, stop), report), (result) => result.stopped, onStop)
+      yield* Shutdown.graceful((stop) => Effect.tap(seed(count, stop), report), (result) => result.stopped, onStop)
     })).pipe(
       Command.withDescription(`Insert ${name} of test data.`),
       Command.provide(seedLayer)
@@ -362,7 +363,7 @@ const runRegenerate = (flags: RegenerateFlags) =>
       progress.emit(Progress.ProgressEvent.Phase({ phase: "stopping" })),
       Console.error("\nstopping: letting the batches in flight commit (interrupt again to exit at once)")
     )
-    yield* Regenerate.graceful(
+    yield* Shutdown.graceful(
       (stopRequested) => Effect.tap(Regenerate.regenerate(options, stopRequested), (s) => printSummary(s, flags.json)),
       (summary) => summary.status === "interrupted",
       onStop

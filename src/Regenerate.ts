@@ -40,7 +40,6 @@ import {
   UnfinishedRun
 } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
-import { Shutdown } from "./Shutdown.js"
 import { TicketRepo } from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
@@ -593,27 +592,6 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
     return summaryOf(final, yield* Ref.get(counters), seconds, resumed, null)
   }))
-
-/**
- * Runs `run` as a graceful section: the first Ctrl-C or SIGTERM turns `stopRequested` true (and runs
- * `onStop`), `run` finishes what it has in flight and returns, and when `stopped` says it did stop early
- * the outcome is an interruption (exit 130/143); a run the stop came too late for ends as it ended, and
- * one that failed winding down is reported like any failure. A second signal is not caught here: the
- * process exits at once (the checkpoint is still correct, as it only ever moves after a commit).
- */
-export const graceful = <A, E, R>(
-  run: (stopRequested: Effect.Effect<boolean>) => Effect.Effect<A, E, R>,
-  stopped: (result: A) => boolean,
-  onStop: Effect.Effect<void> = Effect.void
-): Effect.Effect<A, E, R | Shutdown> =>
-  Effect.gen(function*() {
-    const shutdown = yield* Shutdown
-    const result = yield* Effect.scoped(Effect.gen(function*() {
-      yield* Effect.forkScoped(Effect.zipRight(shutdown.requested, onStop))
-      return yield* shutdown.graceful(run(shutdown.isRequested))
-    }))
-    return stopped(result) ? yield* Effect.interrupt : result
-  })
 
 export interface Plan {
   readonly database: string

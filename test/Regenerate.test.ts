@@ -18,14 +18,7 @@ import {
 import * as Checkpoint from "../src/Checkpoint.js"
 import { eventLoopTurn } from "../src/Db.js"
 import { DatabaseError, LockHolder, RunFailed, RunRecord, Scope } from "../src/Domain.js"
-import {
-  adaptBatchSize,
-  graceful,
-  keyFraction,
-  nextBatchSize,
-  regenerate,
-  type RegenerateOptions
-} from "../src/Regenerate.js"
+import { adaptBatchSize, keyFraction, nextBatchSize, regenerate, type RegenerateOptions } from "../src/Regenerate.js"
 import * as Shutdown from "../src/Shutdown.js"
 import {
   checkInvariants,
@@ -291,7 +284,8 @@ describe("regenerate", () => {
       const shutdown = Shutdown.make()
       expect(shutdown.request(), "no graceful section yet: a signal would interrupt").toBe(false)
       const fiber = yield* Effect.fork(
-        graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop), (s) => s.status === "interrupted")
+        Shutdown.graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop), (s) =>
+          s.status === "interrupted")
           .pipe(
             Effect.provide(Shutdown.layer(shutdown))
           )
@@ -300,7 +294,9 @@ describe("regenerate", () => {
       // The other slot runs ahead until the window fills and the next page, read, waits for a slot.
       for (let seen = -1; seen !== world.table.calls.page;) {
         seen = world.table.calls.page
-        for (let i = 0; i < 20; i++) yield* Effect.yieldNow()
+        for (let i = 0; i < 20; i++) {
+          yield* Effect.yieldNow()
+        }
       }
       const rotationsBegun = world.table.calls.rotate
       expect(shutdown.request()).toBe(true)
@@ -334,7 +330,10 @@ describe("regenerate", () => {
         rotate: (n) => (n === 2 ? Effect.sync(() => void shutdown.request()) : undefined)
       })
       const exit = yield* Effect.exit(
-        graceful((stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop), (s) => s.status === "interrupted")
+        Shutdown.graceful(
+          (stop) => runIn(world, { batchSize: 10, concurrency: 2 }, stop),
+          (s) => s.status === "interrupted"
+        )
           .pipe(Effect.provide(Shutdown.layer(shutdown)))
       )
       expect(world.table.calls.page).toBe(3)
