@@ -340,6 +340,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       await admin.query("INSERT INTO `site_work` VALUES ?", [Array.from({ length: 1000 }, (_, i) => [n + i, 0])])
     }
     const site = await adminConnection(db.name)
+    let run: ReturnType<typeof spawnCli> | undefined
     try {
       const before = await snapshot()
       const ids = [...before.keys()].sort()
@@ -350,7 +351,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       await site.query("BEGIN")
       await site.query("UPDATE `site_work` SET `v` = `v` + 1")
       await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [second])
-      const run = spawnCli(["regenerate", "--json"], { env: env() })
+      run = spawnCli(["regenerate", "--json"], { env: env() })
       const deadline = Date.now() + 30_000
       while ((await lockWaits()) === 0) {
         expect(Date.now(), "a batch comes to wait for the site's row").toBeLessThan(deadline)
@@ -367,6 +368,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       expect(Number(summary.retries)).toBeGreaterThan(0)
       expectAllRotated(before, await readTickets())
     } finally {
+      run?.child.kill("SIGKILL") // a no-op once it has exited; else a failed test leaves no run behind
       await site.end()
       await admin.query("DROP TABLE `site_work`")
     }
