@@ -144,9 +144,16 @@ const databaseHash = (database: string) => hash(database, 12)
 /** Points to the record of the run most recently started on a database. */
 const latestKey = (database: string) => `latest:${databaseHash(database)}`
 
+/** Every run record of a database starts so (a scope's hash follows). */
+const recordPrefix = (database: string) => `run:${databaseHash(database)}:`
+
 export const keys = (key: RunKey) => {
   const slot = `${databaseHash(key.database)}:${scopeHash(key.scope)}`
-  return { record: `run:${slot}`, lock: `lock:${slot}`, latest: latestKey(key.database) }
+  return {
+    record: `${recordPrefix(key.database)}${scopeHash(key.scope)}`,
+    lock: `lock:${slot}`,
+    latest: latestKey(key.database)
+  }
 }
 
 export interface RunLock {
@@ -248,7 +255,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       if (Option.isNone(pointer)) return Option.none()
       // The pointer names a record of this database, which this tool never deletes: anything else is damage.
       const damaged = (detail: string) => new CheckpointCorrupt({ key: store.locate(k), detail })
-      if (!pointer.value.startsWith(`run:${databaseHash(database)}:`)) {
+      if (!pointer.value.startsWith(recordPrefix(database))) {
         return yield* damaged("it does not name a run of this database")
       }
       const text = yield* store.get(pointer.value)
