@@ -32,6 +32,11 @@ export class Scope extends Schema.Class<Scope>("Scope")({
   get description(): string {
     return this.flags === "" ? "all tickets" : this.flags
   }
+
+  /** The command that continues an unfinished run of this scope. */
+  get resumeCommand(): string {
+    return ["regenerate --resume", this.flags].filter((part) => part !== "").join(" ")
+  }
 }
 
 export const RunStatus = Schema.Literal("running", "interrupted", "failed", "completed")
@@ -308,11 +313,20 @@ export class LockLost extends Data.TaggedError("LockLost")<{ readonly detail: st
   }
 }
 
-export class UnfinishedRun extends Data.TaggedError("UnfinishedRun")<{ readonly run: RunRecord }> {
+/** A plain start while a run is unfinished: of the same scope, or (`asked` differs) the latest run, of another. */
+export class UnfinishedRun
+  extends Data.TaggedError("UnfinishedRun")<{ readonly run: RunRecord; readonly asked: Scope }>
+{
   override get message() {
     const run = this.run
-    return `an unfinished run ${run.runId} (${run.status}, ${run.rotated} rotated, cursor ${run.cursor || "-"}) ` +
-      `exists for ${run.scope.description}: pass --resume to continue it or --restart to abandon it and start over.`
+    const what = `an unfinished run ${run.runId} (${run.status}, ${run.rotated} rotated, cursor ${run.cursor || "-"})`
+    if (run.scope.flags === this.asked.flags) {
+      return `${what} exists for ${run.scope.description}: pass --resume to continue it or --restart to abandon it ` +
+        `and start over.`
+    }
+    return `${what} exists for another scope (${run.scope.description}): continue it with ` +
+      `\`${run.scope.resumeCommand}\`, or pass --restart to start a run for ${this.asked.description} anyway ` +
+      `(that run stays resumable).`
   }
 }
 
@@ -327,7 +341,8 @@ export class ScopeMismatch
 {
   override get message() {
     return `the unfinished run ${this.run.runId} has scope "${this.run.scope.description}", not ` +
-      `"${this.asked.description}": resume it with the same scope flags, or pass --restart to start a new run.`
+      `"${this.asked.description}": continue it with \`${this.run.scope.resumeCommand}\`, or pass --restart ` +
+      `(without --resume) to start a run for ${this.asked.description} (that run stays resumable).`
   }
 }
 

@@ -273,7 +273,15 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
     }
     const existing = yield* checkpoint.load(key)
     if (options.mode === "start") {
-      if (Option.isSome(existing) && !existing.value.finished) return yield* new UnfinishedRun({ run: existing.value })
+      if (Option.isSome(existing) && !existing.value.finished) {
+        return yield* new UnfinishedRun({ run: existing.value, asked: key.scope })
+      }
+      // An operator who left out the scope flags of an interrupted run must not start another one unawares
+      // (the new run would also become the one `status` and `verify` show).
+      const latest = yield* checkpoint.latest(key.database)
+      if (Option.isSome(latest) && !latest.value.finished && latest.value.fingerprint !== fingerprint(key)) {
+        return yield* new UnfinishedRun({ run: latest.value, asked: key.scope })
+      }
       return { record: freshRecord(key, options, now), done: false, supersedes: existing }
     }
     if (Option.isNone(existing)) {

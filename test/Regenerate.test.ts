@@ -18,7 +18,14 @@ import {
 import * as Checkpoint from "../src/Checkpoint.js"
 import { eventLoopTurn } from "../src/Db.js"
 import { DatabaseError, LockHolder, RunFailed, RunRecord, Scope } from "../src/Domain.js"
-import { adaptBatchSize, keyFraction, nextBatchSize, regenerate, type RegenerateOptions } from "../src/Regenerate.js"
+import {
+  adaptBatchSize,
+  keyFraction,
+  nextBatchSize,
+  plan,
+  regenerate,
+  type RegenerateOptions
+} from "../src/Regenerate.js"
 import * as Shutdown from "../src/Shutdown.js"
 import {
   checkInvariants,
@@ -47,6 +54,9 @@ const options = (overrides: Partial<RegenerateOptions> = {}): RegenerateOptions 
 
 const runIn = (world: World, overrides: Partial<RegenerateOptions> = {}, stop = Effect.succeed(false)) =>
   regenerate(options(overrides), stop).pipe(Effect.provide(world.layer()))
+
+const planIn = (world: World, overrides: Partial<RegenerateOptions> = {}) =>
+  plan(options(overrides)).pipe(Effect.provide(world.layer()))
 
 const record = (world: World): RunRecord => {
   const [text] = world.store.records()
@@ -683,6 +693,25 @@ describe("resume rules", () => {
       const error = yield* Effect.flip(runIn(world, { mode: "resume", scope }))
       expect(error._tag).toBe("ScopeMismatch")
       expect(error.message).toContain("all tickets")
+    }))
+
+  it.effect("a plain run of another scope refuses while the latest run is unfinished, naming its flags; --restart starts it and leaves that run resumable", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(60))
+      const scope = new Scope({ liveOnly: true, emailDomain: "example.com", createdAfter: null, createdBefore: null })
+      const first = yield* runIn(world, { batchSize: 10, scope }, Effect.sync(() => world.table.calls.rotate >= 2))
+      expect(first.status).toBe("interrupted")
+      for (const dryRun of [false, true]) {
+        const error = dryRun ? yield* Effect.flip(planIn(world)) : yield* Effect.flip(runIn(world))
+        expect(error._tag).toBe("UnfinishedRun")
+        expect(error.message).toContain("`regenerate --resume --live-only --email-domain example.com`")
+        expect(error.message).toContain("--restart")
+      }
+      expect(world.table.rotations.length).toBe(2)
+      const all = yield* runIn(world, { mode: "restart" })
+      expect(all).toMatchObject({ status: "completed", rotated: 60 })
+      const resumed = yield* runIn(world, { mode: "resume", scope })
+      expect(resumed).toMatchObject({ status: "completed", resumed: true })
     }))
 
   it.effect("--restart abandons the unfinished run and starts a new one", () =>
