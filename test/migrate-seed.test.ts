@@ -420,6 +420,30 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     }
   })
 
+  it("a migration that fails says why, is not recorded as applied, and runs again once the cause is fixed", async () => {
+    const scratch = await createDatabase("tt_migfail")
+    const db = await adminConnection(scratch.name)
+    try {
+      const env = { DATABASE_URL: scratch.url }
+      // A `user` table the `order` foreign key cannot reference (another character set for its key).
+      await db.query("CREATE TABLE `user` (`id` char(32) NOT NULL PRIMARY KEY) DEFAULT CHARSET=utf8mb3")
+      const failed = await expectExit(runCli(["migrate"], { env }), 1)
+      expect(linesOf(failed)).toHaveLength(1)
+      expect(failed.stderr).toMatch(
+        /^error: .*"1_create_tables" failed: .*Foreign key constraint is incorrectly formed/
+      )
+      const [recorded] = await db.query("SELECT migration_id FROM ticket_tokens_migrations")
+      expect(recorded).toEqual([])
+      await db.query("DROP TABLE `user`")
+      const again = await expectExit(runCli(["migrate"], { env }), 0)
+      expect(again.stderr).toContain("0001_create_tables")
+      await expectExit(runCli(["seed", "users", "--count", "3"], { env }), 0)
+    } finally {
+      await db.end()
+      await scratch.drop()
+    }
+  })
+
   it("the app's own database (never migrated by us), no REDIS_URL: regenerate and status point to migrate; migrate adds the checkpoint table", async () => {
     await withSmallDatabase("tt_app", async (db, env) => {
       // What the Django app's database looks like: its tables, none of ours.
