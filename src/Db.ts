@@ -251,6 +251,54 @@ export const layer = (
   BadDatabaseUrl | DatabaseUnreachable | DatabaseMissing | UnsuitableServer | SchemaMissing
 > => Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
 
+/**
+ * How long the tool's own statements wait for a row lock, in seconds (the server's setting when lower).
+ * A batch waiting on a lock the site holds keeps its own rows locked meanwhile, and the batches beside it
+ * queue behind it (each range also locks the first row of the next): thousands of tickets the site could
+ * not update for as long as the wait. InnoDB's default is 50 s; after this one the batch is rolled back,
+ * releasing its rows, and retried with backoff.
+ */
+export const lockWaitSeconds = 5
+
+const sessionsSetUp = new WeakSet<object>()
+
+/**
+ * Runs `effect`'s statements on a pooled connection of their own (MySQL; SQLite has one connection and
+ * nothing to do): the connection's session gets the short lock wait above, once; and if `effect` is
+ * interrupted — the run ends while the count still runs, a statement timed out — its statement is killed on
+ * the server (`KILL QUERY`) instead of running on to its end, which holds the pool open at exit and, for a
+ * write, its row locks.
+ */
+export const onOwnConnection = (dialect: Dialect) =>
+<A, E, R>(
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
+  dialect === "sqlite" ? effect : Effect.scoped(Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const connection = yield* sql.reserve
+    // The driver's own connection (@effect/sql-mysql2 keeps it as `conn`): its server thread id names the
+    // statement to kill, and it identifies the session across reservations.
+    const driver = Predicate.hasProperty(connection, "conn") && Predicate.isObject(connection.conn)
+      ? connection.conn
+      : undefined
+    if (driver === undefined || !sessionsSetUp.has(driver)) {
+      yield* connection.executeUnprepared(
+        `SET SESSION innodb_lock_wait_timeout = LEAST(@@SESSION.innodb_lock_wait_timeout, ${lockWaitSeconds})`,
+        [],
+        undefined
+      )
+      if (driver !== undefined) sessionsSetUp.add(driver)
+    }
+    const thread = Predicate.hasProperty(driver, "threadId") ? Number(driver.threadId) : NaN
+    const kill = Number.isSafeInteger(thread) && thread > 0
+      ? sql.unsafe(`KILL QUERY ${thread}`).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+      : Effect.void
+    return yield* effect.pipe(
+      Effect.provideService(SqlClient.TransactionConnection, [connection, 0] as const),
+      Effect.onInterrupt(() => kill)
+    )
+  }))
+
 /** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
 export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
   const handle = setImmediate(() => resume(Effect.void))

@@ -252,7 +252,7 @@ export class SeedIncomplete extends Data.TaggedError("SeedIncomplete")<{
 
 /** A run stopped by a failure that its retries could not fix; the checkpoint stays at the last commit. */
 export class RunFailed extends Data.TaggedError("RunFailed")<{
-  readonly error: DatabaseError | DuplicateToken
+  readonly error: DatabaseError | DuplicateToken | SchemaMismatch
   readonly runId: string
   readonly rotated: number
   readonly cursor: string

@@ -449,8 +449,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     // The first failure that retries could not fix. No batch is taken after it, but those in flight commit
     // and are recorded (an interrupted UPDATE might still commit on the server, unrecorded); then the run
     // fails with it, its checkpoint at the last commit.
-    const failure = yield* Ref.make(Option.none<DatabaseError | DuplicateToken>())
-    const failed = (error: DatabaseError | DuplicateToken) =>
+    const failure = yield* Ref.make(Option.none<DatabaseError | DuplicateToken | SchemaMismatch>())
+    const failed = (error: DatabaseError | DuplicateToken | SchemaMismatch) =>
       Effect.zipRight(
         Ref.update(failure, Option.orElse(() => Option.some(error))),
         // A batch taken after this one may be waiting for the slot this one will never free.

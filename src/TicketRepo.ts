@@ -3,6 +3,7 @@
  * counts, and the reads `verify` needs. The SQL implementation serves MySQL/MariaDB and SQLite.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -15,13 +16,14 @@ import {
   datetime,
   Db,
   describe,
+  onOwnConnection,
   requireSchema,
   retryingTransient,
   statementText,
   toCount,
   writeError
 } from "./Db.js"
-import type { DatabaseError, DuplicateToken, SchemaMismatch, SchemaMissing, Scope } from "./Domain.js"
+import { type DatabaseError, type DuplicateToken, SchemaMismatch, type SchemaMissing, type Scope } from "./Domain.js"
 
 export interface AuditPage {
   /** Every id of the page, ascending (the keyset cursor moves to the last one). */
@@ -41,7 +43,11 @@ export interface TicketRepoService {
   /** Fails unless the ticket, order and user tables exist with the expected columns. */
   readonly checkSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError>
   /** Up to `limit` ids in scope greater than `after`, ascending. An empty page is the end of the table. */
-  readonly page: (scope: Scope, after: string, limit: number) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
+  readonly page: (
+    scope: Scope,
+    after: string,
+    limit: number
+  ) => Effect.Effect<ReadonlyArray<string>, DatabaseError | SchemaMismatch>
   /**
    * Gives each of `ids` its own token from `tokens` (`tokens[i]` on `ids[i]` unless some were deleted
    * meanwhile) and sets `updated_at`, in one statement (one transaction: all of the batch or none of it).
@@ -58,7 +64,12 @@ export interface TicketRepoService {
   /** Smallest and largest ticket id (for a progress estimate without a count). */
   readonly idRange: Effect.Effect<Option.Option<readonly [string, string]>, DatabaseError>
   /** A keyset page of ids in scope, with those not updated since `since`. */
-  readonly audit: (scope: Scope, after: string, limit: number, since: Date) => Effect.Effect<AuditPage, DatabaseError>
+  readonly audit: (
+    scope: Scope,
+    after: string,
+    limit: number,
+    since: Date
+  ) => Effect.Effect<AuditPage, DatabaseError | SchemaMismatch>
   /** Token values held by more than one ticket. */
   readonly duplicateTokens: Effect.Effect<DuplicateTokens, DatabaseError>
 }
@@ -92,6 +103,14 @@ const packTokens = (tokens: ReadonlyArray<string>, count: number): Buffer | unde
   return packed.length === count * tokenLength ? packed : undefined
 }
 
+/**
+ * A `--created-…` bound as compared with `created_at`: UTC, microseconds only when there are some. SQLite
+ * compares the stored text, and Django writes a whole second there without a fraction
+ * (`2024-01-01 00:00:00`), which sorts before `2024-01-01 00:00:00.000000`: a bound written so would miss
+ * it. Without the zeros it sorts right against both forms; MySQL compares datetimes either way.
+ */
+export const dateBound = (iso: string): string => datetime(new Date(iso)).replace(/\.000000$/, "")
+
 /** The scope as joins, conditions and bound values; every value is bound, never spliced. */
 export const scopeSql = (
   scope: Scope,
@@ -118,11 +137,11 @@ export const scopeSql = (
   const createdAt = keyset === "sqlite" ? "+t.`created_at`" : "t.`created_at`"
   if (scope.createdAfter !== null) {
     conditions.push(`${createdAt} >= ?`)
-    params.push(datetime(new Date(scope.createdAfter)))
+    params.push(dateBound(scope.createdAfter))
   }
   if (scope.createdBefore !== null) {
     conditions.push(`${createdAt} < ?`)
-    params.push(datetime(new Date(scope.createdBefore)))
+    params.push(dateBound(scope.createdBefore))
   }
   const ticket = keyset === "mysql" && joinParents ? "`ticket` t FORCE INDEX (PRIMARY)" : "`ticket` t"
   return {
@@ -212,15 +231,43 @@ export const rotateParams = (
   return params
 }
 
+const ticketIdPattern = /^[0-9a-f]{32}$/
+
+/**
+ * The ids of a page, checked before any of them is rotated: keyset order, the checkpoint and resume rely
+ * on ids being what the app writes (a uuid as 32 lowercase hex characters, which sort the same in the
+ * database's collation and in JavaScript).
+ */
+const ticketIds = (ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<string>, SchemaMismatch> => {
+  const bad = ids.find((id) => !ticketIdPattern.test(id))
+  return bad === undefined ? Effect.succeed(ids) : Effect.fail(
+    new SchemaMismatch({
+      detail: `ticket id "${bad.slice(0, 40)}" is not a uuid as 32 lowercase hex characters, the only ids this tool ` +
+        `can page and checkpoint`
+    })
+  )
+}
+
 export const makeSql = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const { dialect } = yield* Db
 
+  /** `effect` on a connection of its own: a short lock wait, and killed on the server if interrupted. */
+  const own = <A, E>(operation: string, effect: Effect.Effect<A, E>) =>
+    onOwnConnection(dialect)(effect).pipe(
+      Effect.catchIf((error): error is SqlError => error instanceof SqlError, (error) =>
+        Effect.fail(databaseError(operation)(error))),
+      Effect.provideService(SqlClient.SqlClient, sql)
+    )
+
   const page = (scope: Scope, after: string, limit: number) => {
     const statement = keysetPage(dialect, "", scope, after, limit)
-    return sql.unsafe(statement.text, statement.params).values.pipe(
-      Effect.map((rows) => rows.map((row) => String(row[0]))),
-      Effect.mapError(databaseError("reading a page of ticket ids"))
+    return own(
+      "reading a page of ticket ids",
+      sql.unsafe(statement.text, statement.params).values.pipe(
+        Effect.mapError(databaseError("reading a page of ticket ids")),
+        Effect.flatMap((rows) => ticketIds(rows.map((row) => String(row[0]))))
+      )
     )
   }
 
@@ -302,38 +349,52 @@ export const makeSql = Effect.gen(function*() {
     const s = scopeSql(scope)
     return Effect.flatMap(rangesRefusable, (ranges) => {
       const packed = ranges && !s.joinsParents ? packTokens(tokens, ids.length) : undefined
-      return packed !== undefined
-        ? rotateRange(s.where, s.params, ids, packed, tokens, at)
-        : Effect.tap(rotateIds(ids, tokens, at), () => byForm.key)
+      return own(
+        "rotating a batch of tokens",
+        packed !== undefined
+          ? rotateRange(s.where, s.params, ids, packed, tokens, at)
+          : Effect.tap(rotateIds(ids, tokens, at), () => byForm.key)
+      )
     })
   }
 
   const count = (scope: Scope) => {
     const s = scopeSql(scope)
-    return sql.unsafe(`SELECT COUNT(*) FROM ${s.from} WHERE 1 = 1${s.where}`, s.params).values.pipe(
-      Effect.map((rows) => toCount(rows[0]?.[0])),
-      Effect.mapError(databaseError("counting tickets in scope"))
+    return own(
+      "counting tickets in scope",
+      sql.unsafe(`SELECT COUNT(*) FROM ${s.from} WHERE 1 = 1${s.where}`, s.params).values.pipe(
+        Effect.map((rows) => toCount(rows[0]?.[0])),
+        Effect.mapError(databaseError("counting tickets in scope"))
+      )
     )
   }
 
-  const idRange = sql.unsafe("SELECT MIN(`id`), MAX(`id`) FROM `ticket`").values.pipe(
-    Effect.map((rows) => {
-      const [min, max] = rows[0] ?? []
-      return min === null || min === undefined || max === null || max === undefined
-        ? Option.none()
-        : Option.some([String(min), String(max)] as const)
-    }),
-    Effect.mapError(databaseError("reading the ticket id range"))
+  const idRange = own(
+    "reading the ticket id range",
+    sql.unsafe("SELECT MIN(`id`), MAX(`id`) FROM `ticket`").values.pipe(
+      Effect.map((rows) => {
+        const [min, max] = rows[0] ?? []
+        return min === null || min === undefined || max === null || max === undefined
+          ? Option.none()
+          : Option.some([String(min), String(max)] as const)
+      }),
+      Effect.mapError(databaseError("reading the ticket id range"))
+    )
   )
 
   const audit = (scope: Scope, after: string, limit: number, since: Date) => {
     const statement = keysetPage(dialect, ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END", scope, after, limit)
-    return sql.unsafe(statement.text, [datetime(since), ...statement.params]).values.pipe(
-      Effect.map((rows) => ({
-        ids: rows.map((row) => String(row[0])),
-        stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
-      })),
-      Effect.mapError(databaseError("auditing a page of tickets"))
+    return own(
+      "auditing a page of tickets",
+      sql.unsafe(statement.text, [datetime(since), ...statement.params]).values.pipe(
+        Effect.mapError(databaseError("auditing a page of tickets")),
+        Effect.flatMap((rows) =>
+          Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({
+            ids,
+            stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
+          }))
+        )
+      )
     )
   }
 

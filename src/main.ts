@@ -42,7 +42,9 @@ const report = (cause: Cause.Cause<unknown>) =>
     if (Option.isSome(failure) && isAppError(failure.value)) {
       yield* Console.error(`error: ${failure.value.message}`)
     } else {
-      yield* Console.error(`internal error: ${Cause.squash(cause)}`)
+      // A defect is a bug of ours: one line too (its first), the rest with --log-level debug.
+      const first = String(Cause.squash(cause)).split("\n").find((line) => line.trim() !== "") ?? "unknown"
+      yield* Console.error(`internal error: ${first.trim()} (rerun with --log-level debug for detail)`)
     }
     // The failure is rendered outside the command, where its --log-level no longer applies: honour it here.
     if (/(^| )--log-level[ =](debug|trace|all)( |$)/.test(process.argv.slice(2).join(" "))) {

@@ -4,7 +4,8 @@
  * or deleted tickets in that range after the page was read, or the scope needs orders and users, the batch
  * is rotated by key instead. Either way exactly the page's tickets change, nothing else.
  */
-import { ConfigProvider, Effect, Layer, Metric } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { ConfigProvider, Effect, Fiber, Layer, Metric } from "effect"
 import type * as mysql from "mysql2/promise"
 import { randomBytes } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -46,7 +47,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     }
   }
 
-  const run = <A, E>(effect: Effect.Effect<A, E, TicketRepo>) =>
+  const run = <A, E>(effect: Effect.Effect<A, E, TicketRepo | SqlClient.SqlClient>) =>
     Effect.runPromise(Effect.scoped(effect.pipe(
       Effect.provide(TicketRepoSql.layerSql.pipe(
         Layer.provideMerge(Db.layer({ maxConnections: 2 })),
@@ -290,6 +291,71 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
       await expectFirstPageRotatedBy(1000, "key")
     } finally {
       await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NOT NULL")
+    }
+  })
+
+  it("a batch waits for a row the site holds at most the tool's short lock wait (not the server's 50 s), then fails as transient", async () => {
+    const [[{ timeout }]] = (await admin.query("SELECT @@GLOBAL.innodb_lock_wait_timeout AS timeout")) as unknown as [
+      [{ timeout: number }]
+    ]
+    expect(timeout, "the server's own setting is the longer one").toBeGreaterThan(Db.lockWaitSeconds * 3)
+    const ids = await page(Scope.all, "", 200)
+    const site = await adminConnection(db.name)
+    try {
+      await site.query("BEGIN")
+      await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [ids[100]])
+      const started = Date.now()
+      const error = await run(
+        Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotate(Scope.all, ids, tokens(ids.length), new Date())))
+      )
+      const waited = (Date.now() - started) / 1000
+      expect(error).toMatchObject({ _tag: "DatabaseError", transient: true })
+      expect(String(error.message)).toContain("Lock wait timeout")
+      expect(waited).toBeGreaterThanOrEqual(Db.lockWaitSeconds - 0.5)
+      expect(waited).toBeLessThan(Db.lockWaitSeconds * 3)
+    } finally {
+      await site.query("ROLLBACK")
+      await site.end()
+    }
+  })
+
+  it("a statement whose caller is interrupted is killed on the server, so that closing the pool does not wait for it", async () => {
+    const marker = `tt_kill_${randomBytes(4).toString("hex")}`
+    const running = async () =>
+      ((await admin.query(
+        "SELECT `ID` FROM information_schema.PROCESSLIST WHERE `INFO` LIKE ? AND `ID` <> CONNECTION_ID()",
+        [`%${marker}%`]
+      ))[0] as Array<unknown>).length
+    const started = Date.now()
+    await run(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const slow = Db.onOwnConnection("mysql")(sql.unsafe(`SELECT SLEEP(60) AS ${marker}`))
+      const fiber = yield* Effect.fork(slow)
+      yield* Effect.promise(async () => {
+        for (let i = 0; i < 50 && await running() === 0; i++) await new Promise((r) => setTimeout(r, 100))
+      })
+      expect(yield* Effect.promise(running)).toBe(1)
+      yield* Fiber.interrupt(fiber)
+    }))
+    // The layer (and its pool) closed at once rather than after the 60 s statement.
+    expect((Date.now() - started) / 1000).toBeLessThan(30)
+    expect(await running()).toBe(0)
+  })
+
+  it("a page holding an id that is not 32 lowercase hex fails as SchemaMismatch before anything is rotated", async () => {
+    const bad = "FFFFFFFFFFFF4FFF8FFFFFFFFFFFFFFF"
+    await admin.query(
+      "INSERT INTO `ticket` (`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`) " +
+        "SELECT ?, NOW(6), NOW(6), NULL, 'odd id', ?, `order_id` FROM `ticket` LIMIT 1",
+      [bad, randomBytes(16).toString("hex")]
+    )
+    try {
+      // The collation sorts it among the ids starting with f.
+      const error = await run(Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.page(Scope.all, "f", 1000))))
+      expect(error._tag).toBe("SchemaMismatch")
+      expect(error.message).toContain(bad)
+    } finally {
+      await admin.query("DELETE FROM `ticket` WHERE `id` = ?", [bad])
     }
   })
 })

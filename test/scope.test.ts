@@ -61,10 +61,13 @@ const plantEdgeCases = async (db: Tables) => {
     "2026-06-01 12:00:00.000001",
     before.stored,
     "2026-08-31 23:59:59.999999",
-    "2026-09-01 00:00:00.000001"
+    "2026-09-01 00:00:00.000001",
+    // As Django writes a whole second into SQLite: no fraction (MariaDB's datetime(6) adds the zeros).
+    "2026-06-01 12:00:00",
+    "2026-09-01 00:00:00"
   ]
   for (const [i, at] of boundaries.entries()) {
-    await db.exec("UPDATE `ticket` SET `created_at` = ? WHERE `id` = ?", [at, tickets[100 + i * 450]])
+    await db.exec("UPDATE `ticket` SET `created_at` = ? WHERE `id` = ?", [at, tickets[100 + i * 350]])
   }
 }
 
@@ -118,14 +121,17 @@ const cases: ReadonlyArray<ScopeCase> = [
   }
 ]
 
+/** A stored datetime with its six fraction digits, whichever way it was written (comparable as text). */
+const exact = (at: string) => (at.includes(".") ? at : `${at}.000000`)
+
 /** Whether a ticket is in scope, read from the rows themselves (not from the tool's SQL). */
 const inScope = (c: ScopeCase, t: Ticket, parents: Parents) => {
   const order = parents.orders.get(t.order_id)!
   const user = parents.users.get(order.user_id)!
   return (!c.liveOnly || (t.deleted_at === null && order.deleted_at === null && user.deleted_at === null)) &&
     (c.domain === undefined || user.email.toLowerCase().endsWith(`@${c.domain}`)) &&
-    (c.after === undefined || t.created_at >= c.after) &&
-    (c.before === undefined || t.created_at < c.before)
+    (c.after === undefined || exact(t.created_at) >= c.after) &&
+    (c.before === undefined || exact(t.created_at) < c.before)
 }
 
 const scopeSuite = (
