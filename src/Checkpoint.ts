@@ -33,6 +33,7 @@ import {
   LockHeld,
   LockHolder,
   LockLost,
+  RedisRefused,
   RedisUnavailable,
   RunRecord,
   type SchemaMismatch,
@@ -53,7 +54,8 @@ export interface Store {
   readonly name: string
   /** Where `key` is, as an operator would look it up (the Redis key with its prefix, the table row). */
   readonly locate: (key: string) => string
-  readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable>
+  /** `CheckpointCorrupt` when the key holds something that is not a string (another program's data). */
+  readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable | CheckpointCorrupt>
   readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
   /** Sets `key` only while `lockKey` holds `holder`, atomically; false when it does not. */
   readonly setFenced: (
@@ -229,7 +231,13 @@ const decodeRecord = (key: string, text: string) =>
       const [first] = ParseResult.ArrayFormatter.formatErrorSync(error)
       const where = first === undefined || first.path.length === 0 ? "" : `${first.path.join(".")}: `
       return new CheckpointCorrupt({ key, detail: `${where}${first?.message ?? "unreadable"}` })
-    })
+    }),
+    // The scope and database it says it covers must be those it was written for: a resume would otherwise
+    // work on one scope while the record, `status` and `verify` speak of another.
+    Effect.filterOrFail(
+      (record) => record.fingerprint === fingerprint({ database: record.database, scope: record.scope }),
+      () => new CheckpointCorrupt({ key, detail: "its scope or database does not match its fingerprint" })
+    )
   )
 
 const unknownHolder = (value: string) =>
@@ -369,7 +377,10 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
   return { store: store.name, load, latest, lock, holder }
 }
 
-export const layerRedis = (target: RedisTarget, prefix: string): Layer.Layer<Checkpoint, RedisUnavailable> =>
+export const layerRedis = (
+  target: RedisTarget,
+  prefix: string
+): Layer.Layer<Checkpoint, RedisUnavailable | RedisRefused> =>
   Layer.scoped(
     Checkpoint,
     Effect.map(redisClient(target), (client) => make(makeRedisStore(client, target, prefix)))
@@ -397,14 +408,14 @@ export const layerSql: Layer.Layer<
 /** Redis when REDIS_URL is set, else the checkpoint table of the database. */
 export const layer: Layer.Layer<
   Checkpoint,
-  BadRedisUrl | RedisUnavailable | SchemaMissing | SchemaMismatch | DatabaseError,
+  BadRedisUrl | RedisUnavailable | RedisRefused | SchemaMissing | SchemaMismatch | DatabaseError,
   SqlClient.SqlClient | Db
 > = Layer.unwrapEffect(
   Effect.gen(function*() {
     const target = yield* redisTarget
     type Chosen = Layer.Layer<
       Checkpoint,
-      RedisUnavailable | SchemaMissing | SchemaMismatch | DatabaseError,
+      RedisUnavailable | RedisRefused | SchemaMissing | SchemaMismatch | DatabaseError,
       SqlClient.SqlClient | Db
     >
     if (Option.isNone(target)) return layerSql as Chosen

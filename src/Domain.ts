@@ -164,6 +164,18 @@ export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
   }
 }
 
+/** Redis answered, but refused what REDIS_URL asks: the password, the user, the database number. */
+export class RedisRefused extends Data.TaggedError("RedisRefused")<{
+  readonly target: string
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `Redis at ${this.target} refused the connection: ${this.reason}. Check the user, password and database ` +
+      `number in REDIS_URL; nothing was changed.`
+  }
+}
+
 export class SchemaMissing extends Data.TaggedError("SchemaMissing")<{ readonly detail: string }> {
   override get message() {
     return `${this.detail}: run \`migrate\` first.`
@@ -378,6 +390,7 @@ export type AppError =
   | DatabaseMissing
   | UnsuitableServer
   | RedisUnavailable
+  | RedisRefused
   | SchemaMissing
   | SchemaMismatch
   | NoParents
@@ -414,6 +427,7 @@ const exitCodes: Record<AppError["_tag"], 1 | 2> = {
   DatabaseMissing: 2,
   UnsuitableServer: 2,
   RedisUnavailable: 1,
+  RedisRefused: 2,
   DatabaseError: 1,
   SeedIncomplete: 1,
   DuplicateToken: 1,

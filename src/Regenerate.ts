@@ -355,17 +355,27 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const retrying = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(
       effect: Effect.Effect<A, E, R>
     ) =>
-      retryTransient(isRetryable, (error: E) =>
-        Effect.zipRight(
-          Ref.update(counters, (c) => ({ ...c, retries: c.retries + 1 })),
-          progress.emit(ProgressEvent.Retried({
-            reason: error._tag === "DuplicateToken"
-              ? "duplicate token"
-              : error._tag === "DatabaseError"
-              ? "database"
-              : "checkpoint"
-          }))
-        ))(effect)
+      retryTransient(
+        // After Ctrl-C a store that stays away is the answer, not another half minute of retries: what
+        // committed meanwhile is redone by the resume (at most the batches in flight).
+        (error: E) =>
+          !isRetryable(error)
+            ? false
+            : error._tag === "CheckpointUnavailable"
+            ? Effect.map(stopRequested, (stop) => !stop)
+            : true,
+        (error: E) =>
+          Effect.zipRight(
+            Ref.update(counters, (c) => ({ ...c, retries: c.retries + 1 })),
+            progress.emit(ProgressEvent.Retried({
+              reason: error._tag === "DuplicateToken"
+                ? "duplicate token"
+                : error._tag === "DatabaseError"
+                ? "database"
+                : "checkpoint"
+            }))
+          )
+      )(effect)
 
     type Patch = Partial<Pick<RunRecord, "cursor" | "done" | "rotated" | "batches" | "total" | "status" | "error">>
 

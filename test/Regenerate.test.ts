@@ -619,6 +619,21 @@ describe("failures", () => {
       expectBackoff(gapsOf(attempts))
       expect(record(world).status).toBe("completed")
     }))
+
+  it.effect("Ctrl-C while checkpoint writes are being retried (the store is away) ends the run with that error at once", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(50))
+      world.store.faults = { save: (n) => n >= 3 }
+      const stop = yield* Ref.make(false)
+      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
+      const started = yield* TestClock.currentTimeMillis
+      const exit = yield* stepping(runIn(world, { batchSize: 10 }, Ref.get(stop)))
+      expect(Exit.isFailure(exit) && Cause.failureOption(exit.cause)).toMatchObject({
+        value: { _tag: "CheckpointUnavailable" }
+      })
+      // Without the stop the retries would go on for ~26 s.
+      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThan(2500)
+    }))
 })
 
 describe("resume rules", () => {
@@ -745,13 +760,25 @@ describe("resume rules", () => {
       yield* runIn(other, {}, Effect.succeed(true))
       const world = new World(makeTickets(20))
       const key = Checkpoint.keys({ database: "memory:test", scope: Scope.all }).record
+      // The record of another scope, consistent in itself, under this scope's key.
       const foreign = JSON.parse(other.store.records()[0]!)
+      const liveOnly = new Scope({ liveOnly: true, emailDomain: null, createdAfter: null, createdBefore: null })
       world.store.data.set(key, {
-        value: JSON.stringify({ ...foreign, fingerprint: "0123456789abcdef" }),
+        value: JSON.stringify({
+          ...foreign,
+          scope: { ...liveOnly },
+          fingerprint: Checkpoint.fingerprint({ database: "memory:test", scope: liveOnly })
+        }),
         expiresAt: undefined
       })
       const error = yield* Effect.flip(runIn(world))
       expect(error._tag).toBe("ForeignCheckpoint")
+      // One whose scope was edited to another (its fingerprint kept) is damage.
+      world.store.data.set(key, {
+        value: JSON.stringify({ ...foreign, scope: { ...liveOnly } }),
+        expiresAt: undefined
+      })
+      expect((yield* Effect.flip(runIn(world)))._tag).toBe("CheckpointCorrupt")
       expect(world.table.rotations.length).toBe(0)
       expect((yield* runIn(world, { mode: "restart" })).rotated).toBe(20)
     }))

@@ -499,7 +499,10 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
         const damage of [
           { cursor: "zz" },
           { done: [["f".repeat(32), "e".repeat(32)]] },
-          { done: [["0".repeat(32), `${"0".repeat(31)}1`]] }
+          { done: [["0".repeat(32), `${"0".repeat(31)}1`]] },
+          // Another scope or database than the record was written for (its fingerprint kept).
+          { scope: { liveOnly: true, emailDomain: null, createdAfter: null, createdBefore: null } },
+          { database: "mysql://elsewhere:3306/tickets" }
         ]
       ) {
         await redis.set(key!, JSON.stringify({ ...parsed, ...damage }))
@@ -507,6 +510,15 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
         expect(r.code, `${JSON.stringify(damage)}: ${r.stderr}`).toBe(2)
         expect(r.stderr).toMatch(/^error: the checkpoint .* cannot be read .*--restart/m)
       }
+      // Another program's data under the key: not a string at all (Redis answers WRONGTYPE).
+      await redis.del(key!)
+      await redis.hset(key!, "a", "b")
+      for (const args of [["regenerate", "--resume"], ["status"]]) {
+        const r = await runCli(args, { env: runEnv })
+        expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2)
+        expect(r.stderr).toMatch(/^error: the checkpoint at redis key .* cannot be read \(not a string value\)/m)
+      }
+      await redis.del(key!)
       await expectUnchanged(before)
 
       // The pointer to the latest run: garbage, or naming a record that is not there, is damage too.

@@ -598,8 +598,17 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     const outOfRange = await runCli(["regenerate"], {
       env: { DATABASE_URL: seeded.url, REDIS_URL: `${redisUrl}/99`, REDIS_PREFIX: redis.name }
     })
-    expect(outOfRange.code, describeResult(outOfRange)).toBe(1)
-    expect(linesOf(outOfRange)).toEqual([expect.stringMatching(/^error: Redis at .*\/99 .*DB index is out of range/)])
+    expect(outOfRange.code, describeResult(outOfRange)).toBe(2)
+    expect(linesOf(outOfRange)).toEqual([
+      expect.stringMatching(/^error: Redis at .*\/99 refused the connection: .*DB index is out of range.*REDIS_URL/)
+    ])
+    // A user the server does not know: refused too, bad input rather than an outage, and no password shown.
+    const wrongUser = await runCli(["regenerate"], {
+      env: { DATABASE_URL: seeded.url, REDIS_URL: redisUrl.replace("redis://", "redis://nobody:s3cret@") }
+    })
+    expect(wrongUser.code, describeResult(wrongUser)).toBe(2)
+    expect(linesOf(wrongUser)).toEqual([expect.stringMatching(/^error: Redis at .* refused the connection: WRONGPASS/)])
+    expect(`${wrongUser.stdout}${wrongUser.stderr}`).not.toContain("s3cret")
     expect(await redis.keys()).toEqual([])
     expect(await ticketsDigest()).toBe(before)
   })

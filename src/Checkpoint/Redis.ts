@@ -10,7 +10,7 @@ import type { Redis } from "ioredis"
 import type { Store } from "../Checkpoint.js"
 import type { RedisTarget } from "../Config.js"
 import { describe } from "../Db.js"
-import { CheckpointUnavailable, RedisUnavailable } from "../Domain.js"
+import { CheckpointCorrupt, CheckpointUnavailable, RedisRefused, RedisUnavailable } from "../Domain.js"
 
 const scripts = {
   setFenced: {
@@ -45,7 +45,9 @@ const scripts = {
 type ScriptClient = Redis & { [K in keyof typeof scripts]: (...args: Array<string | number>) => Promise<unknown> }
 
 /** A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). */
-export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, RedisUnavailable, EffectScope> =>
+export const redisClient = (
+  target: RedisTarget
+): Effect.Effect<ScriptClient, RedisUnavailable | RedisRefused, EffectScope> =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
@@ -77,7 +79,11 @@ export const redisClient = (target: RedisTarget): Effect.Effect<ScriptClient, Re
         }
         return client as ScriptClient
       },
-      catch: (error) => new RedisUnavailable({ target: target.display, reason: describe(error), cause: error })
+      catch: (error) => {
+        const fields = { target: target.display, reason: describe(error), cause: error }
+        // An answer that refuses (WRONGPASS, NOAUTH, a database number out of range) will not change by waiting.
+        return isTransientRedis(error) ? new RedisUnavailable(fields) : new RedisRefused(fields)
+      }
     }),
     (client) =>
       Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(
@@ -108,10 +114,18 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
           transient: isTransientRedis(error)
         })
     })
+  const locate = (key: string) => `redis key ${k(key)} on ${target.display}`
   return {
     name,
-    locate: (key) => `redis key ${k(key)} on ${target.display}`,
-    get: (key) => call("reading", () => client.get(k(key))).pipe(Effect.map(Option.fromNullable)),
+    locate,
+    get: (key) =>
+      call("reading", () => client.get(k(key))).pipe(
+        Effect.map(Option.fromNullable),
+        Effect.catchIf(
+          (error) => error.detail.startsWith("WRONGTYPE"),
+          () => new CheckpointCorrupt({ key: locate(key), detail: "not a string value" })
+        )
+      ),
     set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
     setFenced: (key, value, lockKey, holder) =>
       call("writing the checkpoint", () => client.setFenced(k(key), k(lockKey), value, holder)).pipe(
