@@ -221,6 +221,11 @@ const validatedRegenerateOptions = Options.all(regenerateOptions).pipe(
   Options.mapEffect((flags) =>
     flags.resume && flags.restart
       ? Effect.fail(invalid("--resume and --restart cannot be used together"))
+      : Option.isSome(flags.targetBatchMs) && flags.batchSize < Regenerate.defaults.minBatchSize
+      ? Effect.fail(invalid(
+        `--target-batch-ms keeps batches within ${Regenerate.defaults.minBatchSize}-` +
+          `${Regenerate.defaults.maxBatchSize}: give a --batch-size in that range to start from, or leave it out`
+      ))
       : Effect.succeed(flags)
   )
 )
@@ -304,9 +309,8 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         : `${total} tickets (${options.scope.description})`
       const sizes = options.targetBatchMillis === undefined
         ? `in ${batches ?? "batches"}${batches === null ? "" : " batches"} of ${options.batchSize}`
-        : `in batches of ${
-          Math.min(Regenerate.defaults.maxBatchSize, Math.max(Regenerate.defaults.minBatchSize, options.batchSize))
-        } to start with, then sized to take about ${options.targetBatchMillis} ms each (100-10000)`
+        : `in batches of ${options.batchSize} to start with, then sized to take about ${options.targetBatchMillis} ` +
+          `ms each (100-10000)`
       const throttle = options.maxRowsPerSecond === undefined
         ? ""
         : `, at most ${options.maxRowsPerSecond} rows/s` +
@@ -476,6 +480,9 @@ const valueFlags = new Set([
   "--completions"
 ])
 
+const seedTargets = ["users", "orders", "tickets"]
+const logLevels = ["all", "trace", "debug", "info", "warning", "error", "fatal", "none"]
+
 /**
  * What the argument parser would report misleadingly (a flag without its value, a flag given twice, both
  * as "unknown argument"), said plainly; undefined when argv is fine as far as this goes.
@@ -483,6 +490,20 @@ const valueFlags = new Set([
 export const argvProblem = (argv: ReadonlyArray<string>): string | undefined => {
   const args = argv.slice(2)
   const end = args.includes("--") ? args.indexOf("--") : args.length
+  // The parser would list the top-level commands for an unknown `seed` target.
+  const target = args[args.indexOf("seed") + 1]
+  if (args[0] === "seed" && target !== undefined && !target.startsWith("-") && !seedTargets.includes(target)) {
+    return `there is no \`seed ${target}\`: seed one of ${seedTargets.join(", ")} (see seed --help)`
+  }
+  const level = args.findIndex((arg) => arg === "--log-level" || arg.startsWith("--log-level="))
+  const levelValue = level === -1
+    ? undefined
+    : args[level]!.includes("=")
+    ? args[level]!.split("=")[1]
+    : args[level + 1]
+  if (levelValue !== undefined && !levelValue.startsWith("--") && !logLevels.includes(levelValue)) {
+    return `--log-level must be one of ${logLevels.join(", ")}`
+  }
   const seen = new Set<string>()
   for (let i = 0; i < end; i++) {
     const arg = args[i]!

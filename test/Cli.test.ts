@@ -90,6 +90,19 @@ describe("flags the argument parser would misreport", () => {
     )
   })
 
+  it("an unknown seed target and an unknown log level are named as such, not as an unknown top-level command", () => {
+    expect(argvProblem(argv("seed", "widgets"))).toBe(
+      "there is no `seed widgets`: seed one of users, orders, tickets (see seed --help)"
+    )
+    expect(argvProblem(argv("seed", "tickets", "--count", "5"))).toBeUndefined()
+    for (const args of [["regenerate", "--log-level", "loud"], ["status", "--log-level=loud"]]) {
+      expect(argvProblem(argv(...args))).toBe(
+        "--log-level must be one of all, trace, debug, info, warning, error, fatal, none"
+      )
+    }
+    expect(argvProblem(argv("regenerate", "--log-level", "debug"))).toBeUndefined()
+  })
+
   it("knows every flag that takes a value, as each command's --help lists them", async () => {
     const commands = [["migrate"], ["seed", "users"], ["seed", "orders"], ["seed", "tickets"], ["regenerate"], [
       "status"

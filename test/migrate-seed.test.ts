@@ -633,6 +633,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       [["--concurrency", "-3"], "--concurrency"],
       [["--concurrency", "0"], "--concurrency"],
       [["--resume", "--restart"], "--restart"],
+      [["--target-batch-ms", "50", "--batch-size", "50"], "--target-batch-ms keeps batches within 100-10000"],
       [["--email-domain", "not a domain"], "--email-domain"],
       [["--created-after", "yesterday"], "--created-after"],
       [["--created-before", "2024-01-31T12:00:00.123456Z"], "millisecond"],
