@@ -491,8 +491,8 @@ export const argvProblem = (argv: ReadonlyArray<string>): string | undefined => 
   const args = argv.slice(2)
   const end = args.includes("--") ? args.indexOf("--") : args.length
   // The parser would list the top-level commands for an unknown `seed` target.
-  const target = args[args.indexOf("seed") + 1]
-  if (args[0] === "seed" && target !== undefined && !target.startsWith("-") && !seedTargets.includes(target)) {
+  const target = args[0] === "seed" ? args[1] : undefined
+  if (target !== undefined && !target.startsWith("-") && !seedTargets.includes(target)) {
     return `there is no \`seed ${target}\`: seed one of ${seedTargets.join(", ")} (see seed --help)`
   }
   const level = args.findIndex((arg) => arg === "--log-level" || arg.startsWith("--log-level="))
