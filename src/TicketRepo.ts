@@ -252,7 +252,10 @@ export const makeSql = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const { dialect } = yield* Db
 
-  /** `effect` on a connection of its own: a short lock wait, and killed on the server if interrupted. */
+  /**
+   * `effect` on a connection of its own: a short lock wait, and killed on the server if interrupted. A driver
+   * failure that `effect` leaves unmapped becomes a `DatabaseError` of `operation`.
+   */
   const own = <A, E>(operation: string, effect: Effect.Effect<A, E>) =>
     onOwnConnection(dialect)(effect).pipe(
       Effect.catchIf((error): error is SqlError => error instanceof SqlError, (error) =>
@@ -264,9 +267,9 @@ export const makeSql = Effect.gen(function*() {
     const statement = keysetPage(dialect, "", scope, after, limit)
     return own(
       "reading a page of ticket ids",
-      sql.unsafe(statement.text, statement.params).values.pipe(
-        Effect.mapError(databaseError("reading a page of ticket ids")),
-        Effect.flatMap((rows) => ticketIds(rows.map((row) => String(row[0]))))
+      Effect.flatMap(
+        sql.unsafe(statement.text, statement.params).values,
+        (rows) => ticketIds(rows.map((row) => String(row[0])))
       )
     )
   }
@@ -362,38 +365,34 @@ export const makeSql = Effect.gen(function*() {
     const s = scopeSql(scope)
     return own(
       "counting tickets in scope",
-      sql.unsafe(`SELECT COUNT(*) FROM ${s.from} WHERE 1 = 1${s.where}`, s.params).values.pipe(
-        Effect.map((rows) => toCount(rows[0]?.[0])),
-        Effect.mapError(databaseError("counting tickets in scope"))
+      Effect.map(
+        sql.unsafe(`SELECT COUNT(*) FROM ${s.from} WHERE 1 = 1${s.where}`, s.params).values,
+        (rows) => toCount(rows[0]?.[0])
       )
     )
   }
 
   const idRange = own(
     "reading the ticket id range",
-    sql.unsafe("SELECT MIN(`id`), MAX(`id`) FROM `ticket`").values.pipe(
-      Effect.map((rows) => {
-        const [min, max] = rows[0] ?? []
-        return min === null || min === undefined || max === null || max === undefined
-          ? Option.none()
-          : Option.some([String(min), String(max)] as const)
-      }),
-      Effect.mapError(databaseError("reading the ticket id range"))
-    )
+    Effect.map(sql.unsafe("SELECT MIN(`id`), MAX(`id`) FROM `ticket`").values, (rows) => {
+      const [min, max] = rows[0] ?? []
+      return min === null || min === undefined || max === null || max === undefined
+        ? Option.none()
+        : Option.some([String(min), String(max)] as const)
+    })
   )
 
   const audit = (scope: Scope, after: string, limit: number, since: Date) => {
     const statement = keysetPage(dialect, ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END", scope, after, limit)
     return own(
       "auditing a page of tickets",
-      sql.unsafe(statement.text, [datetime(since), ...statement.params]).values.pipe(
-        Effect.mapError(databaseError("auditing a page of tickets")),
-        Effect.flatMap((rows) =>
+      Effect.flatMap(
+        sql.unsafe(statement.text, [datetime(since), ...statement.params]).values,
+        (rows) =>
           Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({
             ids,
             stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
           }))
-        )
       )
     )
   }
