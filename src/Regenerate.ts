@@ -195,8 +195,9 @@ export const nextBatchSize = (current: number, size: number, millis: number, tar
 export type DoneRange = readonly [first: string, last: string]
 
 /**
- * What the page source emits, numbered in key order: a batch to rotate, or a range an earlier process
- * already committed and recorded (it is skipped, and only moves the low-water mark).
+ * What the page source emits, numbered in key order: a batch to rotate, or a range with nothing to do — one
+ * an earlier process already committed and recorded, or a stretch of the table with no ticket in scope
+ * (either only moves the low-water mark).
  */
 type Item =
   | {
@@ -205,11 +206,12 @@ type Item =
     readonly ids: ReadonlyArray<string>
     /** The page size it was read with (the batch may be shorter: the end of the table, a range to skip). */
     readonly size: number
+    /** How far the batch covers the table: its last id, or beyond (no ticket in scope in between). */
+    readonly through: string
   }
   | { readonly _tag: "Done"; readonly seq: number; readonly range: DoneRange }
 
-const rangeOf = (item: Item): DoneRange =>
-  item._tag === "Done" ? item.range : [item.ids[0]!, item.ids[item.ids.length - 1]!]
+const rangeOf = (item: Item): DoneRange => item._tag === "Done" ? item.range : [item.ids[0]!, item.through]
 
 /** Batches allowed beyond the low-water mark (committed or in flight), per unit of concurrency. */
 const windowPerConcurrency = 4
@@ -476,22 +478,30 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           answeredWithin("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
         ))
         if (Either.isLeft(page)) return yield* Effect.as(failed(page.left), Option.none())
-        const ids = page.right
+        const { end, ids, through } = page.right
         const skip = s.skips[0]
         const seq = s.seq + 1
         // Stop the batch before a range committed by an earlier process; once there, step over the range.
         const cut = skip === undefined ? -1 : ids.findIndex((id) => id >= skip[0])
         const batch = cut === -1 ? ids : ids.slice(0, cut)
+        const reachesSkip = skip !== undefined && (cut !== -1 || through >= skip[0] || end)
         if (batch.length === 0) {
-          if (skip === undefined) return Option.none()
+          if (reachesSkip) {
+            return Option.some(
+              [{ _tag: "Done", seq, range: skip }, { cursor: skip[1], seq, skips: s.skips.slice(1) }] as const
+            )
+          }
+          if (end) return Option.none()
+          // A stretch without a ticket in scope (a sparse scope): the low-water mark moves over it.
           return Option.some(
-            [{ _tag: "Done", seq, range: skip }, { cursor: skip[1], seq, skips: s.skips.slice(1) }] as const
+            [{ _tag: "Done", seq, range: [through, through] }, { ...s, cursor: through, seq }] as const
           )
         }
         yield* throttle(batch.length)
         if (yield* stopRequested) return yield* halt
+        const covered = reachesSkip ? batch.at(-1)! : through
         return Option.some(
-          [{ _tag: "Batch", seq, ids: batch, size: limit }, { ...s, cursor: batch.at(-1)!, seq }] as const
+          [{ _tag: "Batch", seq, ids: batch, size: limit, through: covered }, { ...s, cursor: covered, seq }] as const
         )
       })
 
@@ -533,7 +543,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         }))
         yield* window.release(passed)
         if (!isBatch) {
-          return
+          // Not a stall: a sparse scope can go a while between batches while its pages read on.
+          return yield* progress.emit(ProgressEvent.Advanced({ rows: 0 }))
         }
         yield* Ref.update(counters, (c) => ({
           ...c,

@@ -25,9 +25,23 @@ import {
 } from "./Db.js"
 import { type DatabaseError, type DuplicateToken, SchemaMismatch, type SchemaMissing, type Scope } from "./Domain.js"
 
-export interface AuditPage {
-  /** Every id of the page, ascending (the keyset cursor moves to the last one). */
+/**
+ * A keyset page of a scope: its ids after a cursor, and how far the table was read for them. A sparse scope
+ * may leave a page short (even empty) before the end of the table: each read is bounded (see `scanBounds`).
+ */
+export interface Page {
+  /** Ids in scope after the cursor, ascending; at most the limit asked for. */
   readonly ids: ReadonlyArray<string>
+  /**
+   * How far the table was read: every id in scope between the cursor and `through` (inclusive) is in
+   * `ids`. The last id when the page is full; beyond it (a stretch with none in scope) when it is short.
+   */
+  readonly through: string
+  /** The table was read to its end: no id in scope after `through`. */
+  readonly end: boolean
+}
+
+export interface AuditPage extends Page {
   /** Ids of the page whose `updated_at` is before the given instant. */
   readonly stale: ReadonlyArray<string>
 }
@@ -42,12 +56,12 @@ export interface DuplicateTokens {
 export interface TicketRepoService {
   /** Fails unless the ticket, order and user tables exist with the expected columns. */
   readonly checkSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError>
-  /** Up to `limit` ids in scope greater than `after`, ascending. An empty page is the end of the table. */
+  /** Up to `limit` ids in scope greater than `after`, ascending, and how far the table was read for them. */
   readonly page: (
     scope: Scope,
     after: string,
     limit: number
-  ) => Effect.Effect<ReadonlyArray<string>, DatabaseError | SchemaMismatch>
+  ) => Effect.Effect<Page, DatabaseError | SchemaMismatch>
   /**
    * Gives each of `ids` its own token from `tokens` (`tokens[i]` on `ids[i]` unless some were deleted
    * meanwhile) and sets `updated_at`, in one statement (one transaction: all of the batch or none of it).
@@ -143,7 +157,7 @@ export const scopeSql = (
     conditions.push(`${createdAt} < ?`)
     params.push(dateBound(scope.createdBefore))
   }
-  const ticket = keyset === "mysql" && joinParents ? "`ticket` t FORCE INDEX (PRIMARY)" : "`ticket` t"
+  const ticket = keyset === "mysql" && conditions.length > 0 ? "`ticket` t FORCE INDEX (PRIMARY)" : "`ticket` t"
   return {
     joinsParents: joinParents,
     from: joinParents
@@ -155,8 +169,8 @@ export const scopeSql = (
 }
 
 /**
- * A keyset page of the scope: the ids after `after` in key order (plus `columns`, whose parameters come
- * first). Never OFFSET, never a column being rewritten.
+ * A keyset page of the scope: the ids after `after` (up to `upTo` when given) in key order, plus `columns`,
+ * whose parameters come first. Never a column being rewritten.
  *
  * Each page must read only as far as its last id, or a run costs pages × scope instead of one pass over
  * the table. Left alone, MySQL/MariaDB start a join with the order and user tables from the small `user`
@@ -170,16 +184,48 @@ export const keysetPage = (
   columns: string,
   scope: Scope,
   after: string,
-  limit: number
+  limit: number,
+  upTo?: string
 ): { readonly text: string; readonly params: ReadonlyArray<unknown> } => {
   const s = scopeSql(scope, dialect)
   const select = dialect === "mysql" && s.joinsParents ? "SELECT STRAIGHT_JOIN" : "SELECT"
+  const bound = upTo === undefined ? "" : " AND t.`id` <= ?"
   return {
-    text: `${select} t.\`id\`${columns} FROM ${s.from} WHERE t.\`id\` > ?${s.where} ORDER BY t.\`id\` ` +
+    text: `${select} t.\`id\`${columns} FROM ${s.from} WHERE t.\`id\` > ?${bound}${s.where} ORDER BY t.\`id\` ` +
       `LIMIT ${limitOf(limit)}`,
-    params: [after, ...s.params]
+    params: upTo === undefined ? [after, ...s.params] : [after, upTo, ...s.params]
   }
 }
+
+/**
+ * How much of the ticket table one read of a scoped page may cover, in tickets. A scope with conditions can
+ * be sparse: one customer's 200 tickets among 30 million, or the stretch after the last one. Read in one
+ * statement, such a page would scan the table to its end (4.9 s per million tickets here with the joins of
+ * `--email-domain`), past any statement timeout. So a scoped page is read a stretch at a time: first the
+ * stretch's end (the id `stretch` tickets on, by the primary key), then the scope's ids within it; the
+ * stretch starts at `first` × the page size, grows fourfold while pages come out short, up to `max`, and
+ * halves again once a page fills in its first stretch. A page call stops after `perPage` tickets read and
+ * returns what it found, short or empty, with how far it got. A scope without conditions needs none of this.
+ */
+export const scanBounds: ScanBounds = { first: 4, max: 100_000, perPage: 200_000 }
+
+export interface ScanBounds {
+  /** The first stretch, in page sizes. */
+  readonly first: number
+  /** The longest stretch, in tickets. */
+  readonly max: number
+  /** Tickets read by one page call, at most (give or take one stretch). */
+  readonly perPage: number
+}
+
+/** The id `rows` tickets after `after` in key order (the end of a stretch), or none when the table ends first. */
+export const stretchEnd = (
+  after: string,
+  rows: number
+): { readonly text: string; readonly params: ReadonlyArray<unknown> } => ({
+  text: `SELECT \`id\` FROM \`ticket\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 1 OFFSET ${limitOf(rows) - 1}`,
+  params: [after]
+})
 
 /**
  * The batch UPDATE. MySQL joins the ticket table to a derived table of (id, token) pairs; SQLite uses
@@ -194,25 +240,26 @@ export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): stri
         new Array(size).fill("(?, ?)").join(", ") + ") AS v WHERE `ticket`.`id` = v.column1")
 
 /**
- * The batch UPDATE on MySQL when the scope's conditions are on the ticket alone: the page is every ticket
- * of the scope in [first, last], so the server walks that range of the clustered index and updates the
- * matching rows where they stand, the i-th taking the i-th token, instead of finding each row by key (a
- * third less server CPU per row, see docs/PERFORMANCE.md). One autocommit statement: `@i` counts the rows,
+ * The batch UPDATE on MySQL when the scope has no conditions: the page is every ticket in [first, last], so
+ * the server walks that range of the clustered index and updates the rows where they stand, the i-th
+ * taking the i-th token, instead of finding each row by key (a third less server CPU per row, see
+ * docs/PERFORMANCE.md). Not for a scope with conditions: the range would also hold tickets out of scope,
+ * which the statement would read and, under REPEATABLE READ, keep locked to its end — as many as a page of
+ * a sparse scope spans (see `scanBounds`). One autocommit statement: `@i` counts the rows,
  * restarting at 1 on the first row of each execution, which the first two parameters mark with a value
  * never used before (`@b`). The tokens come as one binary parameter, all `size` of them end to end, cut
  * by byte offset (one parameter to encode and bind, not one per row). A row past the last token gets
  * NULL, which strict mode refuses (error 1048), rolling the whole statement back.
  */
-export const rangeRotateStatement = (size: number, where: string): string =>
+export const rangeRotateStatement = (size: number): string =>
   statementText(
-    `rotate:range:${size}:${where}`,
+    `rotate:range:${size}`,
     () =>
-      // On the primary key: a date-scoped range must not be found (and locked) through the created_at index.
       "UPDATE `ticket` AS t FORCE INDEX (PRIMARY) SET t.`token` = SUBSTRING(?, " +
       `IF((@i := IF(@b = ?, @i + 1, (@b := ?) IS NOT NULL)) <= ${limitOf(size)}, @i * ${tokenLength} - ${
         tokenLength - 1
       }, NULL), ${tokenLength}), ` +
-      "t.`updated_at` = ? WHERE t.`id` >= ? AND t.`id` <= ?" + where
+      "t.`updated_at` = ? WHERE t.`id` >= ? AND t.`id` <= ?"
   )
 
 export const rotateParams = (
@@ -248,179 +295,219 @@ const ticketIds = (ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<stri
   )
 }
 
-export const makeSql = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  const { dialect } = yield* Db
+export const makeSql = (bounds: ScanBounds = scanBounds) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const { dialect } = yield* Db
 
-  /**
-   * `effect` on a connection of its own: a short lock wait, and killed on the server if interrupted. A driver
-   * failure that `effect` leaves unmapped becomes a `DatabaseError` of `operation`.
-   */
-  const own = <A, E>(operation: string, effect: Effect.Effect<A, E>) =>
-    onOwnConnection(dialect)(effect).pipe(
-      Effect.catchIf((error): error is SqlError => error instanceof SqlError, (error) =>
-        Effect.fail(databaseError(operation)(error))),
-      Effect.provideService(SqlClient.SqlClient, sql)
-    )
-
-  const page = (scope: Scope, after: string, limit: number) => {
-    const statement = keysetPage(dialect, "", scope, after, limit)
-    return own(
-      "reading a page of ticket ids",
-      Effect.flatMap(
-        sql.unsafe(statement.text, statement.params).values,
-        (rows) => ticketIds(rows.map((row) => String(row[0])))
+    /**
+     * `effect` on a connection of its own: a short lock wait, and killed on the server if interrupted. A driver
+     * failure that `effect` leaves unmapped becomes a `DatabaseError` of `operation`.
+     */
+    const own = <A, E>(operation: string, effect: Effect.Effect<A, E>) =>
+      onOwnConnection(dialect)(effect).pipe(
+        Effect.catchIf(
+          (error): error is SqlError => error instanceof SqlError,
+          (error) => Effect.fail(databaseError(operation)(error))
+        ),
+        Effect.provideService(SqlClient.SqlClient, sql)
       )
-    )
-  }
 
-  /** Exactly the given ids, each found by key. */
-  const rotateIds = (ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) =>
-    sql.unsafe(rotateStatement(dialect, ids.length), rotateParams(dialect, ids, tokens, datetime(at))).raw.pipe(
-      Effect.map(affectedRows),
-      Effect.mapError(writeError("rotating a batch of tokens"))
-    )
+    // The stretch a scoped page reads per statement, following the scope's density (see `scanBounds`). Pages
+    // are read one after another, by one reader per command.
+    let stretch = 0
 
-  // Strict mode and a NOT NULL token column turn a token past the last one (a ticket the site inserted into
-  // the range after the page was read) into an error instead of an empty or NULL token; without both,
-  // batches go by key.
-  const rangesRefusable = yield* Effect.cached(
-    dialect === "mysql"
-      ? sql.unsafe(
-        "SELECT @@SESSION.sql_mode, (SELECT `IS_NULLABLE` FROM information_schema.`COLUMNS` " +
-          "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `COLUMN_NAME` = 'token')"
-      ).values.pipe(
-        retryingTransient,
-        Effect.map(([row]) => /STRICT_(ALL|TRANS)_TABLES/.test(String(row?.[0])) && String(row?.[1]) === "NO"),
-        Effect.catchAll((error) =>
-          Effect.as(
-            Effect.logWarning(
-              `could not read the server's SQL mode (${describe(error)}): every batch goes by key (correct, slower)`
-            ),
-            false
-          )
+    /**
+     * The rows of a keyset page (`columns` after the id, with `columnParams`), and how far the table was
+     * read for them: the whole page at once without conditions, else stretch by stretch.
+     */
+    const scan = (scope: Scope, columns: string, columnParams: ReadonlyArray<unknown>, after: string, limit: number) =>
+      Effect.gen(function*() {
+        const read = (from: string, count: number, upTo?: string) => {
+          const statement = keysetPage(dialect, columns, scope, from, count, upTo)
+          return sql.unsafe(statement.text, [...columnParams, ...statement.params]).values
+        }
+        if (scopeSql(scope).where === "") {
+          const rows = yield* read(after, limit)
+          return { rows, through: rows.length === 0 ? after : String(rows.at(-1)![0]), end: rows.length < limit }
+        }
+        const floor = Math.min(bounds.max, bounds.first * limit)
+        const rows: Array<ReadonlyArray<unknown>> = []
+        let size = Math.max(floor, stretch)
+        let from = after
+        for (let scanned = 0, first = true;; first = false) {
+          const ends = yield* sql.unsafe(stretchEnd(from, size).text, stretchEnd(from, size).params).values
+          const upTo = ends.length === 0 ? undefined : String(ends[0]![0])
+          if (upTo !== undefined) yield* ticketIds([upTo])
+          rows.push(...(yield* read(from, limit - rows.length, upTo)))
+          scanned += size
+          if (rows.length === limit) {
+            stretch = first ? Math.max(floor, size >> 1) : size
+            return { rows, through: String(rows.at(-1)![0]), end: false }
+          }
+          if (upTo === undefined) {
+            stretch = size
+            return { rows, through: rows.length === 0 ? from : String(rows.at(-1)![0]), end: true }
+          }
+          from = upTo
+          if (scanned >= bounds.perPage) {
+            stretch = size
+            return { rows, through: from, end: false }
+          }
+          size = Math.min(bounds.max, size * 4)
+        }
+      })
+
+    const page = (scope: Scope, after: string, limit: number) =>
+      own(
+        "reading a page of ticket ids",
+        Effect.flatMap(
+          scan(scope, "", [], after, limit),
+          ({ end, rows, through }) =>
+            Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({ ids, through, end }))
         )
       )
-      : Effect.succeed(false)
-  )
-  const markers = { prefix: randomBytes(6).toString("hex"), next: 0 }
 
-  /**
-   * A page as one range (see `rangeRotateStatement`). When the range holds more tickets of the scope than
-   * the page (the site inserted some since it was read), the statement fails as a whole and the batch goes
-   * by key with the same tokens; fewer (some were deleted) is fine, every remaining one gets its own token.
-   * A server that refuses the form also falls back, and so does a duplicate token: with 122 random bits a
-   * real collision practically never happens, so it rather means the server cut the tokens wrongly (the form
-   * leans on user variables, deprecated in MySQL 8); by key, a real one still fails as DuplicateToken.
-   * Transient errors go to the caller's retry as usual.
-   */
-  const rotateRange = (
-    where: string,
-    params: ReadonlyArray<unknown>,
-    ids: ReadonlyArray<string>,
-    packed: Buffer,
-    tokens: ReadonlyArray<string>,
-    at: Date
-  ) =>
-    Effect.suspend(() => {
-      const marker = `${markers.prefix}${markers.next++}`
-      return sql.unsafe(rangeRotateStatement(ids.length, where), [
-        packed,
-        marker,
-        marker,
-        datetime(at),
-        ids[0]!,
-        ids[ids.length - 1]!,
-        ...params
-      ]).raw
-    }).pipe(
-      Effect.map(affectedRows),
-      Effect.mapError(writeError("rotating a batch of tokens")),
-      Effect.tap(() => byForm.range),
-      Effect.catchAll((error) =>
-        error._tag === "DuplicateToken" || !error.transient
-          ? Effect.logDebug(`range UPDATE refused (${error.detail}); rotating the batch by key`).pipe(
-            Effect.zipRight(rotateIds(ids, tokens, at)),
-            Effect.tap(() => byForm.fallback)
+    /** Exactly the given ids, each found by key. */
+    const rotateIds = (ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) =>
+      sql.unsafe(rotateStatement(dialect, ids.length), rotateParams(dialect, ids, tokens, datetime(at))).raw.pipe(
+        Effect.map(affectedRows),
+        Effect.mapError(writeError("rotating a batch of tokens"))
+      )
+
+    // Strict mode and a NOT NULL token column turn a token past the last one (a ticket the site inserted into
+    // the range after the page was read) into an error instead of an empty or NULL token; without both,
+    // batches go by key.
+    const rangesRefusable = yield* Effect.cached(
+      dialect === "mysql"
+        ? sql.unsafe(
+          "SELECT @@SESSION.sql_mode, (SELECT `IS_NULLABLE` FROM information_schema.`COLUMNS` " +
+            "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `COLUMN_NAME` = 'token')"
+        ).values.pipe(
+          retryingTransient,
+          Effect.map(([row]) => /STRICT_(ALL|TRANS)_TABLES/.test(String(row?.[0])) && String(row?.[1]) === "NO"),
+          Effect.catchAll((error) =>
+            Effect.as(
+              Effect.logWarning(
+                `could not read the server's SQL mode (${describe(error)}): every batch goes by key (correct, slower)`
+              ),
+              false
+            )
           )
-          : Effect.fail(error)
-      )
+        )
+        : Effect.succeed(false)
     )
+    const markers = { prefix: randomBytes(6).toString("hex"), next: 0 }
 
-  const rotate = (scope: Scope, ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) => {
-    if (ids.length === 0) return Effect.succeed(0)
-    const s = scopeSql(scope)
-    return Effect.flatMap(rangesRefusable, (ranges) => {
-      const packed = ranges && !s.joinsParents ? packTokens(tokens, ids.length) : undefined
+    /**
+     * A page as one range (see `rangeRotateStatement`). When the range holds more tickets than the page (the site inserted some since it was read), the statement fails as a whole and the batch goes
+     * by key with the same tokens; fewer (some were deleted) is fine, every remaining one gets its own token.
+     * A server that refuses the form also falls back, and so does a duplicate token: with 122 random bits a
+     * real collision practically never happens, so it rather means the server cut the tokens wrongly (the form
+     * leans on user variables, deprecated in MySQL 8); by key, a real one still fails as DuplicateToken.
+     * Transient errors go to the caller's retry as usual.
+     */
+    const rotateRange = (ids: ReadonlyArray<string>, packed: Buffer, tokens: ReadonlyArray<string>, at: Date) =>
+      Effect.suspend(() => {
+        const marker = `${markers.prefix}${markers.next++}`
+        return sql.unsafe(rangeRotateStatement(ids.length), [
+          packed,
+          marker,
+          marker,
+          datetime(at),
+          ids[0]!,
+          ids[ids.length - 1]!
+        ]).raw
+      }).pipe(
+        Effect.map(affectedRows),
+        Effect.mapError(writeError("rotating a batch of tokens")),
+        Effect.tap(() => byForm.range),
+        Effect.catchAll((error) =>
+          error._tag === "DuplicateToken" || !error.transient
+            ? Effect.logDebug(`range UPDATE refused (${error.detail}); rotating the batch by key`).pipe(
+              Effect.zipRight(rotateIds(ids, tokens, at)),
+              Effect.tap(() => byForm.fallback)
+            )
+            : Effect.fail(error)
+        )
+      )
+
+    const rotate = (scope: Scope, ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) => {
+      if (ids.length === 0) return Effect.succeed(0)
+      const whole = scopeSql(scope).where === ""
+      return Effect.flatMap(rangesRefusable, (ranges) => {
+        const packed = ranges && whole ? packTokens(tokens, ids.length) : undefined
+        return own(
+          "rotating a batch of tokens",
+          packed !== undefined
+            ? rotateRange(ids, packed, tokens, at)
+            : Effect.tap(rotateIds(ids, tokens, at), () => byForm.key)
+        )
+      })
+    }
+
+    const count = (scope: Scope) => {
+      const s = scopeSql(scope)
       return own(
-        "rotating a batch of tokens",
-        packed !== undefined
-          ? rotateRange(s.where, s.params, ids, packed, tokens, at)
-          : Effect.tap(rotateIds(ids, tokens, at), () => byForm.key)
+        "counting tickets in scope",
+        Effect.map(
+          sql.unsafe(`SELECT COUNT(*) FROM ${s.from} WHERE 1 = 1${s.where}`, s.params).values,
+          (rows) => toCount(rows[0]?.[0])
+        )
       )
-    })
-  }
+    }
 
-  const count = (scope: Scope) => {
-    const s = scopeSql(scope)
-    return own(
-      "counting tickets in scope",
-      Effect.map(
-        sql.unsafe(`SELECT COUNT(*) FROM ${s.from} WHERE 1 = 1${s.where}`, s.params).values,
-        (rows) => toCount(rows[0]?.[0])
-      )
+    const idRange = own(
+      "reading the ticket id range",
+      Effect.map(sql.unsafe("SELECT MIN(`id`), MAX(`id`) FROM `ticket`").values, (rows) => {
+        const [min, max] = rows[0] ?? []
+        return min === null || min === undefined || max === null || max === undefined
+          ? Option.none()
+          : Option.some([String(min), String(max)] as const)
+      })
     )
-  }
 
-  const idRange = own(
-    "reading the ticket id range",
-    Effect.map(sql.unsafe("SELECT MIN(`id`), MAX(`id`) FROM `ticket`").values, (rows) => {
-      const [min, max] = rows[0] ?? []
-      return min === null || min === undefined || max === null || max === undefined
-        ? Option.none()
-        : Option.some([String(min), String(max)] as const)
-    })
-  )
-
-  const audit = (scope: Scope, after: string, limit: number, since: Date) => {
-    const statement = keysetPage(dialect, ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END", scope, after, limit)
-    return own(
-      "auditing a page of tickets",
-      Effect.flatMap(
-        sql.unsafe(statement.text, [datetime(since), ...statement.params]).values,
-        (rows) =>
-          Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({
-            ids,
-            stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
-          }))
+    const audit = (scope: Scope, after: string, limit: number, since: Date) =>
+      own(
+        "auditing a page of tickets",
+        Effect.flatMap(
+          scan(scope, ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END", [datetime(since)], after, limit),
+          ({ end, rows, through }) =>
+            Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({
+              ids,
+              through,
+              end,
+              stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
+            }))
+        )
       )
-    )
-  }
 
-  // Token values stay inside this function: only counts and ticket ids leave it.
-  const duplicates = "SELECT `token` FROM `ticket` GROUP BY `token` HAVING COUNT(*) > 1"
-  const duplicateTokens = Effect.gen(function*() {
-    const values = yield* sql.unsafe(`SELECT COUNT(*) FROM (${duplicates}) d`).values
-    const count = toCount(values[0]?.[0])
-    if (count === 0) return { values: 0, sample: [] }
-    const tokens = (yield* sql.unsafe(`${duplicates} LIMIT 5`).values).map((row) => String(row[0]))
-    const sample = yield* sql.unsafe(
-      `SELECT \`id\` FROM \`ticket\` WHERE \`token\` IN (${tokens.map(() => "?").join(", ")}) ORDER BY \`id\` LIMIT 10`,
-      tokens
-    ).values
-    return { values: count, sample: sample.map((row) => String(row[0])) }
-  }).pipe(Effect.mapError(databaseError("looking for duplicate tokens")))
+    // Token values stay inside this function: only counts and ticket ids leave it.
+    const duplicates = "SELECT `token` FROM `ticket` GROUP BY `token` HAVING COUNT(*) > 1"
+    const duplicateTokens = Effect.gen(function*() {
+      const values = yield* sql.unsafe(`SELECT COUNT(*) FROM (${duplicates}) d`).values
+      const count = toCount(values[0]?.[0])
+      if (count === 0) return { values: 0, sample: [] }
+      const tokens = (yield* sql.unsafe(`${duplicates} LIMIT 5`).values).map((row) => String(row[0]))
+      const sample = yield* sql.unsafe(
+        `SELECT \`id\` FROM \`ticket\` WHERE \`token\` IN (${
+          tokens.map(() => "?").join(", ")
+        }) ORDER BY \`id\` LIMIT 10`,
+        tokens
+      ).values
+      return { values: count, sample: sample.map((row) => String(row[0])) }
+    }).pipe(Effect.mapError(databaseError("looking for duplicate tokens")))
 
-  return TicketRepo.of({
-    checkSchema: Effect.provideService(requireSchema, SqlClient.SqlClient, sql),
-    page,
-    rotate,
-    count,
-    idRange,
-    audit,
-    duplicateTokens
+    return TicketRepo.of({
+      checkSchema: Effect.provideService(requireSchema, SqlClient.SqlClient, sql),
+      page,
+      rotate,
+      count,
+      idRange,
+      audit,
+      duplicateTokens
+    })
   })
-})
 
 /** The SQL implementation, on the app's SqlClient. */
-export const layerSql: Layer.Layer<TicketRepo, never, SqlClient.SqlClient | Db> = Layer.effect(TicketRepo, makeSql)
+export const layerSql: Layer.Layer<TicketRepo, never, SqlClient.SqlClient | Db> = Layer.effect(TicketRepo, makeSql())

@@ -52,12 +52,12 @@ export const verify = (scope: Option.Option<Scope>) =>
     const notRotatedSample: Array<string> = []
     while (true) {
       const page = yield* repo.audit(run.scope, cursor, pageSize, run.startedAt)
-      if (page.ids.length === 0) break
       inScope += page.ids.length
       notRotated += page.stale.length
       notRotatedSample.push(...page.stale.slice(0, sampleSize - notRotatedSample.length))
-      cursor = page.ids[page.ids.length - 1]!
       yield* progress.emit(ProgressEvent.Advanced({ rows: page.ids.length }))
+      if (page.end) break
+      cursor = page.through
       yield* letEventLoopTurn(db.dialect)
     }
     const duplicates = yield* repo.duplicateTokens

@@ -150,6 +150,8 @@ const crashCases = FC.record({ rows: FC.integer({ min: 40, max: 250 }), scope: s
       concurrency: FC.integer({ min: 2, max: 8 }),
       heldShare: FC.integer({ min: 0, max: 100 }),
       crashShare: FC.integer({ min: 0, max: 100 }),
+      // Tickets a page read examines at most: a sparse scope then gives short and empty pages mid-table.
+      scan: FC.option(FC.integer({ min: 1, max: 40 }), { nil: undefined }),
       delays: FC.array(FC.integer({ min: 0, max: 30 }), { minLength: 1, maxLength: 20 })
     }).map(({ crashShare, heldShare, ...r }) => {
       const batches = Math.ceil(c.inScope / r.batchSize)
@@ -201,6 +203,23 @@ describe("regenerate", () => {
       }
     }))
 
+  it.effect("a sparse scope read in bounded stretches: empty pages mid-table move the checkpoint, nothing is missed", () =>
+    Effect.gen(function*() {
+      const scope = new Scope({ ...Scope.all, emailDomain: "example.org" })
+      const world = new World(makeTickets(120))
+      world.table.scanLimit = 2
+      const expected = world.table.sorted.filter(inScope(scope)).map((t) => t.id)
+      const summary = yield* runIn(world, { scope, batchSize: 5, concurrency: 3 })
+      expect(summary).toMatchObject({ status: "completed", rotated: expected.length })
+      expect([...world.table.rotationCounts().keys()].sort()).toEqual(expected)
+      // Pages read two tickets at most, so many came back empty before the end; each still moved the cursor.
+      expect(world.table.pages.filter((p) => p.ids.length === 0).length).toBeGreaterThan(10)
+      const saves = world.log.events.filter((e) => e._tag === "save")
+      expect(saves.length).toBeGreaterThan(summary.batches + 10)
+      expect(record(world).cursor).toBe(world.table.sorted.at(-1)!.id)
+      expect(checkInvariants(world.log, expected, 3 * 5)).toBeUndefined()
+    }))
+
   it.effect("an empty scope completes at once", () =>
     Effect.gen(function*() {
       const world = new World([])
@@ -212,11 +231,12 @@ describe("regenerate", () => {
     "a kill -9 at any event, batches committed out of order: the resume misses nothing, redoes only what the " +
       "checkpoint did not cover (at most concurrency × batch size), and touches nothing outside the scope",
     { c: crashCases },
-    ({ c: { batchSize, concurrency, crashAt, delays, held, rows, scope } }) =>
+    ({ c: { batchSize, concurrency, crashAt, delays, held, rows, scan, scope } }) =>
       Effect.gen(function*() {
         const delay = (n: number) => yields(delays[n % delays.length]!)
         // The held rotation never ends in this world: later batches commit beyond it until the window is full.
         const world = new World(makeTickets(rows, rows), { rotate: (n) => (n === held ? Effect.never : delay(n)) })
+        world.table.scanLimit = scan
         const scopeIds = world.table.sorted.filter(inScope(scope)).map((t) => t.id)
         const run = { scope, batchSize, concurrency }
         // The crash comes after event `crashAt`, or where the run got stuck behind the held batch if sooner.
@@ -254,13 +274,15 @@ describe("regenerate", () => {
       batchSize: FC.integer({ min: 1, max: 30 }),
       concurrency: FC.integer({ min: 1, max: 6 }),
       stopAfter: FC.integer({ min: 0, max: 30 }),
-      delays: FC.array(FC.integer({ min: 0, max: 20 }), { minLength: 1, maxLength: 10 })
+      delays: FC.array(FC.integer({ min: 0, max: 20 }), { minLength: 1, maxLength: 10 }),
+      scan: FC.option(FC.integer({ min: 1, max: 40 }), { nil: undefined })
     },
-    ({ batchSize, concurrency, delays, rows, stopAfter }) =>
+    ({ batchSize, concurrency, delays, rows, scan, stopAfter }) =>
       Effect.gen(function*() {
         const world = new World(makeTickets(rows, rows + 7), {
           rotate: (n) => yields(delays[n % delays.length]!)
         })
+        world.table.scanLimit = scan
         const stop = Effect.sync(() => world.table.calls.rotate >= stopAfter)
         const first = yield* runIn(world, { batchSize, concurrency }, stop)
         expect(checkInvariants(world.log, world.table.sorted.map((t) => t.id), concurrency * batchSize))

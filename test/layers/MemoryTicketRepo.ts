@@ -5,7 +5,7 @@
 import { Effect, Fiber, Layer, Option } from "effect"
 import { createHash } from "node:crypto"
 import { DatabaseError, DuplicateToken, type Scope } from "../../src/Domain.js"
-import { TicketRepo, type TicketRepoService } from "../../src/TicketRepo.js"
+import { type Page, TicketRepo, type TicketRepoService } from "../../src/TicketRepo.js"
 import type { EventLog } from "./EventLog.js"
 
 export interface MemoryTicket {
@@ -64,6 +64,11 @@ export class MemoryTable {
    * stops waiting, as an UPDATE the server has begun does; `settled` waits for those still running.
    */
   outlivesCaller = false
+  /**
+   * At most this many tickets examined per page read, as the SQL repository bounds a scoped page: a sparse
+   * scope then gives short or empty pages before the end of the table. Unbounded when undefined.
+   */
+  scanLimit: number | undefined = undefined
   private readonly statements: Array<Fiber.RuntimeFiber<number, DatabaseError | DuplicateToken>> = []
 
   /** Which ticket holds each token: the unique key on `token`. */
@@ -91,6 +96,19 @@ export class MemoryTable {
     return undefined
   }
 
+  /** A keyset page of `scope` after `after`, reading at most `scanLimit` tickets. */
+  private read(scope: Scope, after: string, limit: number): Page {
+    const rest = this.sorted.filter((t) => t.id > after)
+    const examined = this.scanLimit === undefined ? rest : rest.slice(0, this.scanLimit)
+    const ids: Array<string> = []
+    for (const t of examined) {
+      if (!inScope(scope)(t)) continue
+      ids.push(t.id)
+      if (ids.length === limit) return { ids, through: t.id, end: false }
+    }
+    return { ids, through: examined.at(-1)?.id ?? after, end: examined.length === rest.length }
+  }
+
   /** How many times each id was rotated. */
   rotationCounts(): Map<string, number> {
     const counts = new Map<string, number>()
@@ -108,9 +126,9 @@ export class MemoryTable {
           return this.faults.page?.(n) ?? Effect.void
         }).pipe(
           Effect.map(() => {
-            const ids = this.sorted.filter((t) => t.id > after && inScope(scope)(t)).slice(0, limit).map((t) => t.id)
-            this.pages.push({ limit, ids, at: this.log.events.length })
-            return ids
+            const page = this.read(scope, after, limit)
+            this.pages.push({ limit, ids: page.ids, at: this.log.events.length })
+            return page
           })
         ),
       rotate: (_scope, ids, tokens, at) => {
@@ -153,11 +171,8 @@ export class MemoryTable {
       ),
       audit: (scope, after, limit, since) =>
         Effect.sync(() => {
-          const page = this.sorted.filter((t) => t.id > after && inScope(scope)(t)).slice(0, limit)
-          return {
-            ids: page.map((t) => t.id),
-            stale: page.filter((t) => t.updatedAt < since.getTime()).map((t) => t.id)
-          }
+          const page = this.read(scope, after, limit)
+          return { ...page, stale: page.ids.filter((id) => this.byId.get(id)!.updatedAt < since.getTime()) }
         }),
       duplicateTokens: Effect.sync(() => {
         const seen = new Map<string, Array<string>>()

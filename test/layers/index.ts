@@ -71,6 +71,7 @@ export class World {
     next.log.events.push(...this.log.events)
     next.table.rotations.push(...this.table.rotations)
     next.table.pages.push(...this.table.pages)
+    next.table.scanLimit = this.table.scanLimit
     for (const [key, entry] of this.store.data) next.store.data.set(key, { ...entry })
     return next
   }
