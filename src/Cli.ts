@@ -28,18 +28,20 @@ import * as TicketRepo from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Verify from "./Verify.js"
 
+/** Every integer flag's range and message, by flag: `argvProblem` checks their values first. */
+const integerRanges = new Map<string, { readonly min: number; readonly max: number; readonly message: string }>()
+
 /** An integer flag within [min, max]; anything else is refused with a message naming the flag. */
-const integerBetween = (name: string, min: number, max: number): Options.Options<number> =>
-  Options.text(name).pipe(
-    Options.withPseudoName("integer"),
+const integerBetween = (name: string, min: number, max: number): Options.Options<number> => {
+  const message = `--${name} must be an integer from ${min} to ${max}`
+  integerRanges.set(`--${name}`, { min, max, message })
+  return Options.integer(name).pipe(
     Options.filterMap(
-      (text) => {
-        const n = /^-?\d+$/.test(text.trim()) ? Number(text) : Number.NaN
-        return Number.isSafeInteger(n) && n >= min && n <= max ? Option.some(n) : Option.none()
-      },
-      `--${name} must be an integer from ${min} to ${max}`
+      (n) => Number.isSafeInteger(n) && n >= min && n <= max ? Option.some(n) : Option.none(),
+      `error: ${message}`
     )
   )
+}
 
 // migrate
 
@@ -113,7 +115,8 @@ const seed = Command.make("seed").pipe(
 
 // scope flags (regenerate, status, verify)
 
-const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(message))
+/** A flag error, printed by the parser: one line worded as the program's own errors are. */
+const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(`error: ${message}`))
 
 const domainPattern = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$/i
 
@@ -515,6 +518,11 @@ export const argvProblem = (argv: ReadonlyArray<string>): string | undefined => 
     if (valueFlags.has(arg) && (i + 1 >= end || next === undefined || next.startsWith("--"))) {
       return `${name} needs a value (see --help)`
     }
+    // The parser's own words for "abc" or "1e3" would not name the flag ("'abc' is not a integer").
+    const value = (arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : next)?.trim() ?? ""
+    const range = integerRanges.get(name)
+    const n = /^-?\d+$/.test(value) ? Number(value) : Number.NaN
+    if (range !== undefined && !(Number.isSafeInteger(n) && n >= range.min && n <= range.max)) return range.message
     if (valueFlags.has(arg)) i++
   }
   return undefined

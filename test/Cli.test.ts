@@ -123,8 +123,21 @@ describe("flags the argument parser would misreport", () => {
     expect(valued, "flags with a value seen in the usage lines").toBeGreaterThanOrEqual(11)
   })
 
-  it("leaves well-formed argv (negative numbers, values, --) to the parser", () => {
-    expect(argvProblem(argv("regenerate", "--concurrency", "-3", "--json"))).toBeUndefined()
+  it("refuses an integer flag's value that is not an integer in its range, as the flag's own message", () => {
+    for (const value of ["-3", "0", "65", "abc", "1.5", "1e3", "", "99999999999999999999"]) {
+      expect(argvProblem(argv("regenerate", "--concurrency", value)), value).toBe(
+        "--concurrency must be an integer from 1 to 64"
+      )
+    }
+    expect(argvProblem(argv("regenerate", "--batch-size=10001"))).toBe(
+      "--batch-size must be an integer from 1 to 10000"
+    )
+    expect(argvProblem(argv("seed", "orders", "--count", "x"))).toBe("--count must be an integer from 1 to 1000000000")
+  })
+
+  it("leaves well-formed argv (values, --) to the parser", () => {
+    expect(argvProblem(argv("regenerate", "--concurrency", "3", "--max-rows-per-second", " 500", "--json")))
+      .toBeUndefined()
     expect(argvProblem(argv("seed", "tickets", "--count", "10"))).toBeUndefined()
     expect(argvProblem(argv("regenerate", "--batch-size=5", "--resume"))).toBeUndefined()
     expect(argvProblem(argv("verify", "--", "--json", "--json"))).toBeUndefined()
