@@ -542,20 +542,21 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           batches: r.batches + (isBatch ? 1 : 0)
         }))
         yield* window.release(passed)
-        if (!isBatch) {
+        if (isBatch) {
+          yield* Ref.update(counters, (c) => ({
+            ...c,
+            rotated: c.rotated + rotated,
+            skipped: c.skipped + (item.ids.length - rotated),
+            batches: c.batches + 1
+          }))
+          yield* progress.emit(ProgressEvent.Advanced({ rows: rotated, batchSize: yield* Ref.get(batchSize) }))
+        } else {
           // Not a stall: a sparse scope can go a while between batches while its pages read on.
-          return yield* progress.emit(ProgressEvent.Advanced({ rows: 0 }))
+          yield* progress.emit(ProgressEvent.Advanced({ rows: 0 }))
         }
-        yield* Ref.update(counters, (c) => ({
-          ...c,
-          rotated: c.rotated + rotated,
-          skipped: c.skipped + (item.ids.length - rotated),
-          batches: c.batches + 1
-        }))
-        yield* progress.emit(ProgressEvent.Advanced({ rows: rotated, batchSize: yield* Ref.get(batchSize) }))
         const bounds = yield* Ref.get(range)
         if (Option.isSome(bounds)) {
-          if (!(yield* Ref.getAndSet(idsChecked, true)) && !uniformIds(item.ids)) {
+          if (isBatch && !(yield* Ref.getAndSet(idsChecked, true)) && !uniformIds(item.ids)) {
             yield* progress.emit(ProgressEvent.Notice({
               text: "note: many ids here are not random (v4) uuids — time-ordered ids cluster in the key space, " +
                 "so the estimated % and ETA may be far off; without --no-count progress is exact"

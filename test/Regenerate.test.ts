@@ -220,6 +220,19 @@ describe("regenerate", () => {
       expect(checkInvariants(world.log, expected, 3 * 5)).toBeUndefined()
     }))
 
+  it.effect("a sparse scope without a count: the key-space estimate moves on over stretches with nothing in scope", () =>
+    Effect.gen(function*() {
+      const scope = new Scope({ ...Scope.all, emailDomain: "example.org" })
+      const world = new World(makeTickets(120))
+      world.table.scanLimit = 2
+      const summary = yield* runIn(world, { scope, batchSize: 5, concurrency: 2, count: false })
+      expect(summary.status).toBe("completed")
+      const estimates = world.progress.flatMap((e) => e._tag === "Estimate" ? [e.fraction] : [])
+      expect(estimates.length).toBeGreaterThan(summary.batches + 10)
+      expect(estimates.every((f, i) => i === 0 || f >= estimates[i - 1]!)).toBe(true)
+      expect(estimates.at(-1)).toBe(1)
+    }))
+
   it.effect("an empty scope completes at once", () =>
     Effect.gen(function*() {
       const world = new World([])
