@@ -336,7 +336,8 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
         let size = Math.max(floor, stretch)
         let from = after
         for (let scanned = 0, first = true;; first = false) {
-          const ends = yield* sql.unsafe(stretchEnd(from, size).text, stretchEnd(from, size).params).values
+          const endQuery = stretchEnd(from, size)
+          const ends = yield* sql.unsafe(endQuery.text, endQuery.params).values
           const upTo = ends.length === 0 ? undefined : String(ends[0]![0])
           if (upTo !== undefined) yield* ticketIds([upTo])
           rows.push(...(yield* read(from, limit - rows.length, upTo)))
