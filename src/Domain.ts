@@ -29,8 +29,13 @@ export class Scope extends Schema.Class<Scope>("Scope")({
     ].filter((flag) => flag !== "").join(" ")
   }
 
+  /** No conditions: every ticket of the table. */
+  get everyTicket(): boolean {
+    return this.flags === ""
+  }
+
   get description(): string {
-    return this.flags === "" ? "all tickets" : this.flags
+    return this.everyTicket ? "all tickets" : this.flags
   }
 
   /** The command that continues an unfinished run of this scope. */

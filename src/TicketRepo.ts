@@ -318,8 +318,8 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
     let stretch = 0
 
     /**
-     * The rows of a keyset page (`columns` after the id, with `columnParams`), and how far the table was
-     * read for them: the whole page at once without conditions, else stretch by stretch.
+     * The rows of a keyset page (`columns` after the id, with `columnParams`), their ids checked, and how far
+     * the table was read for them: the whole page at once without conditions, else stretch by stretch.
      */
     const scan = (scope: Scope, columns: string, columnParams: ReadonlyArray<unknown>, after: string, limit: number) =>
       Effect.gen(function*() {
@@ -327,12 +327,14 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
           const statement = keysetPage(dialect, columns, scope, from, count, upTo)
           return sql.unsafe(statement.text, [...columnParams, ...statement.params]).values
         }
-        if (scopeSql(scope).where === "") {
-          const rows = yield* read(after, limit)
-          return { rows, through: rows.length === 0 ? after : String(rows.at(-1)![0]), end: rows.length < limit }
+        const rows: Array<ReadonlyArray<unknown>> = []
+        const found = (through: string, end: boolean) =>
+          Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({ rows, ids, through, end }))
+        if (scope.everyTicket) {
+          rows.push(...(yield* read(after, limit)))
+          return yield* found(rows.length === 0 ? after : String(rows.at(-1)![0]), rows.length < limit)
         }
         const floor = Math.min(bounds.max, bounds.first * limit)
-        const rows: Array<ReadonlyArray<unknown>> = []
         let size = Math.max(floor, stretch)
         let from = after
         for (let scanned = 0, first = true;; first = false) {
@@ -344,16 +346,16 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
           scanned += size
           if (rows.length === limit) {
             stretch = first ? Math.max(floor, size >> 1) : size
-            return { rows, through: String(rows.at(-1)![0]), end: false }
+            return yield* found(String(rows.at(-1)![0]), false)
           }
           if (upTo === undefined) {
             stretch = size
-            return { rows, through: rows.length === 0 ? from : String(rows.at(-1)![0]), end: true }
+            return yield* found(rows.length === 0 ? from : String(rows.at(-1)![0]), true)
           }
           from = upTo
           if (scanned >= bounds.perPage) {
             stretch = size
-            return { rows, through: from, end: false }
+            return yield* found(from, false)
           }
           size = Math.min(bounds.max, size * 4)
         }
@@ -362,11 +364,7 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
     const page = (scope: Scope, after: string, limit: number) =>
       own(
         "reading a page of ticket ids",
-        Effect.flatMap(
-          scan(scope, "", [], after, limit),
-          ({ end, rows, through }) =>
-            Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({ ids, through, end }))
-        )
+        Effect.map(scan(scope, "", [], after, limit), ({ end, ids, through }) => ({ ids, through, end }))
       )
 
     /** Exactly the given ids, each found by key. */
@@ -435,9 +433,8 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
 
     const rotate = (scope: Scope, ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) => {
       if (ids.length === 0) return Effect.succeed(0)
-      const whole = scopeSql(scope).where === ""
       return Effect.flatMap(rangesRefusable, (ranges) => {
-        const packed = ranges && whole ? packTokens(tokens, ids.length) : undefined
+        const packed = ranges && scope.everyTicket ? packTokens(tokens, ids.length) : undefined
         return own(
           "rotating a batch of tokens",
           packed !== undefined
@@ -471,15 +468,14 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
     const audit = (scope: Scope, after: string, limit: number, since: Date) =>
       own(
         "auditing a page of tickets",
-        Effect.flatMap(
+        Effect.map(
           scan(scope, ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END", [datetime(since)], after, limit),
-          ({ end, rows, through }) =>
-            Effect.map(ticketIds(rows.map((row) => String(row[0]))), (ids) => ({
-              ids,
-              through,
-              end,
-              stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
-            }))
+          ({ end, ids, rows, through }) => ({
+            ids,
+            through,
+            end,
+            stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
+          })
         )
       )
 
