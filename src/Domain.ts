@@ -251,6 +251,16 @@ export class DuplicateToken extends Data.TaggedError("DuplicateToken")<{ readonl
   }
 }
 
+/**
+ * A span could not be rotated as one range: it holds more tickets than when it was read (the site inserted
+ * some), or the server refused the range statement. The caller rotates the span's tickets by key instead.
+ */
+export class SpanChanged extends Data.TaggedError("SpanChanged")<{ readonly detail: string }> {
+  override get message() {
+    return `the span could not be rotated as a range: ${this.detail}`
+  }
+}
+
 /** A seeder stopped part way: the INSERTs that committed stay (each is all or nothing). */
 export class SeedIncomplete extends Data.TaggedError("SeedIncomplete")<{
   readonly error: DatabaseError

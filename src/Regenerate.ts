@@ -40,7 +40,7 @@ import {
   UnfinishedRun
 } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
-import { TicketRepo } from "./TicketRepo.js"
+import { type Span, TicketRepo } from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
 
@@ -195,9 +195,10 @@ export const nextBatchSize = (current: number, size: number, millis: number, tar
 export type DoneRange = readonly [first: string, last: string]
 
 /**
- * What the page source emits, numbered in key order: a batch to rotate, or a range with nothing to do — one
- * an earlier process already committed and recorded, or a stretch of the table with no ticket in scope
- * (either only moves the low-water mark).
+ * What the page source emits, numbered in key order: a batch to rotate, named by its ids (a page) or by its
+ * bounds (a span of the whole table), or a range with nothing to do — one an earlier process already
+ * committed and recorded, or a stretch of the table with no ticket in scope (either only moves the
+ * low-water mark).
  */
 type Item =
   | {
@@ -209,9 +210,23 @@ type Item =
     /** How far the batch covers the table: its last id, or beyond (no ticket in scope in between). */
     readonly through: string
   }
+  | { readonly _tag: "Span"; readonly seq: number; readonly span: Span }
   | { readonly _tag: "Done"; readonly seq: number; readonly range: DoneRange }
 
-const rangeOf = (item: Item): DoneRange => item._tag === "Done" ? item.range : [item.ids[0]!, item.through]
+/** The smallest id above `id` (all zeros above the empty cursor): a span's first id, as a range bound. */
+const successor = (id: string): string =>
+  id === "" ? "0".repeat(32) : (BigInt(`0x${id}`) + 1n).toString(16).padStart(32, "0")
+
+const rangeOf = (item: Item): DoneRange =>
+  item._tag === "Done"
+    ? item.range
+    : item._tag === "Span"
+    ? [successor(item.span.after), item.span.through]
+    : [item.ids[0]!, item.through]
+
+/** Tickets a batch held when it was read. */
+const rowsOf = (item: Exclude<Item, { _tag: "Done" }>): number =>
+  item._tag === "Span" ? item.span.rows : item.ids.length
 
 /** Batches allowed beyond the low-water mark (committed or in flight), per unit of concurrency. */
 const windowPerConcurrency = 4
@@ -335,6 +350,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const startedAt = yield* Clock.currentTimeMillis
 
     yield* settled(repo.checkSchema, stopRequested)
+    const spans = yield* repo.spans(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
     const { done, record: starting, supersedes } = yield* settled(startingRecord(key, options), stopRequested)
@@ -474,6 +490,22 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         if (yield* stopRequested) return yield* halt
         if (Option.isSome(yield* Ref.get(failure))) return Option.none()
         const limit = yield* Ref.get(batchSize)
+        // Spans once past the ranges an earlier process committed (a page stops a batch short of one), and
+        // after the first batch under --no-count, whose ids tell whether the key-space estimate holds.
+        if (spans && s.skips.length === 0 && (options.count || s.seq > 0)) {
+          const next = yield* Effect.either(retrying(
+            answeredWithin("reading a span of tickets")(repo.span(s.cursor, limit))
+          ))
+          if (Either.isLeft(next)) return yield* Effect.as(failed(next.left), Option.none())
+          // None: fewer than a batch remain, read as a page.
+          if (Option.isSome(next.right)) {
+            const span = next.right.value
+            yield* throttle(span.rows)
+            if (yield* stopRequested) return yield* halt
+            const seq = s.seq + 1
+            return Option.some([{ _tag: "Span", seq, span }, { ...s, cursor: span.through, seq }] as const)
+          }
+        }
         const page = yield* Effect.either(retrying(
           answeredWithin("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
         ))
@@ -505,15 +537,33 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         )
       })
 
-    const rotate = (ids: ReadonlyArray<string>) =>
-      retrying(Effect.gen(function*() {
-        // Fresh tokens on every attempt: a retried duplicate gets new ones.
+    // Fresh tokens on every attempt: a retried duplicate gets new ones.
+    const byKey = (ids: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
         const tokens = yield* tokenGen.tokens(ids.length)
         const now = yield* Clock.currentTimeMillis
-        return yield* answeredWithin("rotating a batch of tokens")(
-          repo.rotate(options.scope, ids, tokens, new Date(now))
-        )
-      }))
+        return yield* answeredWithin("rotating a batch of tokens")(repo.rotate(ids, tokens, new Date(now)))
+      })
+
+    /** A span as one range; when it changed since it was read, the tickets now in it by key. */
+    const bySpan = (span: Span) =>
+      Effect.gen(function*() {
+        const tokens = yield* tokenGen.tokens(span.rows)
+        const now = yield* Clock.currentTimeMillis
+        return yield* answeredWithin("rotating a batch of tokens")(repo.rotateSpan(span, tokens, new Date(now)))
+      }).pipe(Effect.catchTag("SpanChanged", (changed) =>
+        Effect.gen(function*() {
+          yield* Effect.logDebug(`${changed.message}; rotating its tickets by key`)
+          const ids = yield* answeredWithin("reading the ids of a span")(repo.spanIds(span))
+          let rotated = 0
+          for (let i = 0; i < ids.length; i += defaults.maxBatchSize) {
+            rotated += yield* byKey(ids.slice(i, i + defaults.maxBatchSize))
+          }
+          return rotated
+        })))
+
+    const rotate = (item: Exclude<Item, { _tag: "Done" }>) =>
+      retrying(item._tag === "Span" ? bySpan(item.span) : byKey(item.ids))
 
     /**
      * Records a completed item: the low-water mark moves over every item completed in sequence, the
@@ -531,9 +581,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           passed++
         }
         yield* Ref.set(ledger, { next: next + passed, above })
-        const isBatch = item._tag === "Batch"
+        const isBatch = item._tag !== "Done"
         const pending = yield* Ref.updateAndGet(inherited, (ranges) =>
-          isBatch ? ranges : ranges.filter((r) => r !== item.range))
+          item._tag === "Done" ? ranges.filter((r) => r !== item.range) : ranges)
         const done = [...above.values(), ...pending].sort((a, b) => (a[0] < b[0] ? -1 : 1))
         const saved = yield* persist((r) => ({
           cursor: cursor ?? r.cursor,
@@ -546,7 +596,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           yield* Ref.update(counters, (c) => ({
             ...c,
             rotated: c.rotated + rotated,
-            skipped: c.skipped + (item.ids.length - rotated),
+            // A span the site inserted into was rotated by key, its new tickets too.
+            skipped: c.skipped + Math.max(0, rowsOf(item) - rotated),
             batches: c.batches + 1
           }))
           yield* progress.emit(ProgressEvent.Advanced({ rows: rotated, batchSize: yield* Ref.get(batchSize) }))
@@ -556,7 +607,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         }
         const bounds = yield* Ref.get(range)
         if (Option.isSome(bounds)) {
-          if (isBatch && !(yield* Ref.getAndSet(idsChecked, true)) && !uniformIds(item.ids)) {
+          if (item._tag === "Batch" && !(yield* Ref.getAndSet(idsChecked, true)) && !uniformIds(item.ids)) {
             yield* progress.emit(ProgressEvent.Notice({
               text: "note: many ids here are not random (v4) uuids — time-ordered ids cluster in the key space, " +
                 "so the estimated % and ETA may be far off; without --no-count progress is exact"
@@ -580,13 +631,14 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           return yield* window.release(1)
         }
         const start = yield* Clock.currentTimeMillis
-        const outcome = yield* Effect.either(rotate(item.ids))
+        const outcome = yield* Effect.either(rotate(item))
         if (Either.isLeft(outcome)) return yield* failed(outcome.left)
         const rotated = outcome.right
         const millis = (yield* Clock.currentTimeMillis) - start
         if (options.targetBatchMillis !== undefined) {
           const target = options.targetBatchMillis
-          yield* Ref.update(batchSize, (current) => nextBatchSize(current, item.size, millis, target))
+          const size = item._tag === "Span" ? item.span.rows : item.size
+          yield* Ref.update(batchSize, (current) => nextBatchSize(current, size, millis, target))
         }
         yield* record(item, rotated)
         yield* letEventLoopTurn(db.dialect)

@@ -1,6 +1,7 @@
 /**
- * Tickets as the regeneration sees them: pages of ids in scope by keyset, one set-based UPDATE per batch,
- * counts, and the reads `verify` needs. The SQL implementation serves MySQL/MariaDB and SQLite.
+ * Tickets as the regeneration sees them: pages of ids in scope by keyset, or spans of the whole table; one
+ * set-based UPDATE per batch; counts, and the reads `verify` needs. The SQL implementation serves
+ * MySQL/MariaDB and SQLite.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
@@ -23,7 +24,14 @@ import {
   toCount,
   writeError
 } from "./Db.js"
-import { type DatabaseError, type DuplicateToken, SchemaMismatch, type SchemaMissing, type Scope } from "./Domain.js"
+import {
+  type DatabaseError,
+  type DuplicateToken,
+  SchemaMismatch,
+  type SchemaMissing,
+  type Scope,
+  SpanChanged
+} from "./Domain.js"
 
 /**
  * A keyset page of a scope: its ids after a cursor, and how far the table was read for them. A sparse scope
@@ -39,6 +47,16 @@ export interface Page {
   readonly through: string
   /** The table was read to its end: no id in scope after `through`. */
   readonly end: boolean
+}
+
+/**
+ * A batch of the whole table named by its bounds rather than its ids: every ticket in (`after`, `through`],
+ * `rows` of them when it was read. Reading one costs the server one row instead of a page of ids.
+ */
+export interface Span {
+  readonly after: string
+  readonly through: string
+  readonly rows: number
 }
 
 export interface AuditPage extends Page {
@@ -63,16 +81,34 @@ export interface TicketRepoService {
     limit: number
   ) => Effect.Effect<Page, DatabaseError | SchemaMismatch>
   /**
-   * Gives each of `ids` its own token from `tokens` (`tokens[i]` on `ids[i]` unless some were deleted
-   * meanwhile) and sets `updated_at`, in one statement (one transaction: all of the batch or none of it).
-   * `ids` is a keyset page of `scope`. Returns the number of tickets changed.
+   * Gives each of `ids` its own token from `tokens` (`tokens[i]` on `ids[i]`) and sets `updated_at`, by key,
+   * in one statement (one transaction: all of the batch or none of it). Returns the number of tickets
+   * changed (fewer when some were deleted meanwhile).
    */
   readonly rotate: (
-    scope: Scope,
     ids: ReadonlyArray<string>,
     tokens: ReadonlyArray<string>,
     at: Date
   ) => Effect.Effect<number, DatabaseError | DuplicateToken>
+  /**
+   * Whether batches of `scope` may be spans (see `rotateSpan`): the scope is the whole table, and the server
+   * refuses a range UPDATE that runs past its tokens. Otherwise every batch is a page of ids.
+   */
+  readonly spans: (scope: Scope) => Effect.Effect<boolean>
+  /** The span of the `rows` tickets after `after`, or none when fewer remain (the end: read a page). */
+  readonly span: (after: string, rows: number) => Effect.Effect<Option.Option<Span>, DatabaseError | SchemaMismatch>
+  /**
+   * Gives every ticket of the span its own token, in key order from `tokens`, and sets `updated_at`, in one
+   * statement. `SpanChanged` when it now holds more tickets than tokens (the site inserted some) or the server
+   * refused the statement: nothing changed, and the span goes by key (`spanIds`, then `rotate`).
+   */
+  readonly rotateSpan: (
+    span: Span,
+    tokens: ReadonlyArray<string>,
+    at: Date
+  ) => Effect.Effect<number, DatabaseError | SpanChanged>
+  /** The ids now in the span, ascending. */
+  readonly spanIds: (span: Span) => Effect.Effect<ReadonlyArray<string>, DatabaseError | SchemaMismatch>
   /** Tickets in scope. */
   readonly count: (scope: Scope) => Effect.Effect<number, DatabaseError>
   /** Smallest and largest ticket id (for a progress estimate without a count). */
@@ -97,24 +133,24 @@ const limitOf = (limit: number): number => {
 }
 
 /**
- * Batches rotated, tagged by the UPDATE form that did it: `range`, `key`, or `key after range` (the range
- * form was refused, e.g. because the site inserted a ticket into the range).
+ * Batches rotated, tagged by the UPDATE form: `range` (a span), `key` (a page of ids), or `key after range`
+ * (a span refused as a range, e.g. because the site inserted a ticket into it, which then goes by key).
  */
 export const rotations = Metric.counter("ticket_rotations", { description: "batches rotated, by UPDATE form" })
 const byForm = {
   range: Metric.increment(Metric.tagged(rotations, "form", "range")),
   key: Metric.increment(Metric.tagged(rotations, "form", "key")),
-  fallback: Metric.increment(Metric.tagged(rotations, "form", "key after range"))
+  refused: Metric.increment(Metric.tagged(rotations, "form", "key after range"))
 }
 
 /** Length of a token (32 hex characters); the range form cuts tokens out of one parameter at this stride. */
 const tokenLength = 32
 
-/** The first `count` tokens end to end as bytes, when every one is 32 ASCII characters (else by key). */
-const packTokens = (tokens: ReadonlyArray<string>, count: number): Buffer | undefined => {
-  for (let i = 0; i < count; i++) if (tokens[i]?.length !== tokenLength) return undefined
-  const packed = Buffer.from(tokens.slice(0, count).join(""), "utf8")
-  return packed.length === count * tokenLength ? packed : undefined
+/** The tokens end to end as bytes, when every one is 32 ASCII characters (else the span goes by key). */
+const packTokens = (tokens: ReadonlyArray<string>): Buffer | undefined => {
+  for (const token of tokens) if (token.length !== tokenLength) return undefined
+  const packed = Buffer.from(tokens.join(""), "utf8")
+  return packed.length === tokens.length * tokenLength ? packed : undefined
 }
 
 /**
@@ -240,16 +276,16 @@ export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): stri
         new Array(size).fill("(?, ?)").join(", ") + ") AS v WHERE `ticket`.`id` = v.column1")
 
 /**
- * The batch UPDATE on MySQL when the scope has no conditions: the page is every ticket in [first, last], so
- * the server walks that range of the clustered index and updates the rows where they stand, the i-th
- * taking the i-th token, instead of finding each row by key (a third less server CPU per row, see
- * docs/PERFORMANCE.md). Not for a scope with conditions: the range would also hold tickets out of scope,
- * which the statement would read and, under REPEATABLE READ, keep locked to its end — as many as a page of
- * a sparse scope spans (see `scanBounds`). One autocommit statement: `@i` counts the rows,
- * restarting at 1 on the first row of each execution, which the first two parameters mark with a value
- * never used before (`@b`). The tokens come as one binary parameter, all `size` of them end to end, cut
- * by byte offset (one parameter to encode and bind, not one per row). A row past the last token gets
- * NULL, which strict mode refuses (error 1048), rolling the whole statement back.
+ * The span UPDATE on MySQL (the scope has no conditions): every ticket in (after, through], so the server
+ * walks that range of the clustered index and updates the rows where they stand, the i-th taking the i-th
+ * token, instead of finding each row by key (a third less server CPU per row, see docs/PERFORMANCE.md). Not
+ * for a scope with conditions: the range would also hold tickets out of scope, which the statement would
+ * read and, under REPEATABLE READ, keep locked to its end — as many as a page of a sparse scope spans (see
+ * `scanBounds`). One autocommit statement: `@i` counts the rows, restarting at 1 on the first row of each
+ * execution, which the first two parameters mark with a value never used before (`@b`). The tokens come as
+ * one binary parameter, all `size` of them end to end, cut by byte offset (one parameter to encode and
+ * bind, not one per row). A row past the last token gets NULL, which strict mode refuses (error 1048),
+ * rolling the whole statement back.
  */
 export const rangeRotateStatement = (size: number): string =>
   statementText(
@@ -259,7 +295,7 @@ export const rangeRotateStatement = (size: number): string =>
       `IF((@i := IF(@b = ?, @i + 1, (@b := ?) IS NOT NULL)) <= ${limitOf(size)}, @i * ${tokenLength} - ${
         tokenLength - 1
       }, NULL), ${tokenLength}), ` +
-      "t.`updated_at` = ? WHERE t.`id` >= ? AND t.`id` <= ?"
+      "t.`updated_at` = ? WHERE t.`id` > ? AND t.`id` <= ?"
   )
 
 export const rotateParams = (
@@ -367,16 +403,19 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
         Effect.map(scan(scope, "", [], after, limit), ({ end, ids, through }) => ({ ids, through, end }))
       )
 
-    /** Exactly the given ids, each found by key. */
-    const rotateIds = (ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) =>
-      sql.unsafe(rotateStatement(dialect, ids.length), rotateParams(dialect, ids, tokens, datetime(at))).raw.pipe(
-        Effect.map(affectedRows),
-        Effect.mapError(writeError("rotating a batch of tokens"))
+    const rotate = (ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) =>
+      ids.length === 0 ? Effect.succeed(0) : own(
+        "rotating a batch of tokens",
+        sql.unsafe(rotateStatement(dialect, ids.length), rotateParams(dialect, ids, tokens, datetime(at))).raw.pipe(
+          Effect.map(affectedRows),
+          Effect.mapError(writeError("rotating a batch of tokens")),
+          Effect.tap(() => byForm.key)
+        )
       )
 
     // Strict mode and a NOT NULL token column turn a token past the last one (a ticket the site inserted into
-    // the range after the page was read) into an error instead of an empty or NULL token; without both,
-    // batches go by key.
+    // the span after it was read) into an error instead of an empty or NULL token; without both, every
+    // batch is a page of ids, rotated by key.
     const rangesRefusable = yield* Effect.cached(
       dialect === "mysql"
         ? sql.unsafe(
@@ -396,53 +435,62 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
         )
         : Effect.succeed(false)
     )
+
+    const span = (after: string, rows: number) =>
+      own(
+        "reading a span of tickets",
+        Effect.gen(function*() {
+          const query = stretchEnd(after, rows)
+          const ends = yield* sql.unsafe(query.text, query.params).values
+          if (ends.length === 0) return Option.none<Span>()
+          const [through] = yield* ticketIds([String(ends[0]![0])])
+          return Option.some<Span>({ after, through: through!, rows })
+        })
+      )
+
     const markers = { prefix: randomBytes(6).toString("hex"), next: 0 }
 
     /**
-     * A page as one range (see `rangeRotateStatement`). When the range holds more tickets than the page (the site inserted some since it was read), the statement fails as a whole and the batch goes
-     * by key with the same tokens; fewer (some were deleted) is fine, every remaining one gets its own token.
-     * A server that refuses the form also falls back, and so does a duplicate token: with 122 random bits a
-     * real collision practically never happens, so it rather means the server cut the tokens wrongly (the form
-     * leans on user variables, deprecated in MySQL 8); by key, a real one still fails as DuplicateToken.
-     * Transient errors go to the caller's retry as usual.
+     * A span as one range (see `rangeRotateStatement`). When the span holds more tickets than tokens, the
+     * statement fails as a whole: `SpanChanged`; fewer (some were deleted) is fine, every remaining one gets
+     * its own token. A server that refuses the form is `SpanChanged` too, and so is a duplicate token: with
+     * 122 random bits a real collision practically never happens, so it rather means the server cut the
+     * tokens wrongly (the form leans on user variables, deprecated in MySQL 8); by key, a real one still
+     * fails as DuplicateToken. Transient errors go to the caller's retry as usual.
      */
-    const rotateRange = (ids: ReadonlyArray<string>, packed: Buffer, tokens: ReadonlyArray<string>, at: Date) =>
-      Effect.suspend(() => {
-        const marker = `${markers.prefix}${markers.next++}`
-        return sql.unsafe(rangeRotateStatement(ids.length), [
+    const rotateSpan = (span: Span, tokens: ReadonlyArray<string>, at: Date) => {
+      const packed = packTokens(tokens)
+      const refused = (detail: string) => Effect.zipRight(byForm.refused, Effect.fail(new SpanChanged({ detail })))
+      if (packed === undefined) return refused("the tokens are not all 32 ASCII characters")
+      const marker = `${markers.prefix}${markers.next++}`
+      return own(
+        "rotating a batch of tokens",
+        sql.unsafe(rangeRotateStatement(tokens.length), [
           packed,
           marker,
           marker,
           datetime(at),
-          ids[0]!,
-          ids[ids.length - 1]!
-        ]).raw
-      }).pipe(
-        Effect.map(affectedRows),
-        Effect.mapError(writeError("rotating a batch of tokens")),
+          span.after,
+          span.through
+        ]).raw.pipe(Effect.map(affectedRows), Effect.mapError(writeError("rotating a batch of tokens")))
+      ).pipe(
         Effect.tap(() => byForm.range),
-        Effect.catchAll((error) =>
-          error._tag === "DuplicateToken" || !error.transient
-            ? Effect.logDebug(`range UPDATE refused (${error.detail}); rotating the batch by key`).pipe(
-              Effect.zipRight(rotateIds(ids, tokens, at)),
-              Effect.tap(() => byForm.fallback)
-            )
-            : Effect.fail(error)
+        Effect.catchAll((error): Effect.Effect<never, DatabaseError | SpanChanged> =>
+          error._tag === "DuplicateToken" || !error.transient ? refused(error.detail) : Effect.fail(error)
         )
       )
-
-    const rotate = (scope: Scope, ids: ReadonlyArray<string>, tokens: ReadonlyArray<string>, at: Date) => {
-      if (ids.length === 0) return Effect.succeed(0)
-      return Effect.flatMap(rangesRefusable, (ranges) => {
-        const packed = ranges && scope.everyTicket ? packTokens(tokens, ids.length) : undefined
-        return own(
-          "rotating a batch of tokens",
-          packed !== undefined
-            ? rotateRange(ids, packed, tokens, at)
-            : Effect.tap(rotateIds(ids, tokens, at), () => byForm.key)
-        )
-      })
     }
+
+    // Bounded by the span, which held `rows` tickets moments ago: no LIMIT needed.
+    const spanIds = (span: Span) =>
+      own(
+        "reading the ids of a span",
+        Effect.flatMap(
+          sql.unsafe("SELECT `id` FROM `ticket` WHERE `id` > ? AND `id` <= ? ORDER BY `id`", [span.after, span.through])
+            .values,
+          (rows) => ticketIds(rows.map((row) => String(row[0])))
+        )
+      )
 
     const count = (scope: Scope) => {
       const s = scopeSql(scope)
@@ -499,6 +547,10 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
       checkSchema: Effect.provideService(requireSchema, SqlClient.SqlClient, sql),
       page,
       rotate,
+      spans: (scope) => Effect.map(rangesRefusable, (refusable) => refusable && scope.everyTicket),
+      span,
+      rotateSpan,
+      spanIds,
       count,
       idRange,
       audit,

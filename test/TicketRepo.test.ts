@@ -1,10 +1,11 @@
 /**
- * The SQL TicketRepo against real MariaDB: a page of the whole table is rotated as one range of the
- * clustered index (the i-th ticket takes the i-th token); when the site inserted or deleted tickets in that
- * range after the page was read, or the scope has conditions, the batch is rotated by key instead. Either way exactly the page's tickets change, nothing else.
+ * The SQL TicketRepo against real MariaDB: a span of the whole table is rotated as one range of the
+ * clustered index (the i-th ticket takes the i-th token); when the site inserted tickets into the span after
+ * it was read, the range is refused and its tickets go by key, as do pages of a scope with conditions.
+ * Either way exactly the batch's tickets change, nothing else.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { ConfigProvider, Effect, Fiber, Layer, Metric } from "effect"
+import { ConfigProvider, Effect, Fiber, Layer, Metric, Option } from "effect"
 import type * as mysql from "mysql2/promise"
 import { randomBytes } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -70,21 +71,42 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
   const pageOf = (scope: Scope, after: string, limit: number) =>
     run(Effect.flatMap(TicketRepo, (repo) => repo.page(scope, after, limit)))
   const page = async (scope: Scope, after: string, limit: number) => (await pageOf(scope, after, limit)).ids
-  const rotate = (scope: Scope, ids: ReadonlyArray<string>, values: ReadonlyArray<string>) =>
-    run(Effect.flatMap(TicketRepo, (repo) => repo.rotate(scope, ids, values, new Date())))
+  const rotate = (ids: ReadonlyArray<string>, values: ReadonlyArray<string>) =>
+    run(Effect.flatMap(TicketRepo, (repo) => repo.rotate(ids, values, new Date())))
+  const spanOf = (after: string, rows: number) => run(Effect.flatMap(TicketRepo, (repo) => repo.span(after, rows)))
+  const spans = (scope: Scope) => run(Effect.flatMap(TicketRepo, (repo) => repo.spans(scope)))
 
-  /** Rotates one page: how many tickets changed, and which UPDATE form did it. */
-  const rotateCounting = async (scope: Scope, ids: ReadonlyArray<string>, values: ReadonlyArray<string>) => {
+  /**
+   * Rotates a span as the pipeline does: as a range, or when that is refused, the tickets then in it by key
+   * (`values` for the first ones, fresh tokens for any more). How many changed, and which forms did it.
+   */
+  const rotateSpanCounting = async (span: TicketRepoSql.Span, values: ReadonlyArray<string>) => {
     let rotated = 0
-    const used = await forms(async () => (rotated = await rotate(scope, ids, values)))
+    const used = await forms(async () =>
+      rotated = await run(Effect.gen(function*() {
+        const repo = yield* TicketRepo
+        return yield* repo.rotateSpan(span, values, new Date()).pipe(
+          Effect.catchTag("SpanChanged", () =>
+            Effect.flatMap(repo.spanIds(span), (ids) =>
+              repo.rotate(ids, [...values, ...tokens(ids.length - values.length)], new Date())))
+        )
+      }))
+    )
     return { rotated, ...used }
   }
 
-  /** What `rotateCounting` gives for one batch of `rotated` tickets done by `form`. */
+  /** Rotates one page by key: how many tickets changed, and which UPDATE form did it. */
+  const rotateCounting = async (ids: ReadonlyArray<string>, values: ReadonlyArray<string>) => {
+    let rotated = 0
+    const used = await forms(async () => (rotated = await rotate(ids, values)))
+    return { rotated, ...used }
+  }
+
+  /** What `rotateCounting` gives for one batch of `rotated` tickets done by `form` (a refused span by key). */
   const oneBatch = (rotated: number, form: "range" | "key" | "fallback") => ({
     rotated,
     range: form === "range" ? 1 : 0,
-    key: form === "key" ? 1 : 0,
+    key: form === "range" ? 0 : 1,
     fallback: form === "fallback" ? 1 : 0
   })
 
@@ -100,12 +122,14 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     return after
   }
 
-  /** The first `limit` tickets, rotated as one page: by `form`, each to its token, no other ticket changed. */
-  const expectFirstPageRotatedBy = async (limit: number, form: "range" | "key" | "fallback") => {
+  /** The first `limit` tickets, rotated as one span: by `form`, each to its token, no other ticket changed. */
+  const expectFirstSpanRotatedBy = async (limit: number, form: "range" | "fallback") => {
     const before = await readTickets()
     const ids = await page(Scope.all, "", limit)
+    const span = Option.getOrThrow(await spanOf("", limit))
+    expect(span).toEqual({ after: "", through: ids.at(-1), rows: limit })
     const values = tokens(ids.length)
-    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(limit, form))
+    expect(await rotateSpanCounting(span, values)).toEqual(oneBatch(limit, form))
     await expectRotatedTo(before, ids, values)
   }
 
@@ -120,12 +144,24 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     await db?.drop()
   })
 
-  it("rotates a whole-table page as a range: the i-th ticket gets the i-th token, no other ticket changes", async () => {
+  it("rotates a span of the whole table as a range: the i-th ticket gets the i-th token, no other ticket changes", async () => {
     const before = await readTickets()
-    const ids = await page(Scope.all, [...before.keys()][99]!, 1000)
+    const sorted = [...before.keys()].sort()
+    const span = Option.getOrThrow(await spanOf(sorted[99]!, 1000))
+    expect(span).toEqual({ after: sorted[99], through: sorted[1099], rows: 1000 })
+    const ids = sorted.slice(100, 1100)
     const values = tokens(ids.length)
-    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(1000, "range"))
+    expect(await rotateSpanCounting(span, values)).toEqual(oneBatch(1000, "range"))
     await expectRotatedTo(before, ids, values)
+    // Fewer than a span left: none (the pipeline reads the tail as a page).
+    expect(await spanOf(sorted.at(-100)!, 100)).toEqual(Option.none())
+    expect(Option.isSome(await spanOf(sorted.at(-101)!, 100))).toBe(true)
+  })
+
+  it("spans only for the whole table: a scope with conditions goes by pages of ids", async () => {
+    expect(await spans(Scope.all)).toBe(true)
+    expect(await spans(new Scope({ ...Scope.all, liveOnly: true }))).toBe(false)
+    expect(await spans(new Scope({ ...Scope.all, createdAfter: "2024-01-01T00:00:00Z" }))).toBe(false)
   })
 
   it("the range statement gives the i-th row of the range the i-th token, and refuses more rows than tokens", async () => {
@@ -136,7 +172,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
         marker,
         marker,
         Db.datetime(new Date()),
-        ids[0]!,
+        "",
         ids.at(-1)!
       ])
     const before = await readTickets()
@@ -150,7 +186,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     await expectRotatedTo(before, ids, values)
   })
 
-  it("tokens that are not 32 ASCII characters go by key, each to its own ticket", async () => {
+  it("tokens that are not 32 ASCII characters: the span is refused as a range and goes by key, each to its own ticket", async () => {
     const ids = await page(Scope.all, "", 100)
     const values = [
       // 32 characters each, but one of them is not ASCII (34 bytes)
@@ -160,17 +196,14 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
       ...tokens(50).map((token) => token.slice(0, 16))
     ]
     const before = await readTickets()
-    expect(
-      await forms(async () => {
-        expect(await rotate(Scope.all, ids.slice(0, 50), values.slice(0, 50))).toBe(50)
-        expect(await rotate(Scope.all, ids.slice(50), values.slice(50))).toBe(50)
-      })
-    ).toEqual({ range: 0, key: 2, fallback: 0 })
+    const span = Option.getOrThrow(await spanOf("", 100))
+    expect(await rotateSpanCounting(span, values)).toEqual(oneBatch(100, "fallback"))
     await expectRotatedTo(before, ids, values)
   })
 
-  it("a ticket inserted into the page's range meanwhile: the page is rotated by key, the new ticket untouched", async () => {
+  it("a ticket inserted into a span after it was read: the range is refused, then by key, the new ticket too", async () => {
     const ids = await page(Scope.all, "", 1000)
+    const span = Option.getOrThrow(await spanOf("", 1000))
     const intruder = idBetween(ids[500]!, ids[501]!)
     await admin.query(
       "INSERT INTO `ticket` (`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`) " +
@@ -178,18 +211,26 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
       [intruder, randomBytes(16).toString("hex"), ids[0]]
     )
     const before = await readTickets()
-    const values = tokens(ids.length)
-    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(1000, "fallback"))
-    const after = await expectRotatedTo(before, ids, values)
-    expect(after.get(intruder)).toEqual(before.get(intruder))
+    const refused = await forms(() =>
+      run(Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotateSpan(span, tokens(1000), new Date()))))
+    )
+    expect(refused).toEqual({ range: 0, key: 0, fallback: 1 })
+    expect(await readTickets(), "nothing changed").toEqual(before)
+    const values = tokens(1000)
+    expect(await rotateSpanCounting(span, values)).toEqual(oneBatch(1001, "fallback"))
+    const after = await readTickets()
+    const now = [...ids.slice(0, 501), intruder, ...ids.slice(501)]
+    expect(changedIds(before, after)).toEqual(now)
+    expect(new Set(now.map((id) => after.get(id)!.token)).size).toBe(1001)
   })
 
-  it("a ticket of the page deleted meanwhile: every other one gets its own new token, and is counted", async () => {
+  it("a ticket of a span deleted meanwhile: every other one gets its own new token, and is counted", async () => {
     const ids = await page(Scope.all, "", 1000)
+    const span = Option.getOrThrow(await spanOf("", 1000))
     await admin.query("DELETE FROM `ticket` WHERE `id` = ?", [ids[700]])
     const before = await readTickets()
     const values = tokens(ids.length)
-    expect(await rotateCounting(Scope.all, ids, values)).toEqual(oneBatch(999, "range"))
+    expect(await rotateSpanCounting(span, values)).toEqual(oneBatch(999, "range"))
     const after = await readTickets()
     const kept = ids.filter((_, i) => i !== 700)
     const given = new Set(kept.map((id) => after.get(id)!.token))
@@ -208,7 +249,8 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     expect(inRange.length).toBeGreaterThan(ids.length)
     const values = tokens(ids.length)
     // As a range the statement would read, and lock, the older tickets between the page's ids too.
-    expect(await rotateCounting(scope, ids, values)).toEqual(oneBatch(800, "key"))
+    expect(await spans(scope)).toBe(false)
+    expect(await rotateCounting(ids, values)).toEqual(oneBatch(800, "key"))
     await expectRotatedTo(before, ids, values)
   })
 
@@ -256,7 +298,8 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     const inRange = [...before.values()].filter((t) => t.id >= ids[0]! && t.id <= ids.at(-1)!)
     expect(inRange.length).toBeGreaterThan(ids.length)
     const values = tokens(ids.length)
-    expect(await rotateCounting(liveOnly, ids, values)).toEqual(oneBatch(ids.length, "key"))
+    expect(await spans(liveOnly)).toBe(false)
+    expect(await rotateCounting(ids, values)).toEqual(oneBatch(ids.length, "key"))
     await expectRotatedTo(before, ids, values)
   })
 
@@ -294,7 +337,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
       "m",
       "2026-01-01 00:00:00.000000",
       sorted[0]!,
-      sorted[999]!
+      sorted[1000]!
     ])
     expect(update[0]).toMatchObject({ table: "t", key: "PRIMARY" })
   })
@@ -305,7 +348,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     const taken = [...before.values()].find((t) => !ids.includes(t.id))!.token
     const values = [...tokens(9), taken]
     const error = await run(
-      Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotate(Scope.all, ids, values, new Date())))
+      Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotate(ids, values, new Date())))
     )
     expect(error).toMatchObject({ _tag: "DuplicateToken" })
     expect(error.message).toContain("Duplicate entry for key")
@@ -313,7 +356,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     expect(await readTickets()).toEqual(before)
   })
 
-  it("a duplicate token from the range statement is tried by key before it counts as a collision", async () => {
+  it("a duplicate token from the range statement refuses the span, whose tickets then go by key", async () => {
     // A trigger makes the first UPDATE statement fail as a duplicate on the token's key, as a server that cut
     // the tokens wrongly would; the by-key statement after it runs clean.
     await admin.query("CREATE TABLE `dup_counter` (`n` int NOT NULL) ENGINE=MyISAM")
@@ -326,17 +369,18 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
         "END IF; END"
     )
     try {
-      await expectFirstPageRotatedBy(100, "fallback")
+      await expectFirstSpanRotatedBy(100, "fallback")
     } finally {
       await admin.query("DROP TRIGGER `dup_once`")
       await admin.query("DROP TABLE `dup_counter`")
     }
   })
 
-  it("a nullable token column (a row past the last token would silently get NULL) sends every batch by key", async () => {
+  it("a nullable token column (a row past the last token would silently get NULL): no spans, every batch by key", async () => {
+    await expectFirstSpanRotatedBy(1000, "range")
     await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NULL")
     try {
-      await expectFirstPageRotatedBy(1000, "key")
+      expect(await spans(Scope.all)).toBe(false)
     } finally {
       await admin.query("ALTER TABLE `ticket` MODIFY `token` varchar(255) NOT NULL")
     }
@@ -354,7 +398,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
       await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [ids[100]])
       const started = Date.now()
       const error = await run(
-        Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotate(Scope.all, ids, tokens(ids.length), new Date())))
+        Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotate(ids, tokens(ids.length), new Date())))
       )
       const waited = (Date.now() - started) / 1000
       expect(error).toMatchObject({ _tag: "DatabaseError", transient: true })

@@ -1,11 +1,12 @@
 /**
  * An in-memory ticket table behind the TicketRepo interface, with fault injection: fail or delay any
- * call, raise a duplicate token, and record every commit in a shared event log.
+ * call, raise a duplicate token, and record every commit in a shared event log. Batches of the whole table
+ * are pages of ids unless `spans` is set, as on MariaDB.
  */
 import { Effect, Fiber, Layer, Option } from "effect"
 import { createHash } from "node:crypto"
-import { DatabaseError, DuplicateToken, type Scope } from "../../src/Domain.js"
-import { type Page, TicketRepo, type TicketRepoService } from "../../src/TicketRepo.js"
+import { DatabaseError, DuplicateToken, type Scope, SpanChanged } from "../../src/Domain.js"
+import { type Page, type Span, TicketRepo, type TicketRepoService } from "../../src/TicketRepo.js"
 import type { EventLog } from "./EventLog.js"
 
 export interface MemoryTicket {
@@ -20,7 +21,10 @@ export interface MemoryTicket {
 
 export type Fault = Effect.Effect<void, DatabaseError | DuplicateToken>
 
-/** Decides, per call, whether a repository operation misbehaves. `n` counts calls of that operation from 1. */
+/**
+ * Decides, per call, whether a repository operation misbehaves. `n` counts calls of that operation from 1;
+ * reading a span counts as reading a page, rotating a span (as a range or by key) as rotating.
+ */
 export interface Faults {
   readonly checkSchema?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly page?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
@@ -58,7 +62,7 @@ export class MemoryTable {
   readonly rotations: Array<ReadonlyArray<string>> = []
   /** Every page read, in order: the size asked for, the ids that came back, and the log's length then. */
   readonly pages: Array<{ readonly limit: number; readonly ids: ReadonlyArray<string>; readonly at: number }> = []
-  calls = { checkSchema: 0, page: 0, rotate: 0, count: 0 }
+  calls = { checkSchema: 0, page: 0, span: 0, rotate: 0, count: 0 }
   /**
    * When true, a rotation that has begun runs to its end (its fault, then the commit) even if the caller
    * stops waiting, as an UPDATE the server has begun does; `settled` waits for those still running.
@@ -69,7 +73,11 @@ export class MemoryTable {
    * scope then gives short or empty pages before the end of the table. Unbounded when undefined.
    */
   scanLimit: number | undefined = undefined
-  private readonly statements: Array<Fiber.RuntimeFiber<number, DatabaseError | DuplicateToken>> = []
+  /** Batches of the whole table may be spans (`TicketRepo.spans`), rotated as ranges. */
+  spans = false
+  /** Spans rotated by key because they held more tickets than tokens (the site inserted some). */
+  spansChanged = 0
+  private readonly statements: Array<Fiber.RuntimeFiber<number, unknown>> = []
 
   /** Which ticket holds each token: the unique key on `token`. */
   private readonly byToken = new Map<string, string>()
@@ -109,6 +117,65 @@ export class MemoryTable {
     return { ids, through: examined.at(-1)?.id ?? after, end: examined.length === rest.length }
   }
 
+  /** A ticket the site inserts. */
+  insert(ticket: MemoryTicket): void {
+    const at = this.sorted.findIndex((t) => t.id > ticket.id)
+    this.sorted.splice(at === -1 ? this.sorted.length : at, 0, ticket)
+    this.byId.set(ticket.id, ticket)
+    this.byToken.set(ticket.token, ticket.id)
+  }
+
+  /** The ids in (after, through], whatever the scope. */
+  private idsIn(span: Span): Array<string> {
+    return this.sorted.filter((t) => t.id > span.after && t.id <= span.through).map((t) => t.id)
+  }
+
+  /**
+   * One UPDATE: its fault first, then the commit, one synchronous step (all of the batch or none of it).
+   * The tickets it changes are `target()` as the table is then (a span's, after whatever its fault
+   * inserted), unless `check` refuses them, as the server does a span that grew.
+   */
+  private statement<E>(
+    target: () => ReadonlyArray<string>,
+    tokens: ReadonlyArray<string>,
+    at: Date,
+    check: (ids: ReadonlyArray<string>) => E | undefined = () => undefined
+  ): Effect.Effect<number, DatabaseError | DuplicateToken | E> {
+    const statement = Effect.suspend(() => {
+      const n = this.calls.rotate += 1
+      return this.faults.rotate?.(n, target()) ?? Effect.void
+    }).pipe(
+      Effect.flatMap((): Effect.Effect<number, DuplicateToken | E> => {
+        const ids = target()
+        const refused = check(ids)
+        if (refused !== undefined) return Effect.fail(refused)
+        if (this.collision(ids, tokens) !== undefined) return Effect.fail(duplicateToken())
+        return Effect.sync(() => {
+          let changed = 0
+          ids.forEach((id, i) => {
+            const t = this.byId.get(id)
+            if (t !== undefined) {
+              this.byToken.delete(t.token)
+              this.byToken.set(tokens[i]!, id)
+              t.token = tokens[i]!
+              t.updatedAt = at.getTime()
+              changed++
+            }
+          })
+          this.rotations.push(ids)
+          this.log.push({ _tag: "commit", ids })
+          return changed
+        })
+      })
+    )
+    return this.outlivesCaller
+      ? Effect.flatMap(Effect.forkDaemon(statement), (fiber) => {
+        this.statements.push(fiber)
+        return Fiber.join(fiber)
+      })
+      : statement
+  }
+
   /** How many times each id was rotated. */
   rotationCounts(): Map<string, number> {
     const counts = new Map<string, number>()
@@ -117,7 +184,6 @@ export class MemoryTable {
   }
 
   get service(): TicketRepoService {
-    const fault = (f: Fault | undefined) => f ?? Effect.void
     return {
       checkSchema: Effect.suspend(() => this.faults.checkSchema?.(this.calls.checkSchema += 1) ?? Effect.void),
       page: (scope, after, limit) =>
@@ -131,38 +197,32 @@ export class MemoryTable {
             return page
           })
         ),
-      rotate: (_scope, ids, tokens, at) => {
-        const statement = Effect.suspend(() => {
-          const n = this.calls.rotate += 1
-          return fault(this.faults.rotate?.(n, ids))
+      rotate: (ids, tokens, at) => this.statement(() => ids, tokens, at),
+      spans: (scope) => Effect.sync(() => this.spans && scope.everyTicket),
+      span: (after, rows) =>
+        Effect.suspend(() => {
+          const n = this.calls.page += 1
+          this.calls.span += 1
+          return this.faults.page?.(n) ?? Effect.void
         }).pipe(
-          // The commit itself is one synchronous step: all of the batch or none of it.
-          Effect.flatMap(() =>
-            this.collision(ids, tokens) !== undefined ? Effect.fail(duplicateToken()) : Effect.sync(() => {
-              let changed = 0
-              ids.forEach((id, i) => {
-                const t = this.byId.get(id)
-                if (t !== undefined) {
-                  this.byToken.delete(t.token)
-                  this.byToken.set(tokens[i]!, id)
-                  t.token = tokens[i]!
-                  t.updatedAt = at.getTime()
-                  changed++
-                }
-              })
-              this.rotations.push(ids)
-              this.log.push({ _tag: "commit", ids })
-              return changed
-            })
-          )
-        )
-        return this.outlivesCaller
-          ? Effect.flatMap(Effect.forkDaemon(statement), (fiber) => {
-            this.statements.push(fiber)
-            return Fiber.join(fiber)
+          Effect.map(() => {
+            const rest = this.sorted.filter((t) => t.id > after)
+            if (rest.length < rows) return Option.none()
+            const span = { after, through: rest[rows - 1]!.id, rows }
+            this.pages.push({ limit: rows, ids: this.idsIn(span), at: this.log.events.length })
+            return Option.some(span)
           })
-          : statement
-      },
+        ),
+      rotateSpan: (span, tokens, at) =>
+        this.statement(() => this.idsIn(span), tokens, at, (ids) => {
+          if (ids.length <= tokens.length) return undefined
+          this.spansChanged++
+          return new SpanChanged({ detail: `${ids.length} tickets in the span, ${tokens.length} tokens` })
+        }).pipe(
+          // The range form cannot collide with itself; a duplicate then is the server's, as a refusal.
+          Effect.catchTag("DuplicateToken", (error) => Effect.fail(new SpanChanged({ detail: error.detail })))
+        ),
+      spanIds: (span) => Effect.sync(() => this.idsIn(span)),
       count: (scope) => Effect.sync(() => ++this.calls.count && this.sorted.filter(inScope(scope)).length),
       idRange: Effect.sync(() =>
         this.sorted.length === 0

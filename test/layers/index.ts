@@ -72,6 +72,7 @@ export class World {
     next.table.rotations.push(...this.table.rotations)
     next.table.pages.push(...this.table.pages)
     next.table.scanLimit = this.table.scanLimit
+    next.table.spans = this.table.spans
     for (const [key, entry] of this.store.data) next.store.data.set(key, { ...entry })
     return next
   }
