@@ -228,6 +228,12 @@ const rangeOf = (item: Item): DoneRange =>
 const rowsOf = (item: Exclude<Item, { _tag: "Done" }>): number =>
   item._tag === "Span" ? item.span.rows : item.ids.length
 
+/**
+ * Spans read by one statement: a fourth of the round trips, each of which costs the tool and the server
+ * about as much as a span's UPDATE does beyond its rows (see docs/PERFORMANCE.md).
+ */
+const spansPerRead = 4
+
 /** Batches allowed beyond the low-water mark (committed or in flight), per unit of concurrency. */
 const windowPerConcurrency = 4
 
@@ -350,7 +356,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const startedAt = yield* Clock.currentTimeMillis
 
     yield* settled(repo.checkSchema, stopRequested)
-    const spans = yield* repo.spans(options.scope)
+    const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
     const { done, record: starting, supersedes } = yield* settled(startingRecord(key, options), stopRequested)
@@ -469,6 +475,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       readonly cursor: string
       readonly seq: number
       readonly skips: ReadonlyArray<DoneRange>
+      /** Spans read after the cursor, not yet emitted. */
+      readonly ahead: ReadonlyArray<Span>
     }
 
     /** The end of the stream on a stop request (no batch is taken after it), recorded as such. */
@@ -492,18 +500,25 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         const limit = yield* Ref.get(batchSize)
         // Spans once past the ranges an earlier process committed (a page stops a batch short of one), and
         // after the first batch under --no-count, whose ids tell whether the key-space estimate holds.
-        if (spans && s.skips.length === 0 && (options.count || s.seq > 0)) {
-          const next = yield* Effect.either(retrying(
-            answeredWithin("reading a span of tickets")(repo.span(s.cursor, limit))
-          ))
-          if (Either.isLeft(next)) return yield* Effect.as(failed(next.left), Option.none())
+        if (spanning && s.skips.length === 0 && (options.count || s.seq > 0)) {
+          // Spans read ahead of the current batch size (it may have changed since) are read again.
+          let ahead = s.ahead[0]?.rows === limit ? s.ahead : []
+          if (ahead.length === 0) {
+            const read = yield* Effect.either(retrying(
+              answeredWithin("reading spans of tickets")(repo.spans(s.cursor, limit, spansPerRead))
+            ))
+            if (Either.isLeft(read)) return yield* Effect.as(failed(read.left), Option.none())
+            ahead = read.right
+          }
           // None: fewer than a batch remain, read as a page.
-          if (Option.isSome(next.right)) {
-            const span = next.right.value
+          const span = ahead[0]
+          if (span !== undefined) {
             yield* throttle(span.rows)
             if (yield* stopRequested) return yield* halt
             const seq = s.seq + 1
-            return Option.some([{ _tag: "Span", seq, span }, { ...s, cursor: span.through, seq }] as const)
+            return Option.some(
+              [{ _tag: "Span", seq, span }, { ...s, cursor: span.through, seq, ahead: ahead.slice(1) }] as const
+            )
           }
         }
         const page = yield* Effect.either(retrying(
@@ -520,7 +535,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         if (batch.length === 0) {
           if (reachesSkip) {
             return Option.some(
-              [{ _tag: "Done", seq, range: skip }, { cursor: skip[1], seq, skips: s.skips.slice(1) }] as const
+              [{ _tag: "Done", seq, range: skip }, {
+                cursor: skip[1],
+                seq,
+                skips: s.skips.slice(1),
+                ahead: []
+              }] as const
             )
           }
           if (end) return Option.none()
@@ -644,7 +664,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         yield* letEventLoopTurn(db.dialect)
       })
 
-    const start: Source = { cursor: starting.cursor, seq: 0, skips: starting.done }
+    const start: Source = { cursor: starting.cursor, seq: 0, skips: starting.done, ahead: [] }
     const stopped = yield* Stream.unfoldEffect(start, nextItem).pipe(
       Stream.tap(() => window.take(1)),
       // Unordered: a slow batch does not hold the others back. A batch keeps its slot until its commit is

@@ -94,9 +94,16 @@ export interface TicketRepoService {
    * Whether batches of `scope` may be spans (see `rotateSpan`): the scope is the whole table, and the server
    * refuses a range UPDATE that runs past its tokens. Otherwise every batch is a page of ids.
    */
-  readonly spans: (scope: Scope) => Effect.Effect<boolean>
-  /** The span of the `rows` tickets after `after`, or none when fewer remain (the end: read a page). */
-  readonly span: (after: string, rows: number) => Effect.Effect<Option.Option<Span>, DatabaseError | SchemaMismatch>
+  readonly canSpan: (scope: Scope) => Effect.Effect<boolean>
+  /**
+   * Up to `count` consecutive spans of `rows` tickets each after `after`, in one statement; fewer near the end
+   * of the table, none when fewer than `rows` tickets remain (read those as a page).
+   */
+  readonly spans: (
+    after: string,
+    rows: number,
+    count: number
+  ) => Effect.Effect<ReadonlyArray<Span>, DatabaseError | SchemaMismatch>
   /**
    * Gives every ticket of the span its own token, in key order from `tokens`, and sets `updated_at`, in one
    * statement. `SpanChanged` when it now holds more tickets than tokens (the site inserted some) or the server
@@ -262,6 +269,18 @@ export const stretchEnd = (
   text: `SELECT \`id\` FROM \`ticket\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 1 OFFSET ${limitOf(rows) - 1}`,
   params: [after]
 })
+
+/**
+ * The ends of `count` consecutive spans of `rows` tickets after a cursor (each bound to the same cursor
+ * parameter): one statement, each part a walk of the primary key that sends one row.
+ */
+export const spanEnds = (rows: number, count: number): string =>
+  statementText(`spans:${rows}:${count}`, () =>
+    Array.from(
+      { length: count },
+      (_, k) =>
+        `(SELECT \`id\` FROM \`ticket\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 1 OFFSET ${limitOf(rows) * (k + 1) - 1})`
+    ).join(" UNION ALL "))
 
 /**
  * The batch UPDATE. MySQL joins the ticket table to a derived table of (id, token) pairs; SQLite uses
@@ -436,15 +455,13 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
         : Effect.succeed(false)
     )
 
-    const span = (after: string, rows: number) =>
+    const spans = (after: string, rows: number, count: number) =>
       own(
-        "reading a span of tickets",
+        "reading spans of tickets",
         Effect.gen(function*() {
-          const query = stretchEnd(after, rows)
-          const ends = yield* sql.unsafe(query.text, query.params).values
-          if (ends.length === 0) return Option.none<Span>()
-          const [through] = yield* ticketIds([String(ends[0]![0])])
-          return Option.some<Span>({ after, through: through!, rows })
+          const ends = yield* sql.unsafe(spanEnds(rows, count), new Array(count).fill(after)).values
+          const throughs = yield* ticketIds(ends.map((row) => String(row[0])).sort())
+          return throughs.map((through, k): Span => ({ after: k === 0 ? after : throughs[k - 1]!, through, rows }))
         })
       )
 
@@ -547,8 +564,8 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
       checkSchema: Effect.provideService(requireSchema, SqlClient.SqlClient, sql),
       page,
       rotate,
-      spans: (scope) => Effect.map(rangesRefusable, (refusable) => refusable && scope.everyTicket),
-      span,
+      canSpan: (scope) => Effect.map(rangesRefusable, (refusable) => refusable && scope.everyTicket),
+      spans,
       rotateSpan,
       spanIds,
       count,

@@ -244,8 +244,9 @@ describe("regenerate", () => {
       world.table.spans = true
       const summary = yield* runIn(world, { batchSize: 10, concurrency: 3 })
       expect(summary).toMatchObject({ status: "completed", rotated: 95, batches: 10, skipped: 0 })
-      // Nine spans of ten; then five tickets, fewer than a span: a page; then none (a span and a page read).
-      expect(world.table.calls).toMatchObject({ span: 11, page: 13 })
+      // Spans read four at a time: four, four, one; then five tickets, fewer than a span, as a page; then
+      // nothing left (a span read and a page read each time).
+      expect(world.table.calls).toMatchObject({ span: 5, page: 7 })
       expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
       expect(world.table.rotationCounts().size).toBe(95)
       expect(record(world)).toMatchObject({ status: "completed", cursor: world.table.sorted[94]!.id, rotated: 95 })
@@ -282,8 +283,8 @@ describe("regenerate", () => {
       world.table.spans = true
       const summary = yield* runIn(world, { batchSize: 10, concurrency: 2, count: false })
       expect(summary).toMatchObject({ status: "completed", rotated: 50 })
-      // A page, four spans, then none (a span and a page read).
-      expect(world.table.calls).toMatchObject({ span: 5, page: 7 })
+      // A page, then four spans in one read; then nothing left (a span read and a page read).
+      expect(world.table.calls).toMatchObject({ span: 2, page: 4 })
       // The test ids are hashes, not v4 uuids: the first batch's ids were checked, and the estimate is doubted.
       expect(world.progress.some((e) => e._tag === "Notice" && e.text.includes("not random"))).toBe(true)
     }))
@@ -1129,14 +1130,17 @@ describe("throttle and adaptive batches", () => {
       // One batch in ten, on average, takes ten times as long.
       spikes: FC.array(FC.integer({ min: 0, max: 9 }), { minLength: 1, maxLength: 10 }),
       crashShare: FC.integer({ min: 0, max: 95 }),
-      crashDelay: FC.integer({ min: 0, max: 3 })
+      crashDelay: FC.integer({ min: 0, max: 3 }),
+      // Spans read ahead at one size are read again at the next.
+      spans: FC.boolean()
     },
-    ({ concurrency, crashDelay, crashShare, idealSize, rows, spikes, startSize, targetBatchMillis }) =>
+    ({ concurrency, crashDelay, crashShare, idealSize, rows, spans, spikes, startSize, targetBatchMillis }) =>
       Effect.gen(function*() {
         const slow = (n: number) => (spikes[n % spikes.length] === 0 ? 10 : 1)
         const delay = (n: number, ids: ReadonlyArray<string>) =>
           Effect.sleep(Duration.millis((ids.length / idealSize) * targetBatchMillis * slow(n)))
         const world = new World(makeTickets(rows, rows), { rotate: delay })
+        world.table.spans = spans
         const run = { batchSize: startSize, concurrency, targetBatchMillis }
         // A second process starts from where a kill -9 would have left things once `crashShare` % of the rows
         // committed (`crashDelay` events later); the first runs on to the end, for the sizes it takes.

@@ -73,8 +73,10 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
   const page = async (scope: Scope, after: string, limit: number) => (await pageOf(scope, after, limit)).ids
   const rotate = (ids: ReadonlyArray<string>, values: ReadonlyArray<string>) =>
     run(Effect.flatMap(TicketRepo, (repo) => repo.rotate(ids, values, new Date())))
-  const spanOf = (after: string, rows: number) => run(Effect.flatMap(TicketRepo, (repo) => repo.span(after, rows)))
-  const spans = (scope: Scope) => run(Effect.flatMap(TicketRepo, (repo) => repo.spans(scope)))
+  const spansOf = (after: string, rows: number, count: number) =>
+    run(Effect.flatMap(TicketRepo, (repo) => repo.spans(after, rows, count)))
+  const spanOf = async (after: string, rows: number) => Option.fromNullable((await spansOf(after, rows, 1))[0])
+  const spans = (scope: Scope) => run(Effect.flatMap(TicketRepo, (repo) => repo.canSpan(scope)))
 
   /**
    * Rotates a span as the pipeline does: as a range, or when that is refused, the tickets then in it by key
@@ -156,6 +158,16 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     // Fewer than a span left: none (the pipeline reads the tail as a page).
     expect(await spanOf(sorted.at(-100)!, 100)).toEqual(Option.none())
     expect(Option.isSome(await spanOf(sorted.at(-101)!, 100))).toBe(true)
+    // Several in one statement, consecutive; fewer near the end of the table.
+    expect(await spansOf(sorted[99]!, 1000, 3)).toEqual([
+      { after: sorted[99], through: sorted[1099], rows: 1000 },
+      { after: sorted[1099], through: sorted[2099], rows: 1000 },
+      { after: sorted[2099], through: sorted[3099], rows: 1000 }
+    ])
+    expect(await spansOf(sorted.at(-2501)!, 1000, 4)).toEqual([
+      { after: sorted.at(-2501), through: sorted.at(-1501), rows: 1000 },
+      { after: sorted.at(-1501), through: sorted.at(-501), rows: 1000 }
+    ])
   })
 
   it("spans only for the whole table: a scope with conditions goes by pages of ids", async () => {

@@ -198,8 +198,8 @@ export class MemoryTable {
           })
         ),
       rotate: (ids, tokens, at) => this.statement(() => ids, tokens, at),
-      spans: (scope) => Effect.sync(() => this.spans && scope.everyTicket),
-      span: (after, rows) =>
+      canSpan: (scope) => Effect.sync(() => this.spans && scope.everyTicket),
+      spans: (after, rows, count) =>
         Effect.suspend(() => {
           const n = this.calls.page += 1
           this.calls.span += 1
@@ -207,10 +207,13 @@ export class MemoryTable {
         }).pipe(
           Effect.map(() => {
             const rest = this.sorted.filter((t) => t.id > after)
-            if (rest.length < rows) return Option.none()
-            const span = { after, through: rest[rows - 1]!.id, rows }
-            this.pages.push({ limit: rows, ids: this.idsIn(span), at: this.log.events.length })
-            return Option.some(span)
+            const spans: Array<Span> = []
+            for (let k = 1; k <= count && k * rows <= rest.length; k++) {
+              const span = { after: spans.at(-1)?.through ?? after, through: rest[k * rows - 1]!.id, rows }
+              this.pages.push({ limit: rows, ids: this.idsIn(span), at: this.log.events.length })
+              spans.push(span)
+            }
+            return spans
           })
         ),
       rotateSpan: (span, tokens, at) =>
