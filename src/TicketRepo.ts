@@ -261,26 +261,17 @@ export interface ScanBounds {
   readonly perPage: number
 }
 
-/** The id `rows` tickets after `after` in key order (the end of a stretch), or none when the table ends first. */
-export const stretchEnd = (
-  after: string,
-  rows: number
-): { readonly text: string; readonly params: ReadonlyArray<unknown> } => ({
-  text: `SELECT \`id\` FROM \`ticket\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 1 OFFSET ${limitOf(rows) - 1}`,
-  params: [after]
-})
-
 /**
- * The ends of `count` consecutive spans of `rows` tickets after a cursor (each bound to the same cursor
- * parameter): one statement, each part a walk of the primary key that sends one row.
+ * The ids `rows`, 2 × `rows`, … `count` × `rows` tickets after a cursor in key order, as far as the table
+ * goes: the end of a stretch (`count` 1, both dialects) or of consecutive spans (MySQL). One statement,
+ * each part a walk of the primary key that sends one row; every part binds the same cursor.
  */
-export const spanEnds = (rows: number, count: number): string =>
-  statementText(`spans:${rows}:${count}`, () =>
-    Array.from(
-      { length: count },
-      (_, k) =>
-        `(SELECT \`id\` FROM \`ticket\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 1 OFFSET ${limitOf(rows) * (k + 1) - 1})`
-    ).join(" UNION ALL "))
+export const idsAhead = (rows: number, count: number): string =>
+  statementText(`ahead:${rows}:${count}`, () => {
+    const part = (k: number) =>
+      `SELECT \`id\` FROM \`ticket\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 1 OFFSET ${limitOf(rows) * k - 1}`
+    return count === 1 ? part(1) : Array.from({ length: count }, (_, k) => `(${part(k + 1)})`).join(" UNION ALL ")
+  })
 
 /**
  * The batch UPDATE. MySQL joins the ticket table to a derived table of (id, token) pairs; SQLite uses
@@ -393,8 +384,7 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
         let size = Math.max(floor, stretch)
         let from = after
         for (let scanned = 0, first = true;; first = false) {
-          const endQuery = stretchEnd(from, size)
-          const ends = yield* sql.unsafe(endQuery.text, endQuery.params).values
+          const ends = yield* sql.unsafe(idsAhead(size, 1), [from]).values
           const upTo = ends.length === 0 ? undefined : String(ends[0]![0])
           if (upTo !== undefined) yield* ticketIds([upTo])
           rows.push(...(yield* read(from, limit - rows.length, upTo)))
@@ -459,7 +449,7 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
       own(
         "reading spans of tickets",
         Effect.gen(function*() {
-          const ends = yield* sql.unsafe(spanEnds(rows, count), new Array(count).fill(after)).values
+          const ends = yield* sql.unsafe(idsAhead(rows, count), new Array(count).fill(after)).values
           const throughs = yield* ticketIds(ends.map((row) => String(row[0])).sort())
           return throughs.map((through, k): Span => ({ after: k === 0 ? after : throughs[k - 1]!, through, rows }))
         })

@@ -73,7 +73,7 @@ export class MemoryTable {
    * scope then gives short or empty pages before the end of the table. Unbounded when undefined.
    */
   scanLimit: number | undefined = undefined
-  /** Batches of the whole table may be spans (`TicketRepo.spans`), rotated as ranges. */
+  /** Batches of the whole table may be spans (`TicketRepo.canSpan`), rotated as ranges. */
   spans = false
   /** Spans rotated by key because they held more tickets than tokens (the site inserted some). */
   spansChanged = 0
