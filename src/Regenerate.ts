@@ -546,14 +546,20 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           if (end) return Option.none()
           // A stretch without a ticket in scope (a sparse scope): the low-water mark moves over it.
           return Option.some(
-            [{ _tag: "Done", seq, range: [through, through] }, { ...s, cursor: through, seq }] as const
+            [{ _tag: "Done", seq, range: [through, through] }, { ...s, cursor: through, seq, ahead: [] }] as const
           )
         }
         yield* throttle(batch.length)
         if (yield* stopRequested) return yield* halt
         const covered = reachesSkip ? batch.at(-1)! : through
+        // Spans read ahead at another batch size start behind the cursor now: never take them after a page.
         return Option.some(
-          [{ _tag: "Batch", seq, ids: batch, size: limit, through: covered }, { ...s, cursor: covered, seq }] as const
+          [{ _tag: "Batch", seq, ids: batch, size: limit, through: covered }, {
+            ...s,
+            cursor: covered,
+            seq,
+            ahead: []
+          }] as const
         )
       })
 

@@ -1201,6 +1201,28 @@ describe("throttle and adaptive batches", () => {
       expect(first.rotated + second.rotated).toBe(3000)
       expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
     }))
+
+  it.effect("spans read ahead at one size are not taken after the tail went as a page at another", () =>
+    Effect.gen(function*() {
+      // 210 tickets at 100 a batch: one read gives two spans. The first is fast (the size grows to 125),
+      // too few remain for a span of 125, so the tail goes as a page of 125; that one is slow and the size
+      // falls back to 100 — the size of the span still read ahead, which the cursor has passed. (At
+      // concurrency 1 the next batch is read once the last one is recorded.)
+      const delays = [10, 120]
+      const world = new World(makeTickets(210), {
+        rotate: (n) => Effect.sleep(Duration.millis(delays[n - 1] ?? 10))
+      })
+      world.table.spans = true
+      const summary = yield* Effect.flatten(
+        stepping(runIn(world, { batchSize: 100, concurrency: 1, targetBatchMillis: 100 }))
+      )
+      // Two spans in one read, the tail as a page of 125, then the end, read at 100.
+      expect(world.table.pages.map((p) => p.limit)).toEqual([100, 100, 125, 100])
+      expect(summary).toMatchObject({ status: "completed", rotated: 210, batches: 2 })
+      expect(world.table.rotationCounts().size).toBe(210)
+      expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
+      expect(record(world)).toMatchObject({ cursor: world.table.sorted[209]!.id, done: [] })
+    }))
 })
 
 describe("progress estimate without a count", () => {
