@@ -263,8 +263,19 @@ export const lockWaitSeconds = 5
 const sessionsSetUp = new WeakSet<object>()
 
 /**
+ * The session settings of the tool's own connections: the short lock wait above, and strict SQL mode for
+ * every table engine (`STRICT_ALL_TABLES` added to the server's mode), so that a value a column refuses is
+ * an error whatever the server's default — the range UPDATE leans on that to refuse a span the site
+ * inserted into (a token past the last one is NULL) instead of writing an empty token.
+ */
+export const sessionSetup = "SET SESSION innodb_lock_wait_timeout = " +
+  `LEAST(@@SESSION.innodb_lock_wait_timeout, ${lockWaitSeconds}), ` +
+  "sql_mode = IF(FIND_IN_SET('STRICT_ALL_TABLES', @@SESSION.sql_mode) > 0, @@SESSION.sql_mode, " +
+  "CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'))"
+
+/**
  * Runs `effect`'s statements on a pooled connection of their own (MySQL; SQLite has one connection and
- * nothing to do): the connection's session gets the short lock wait above, once; and if `effect` is
+ * nothing to do): the connection's session gets the settings above, once; and if `effect` is
  * interrupted — the run ends while the count still runs, a statement timed out — its statement is killed on
  * the server (`KILL QUERY`) instead of running on to its end, which holds the pool open at exit and, for a
  * write, its row locks.
@@ -282,11 +293,7 @@ export const onOwnConnection = (dialect: Dialect) =>
       ? connection.conn
       : undefined
     if (driver === undefined || !sessionsSetUp.has(driver)) {
-      yield* connection.executeUnprepared(
-        `SET SESSION innodb_lock_wait_timeout = LEAST(@@SESSION.innodb_lock_wait_timeout, ${lockWaitSeconds})`,
-        [],
-        undefined
-      )
+      yield* connection.executeUnprepared(sessionSetup, [], undefined)
       if (driver !== undefined) sessionsSetUp.add(driver)
     }
     const thread = Predicate.hasProperty(driver, "threadId") ? Number(driver.threadId) : NaN

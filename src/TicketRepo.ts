@@ -296,8 +296,8 @@ export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): stri
  * `scanBounds`). One autocommit statement: `@i` counts the rows, restarting at 1 on the first row of each
  * execution, which the first two parameters mark with a value never used before (`@b`). The tokens come as
  * one binary parameter, all `size` of them end to end, cut by byte offset (one parameter to encode and
- * bind, not one per row). A row past the last token gets NULL, which strict mode refuses (error 1048),
- * rolling the whole statement back.
+ * bind, not one per row). A row past the last token gets NULL, which the strict mode of the tool's
+ * sessions refuses (error 1048, `Db.sessionSetup`), rolling the whole statement back.
  */
 export const rangeRotateStatement = (size: number): string =>
   statementText(
@@ -424,21 +424,24 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
         )
       )
 
-    // Strict mode and a NOT NULL token column turn a token past the last one (a ticket the site inserted into
-    // the span after it was read) into an error instead of an empty or NULL token; without both, every
-    // batch is a page of ids, rotated by key.
+    // A NOT NULL token column, with the strict mode of the tool's own sessions (`Db.sessionSetup`), turns a
+    // token past the last one (a ticket the site inserted into the span after it was read) into an error
+    // instead of an empty or NULL token; a nullable one would take the NULL: every batch is then a page of
+    // ids, rotated by key.
     const rangesRefusable = yield* Effect.cached(
       dialect === "mysql"
         ? sql.unsafe(
-          "SELECT @@SESSION.sql_mode, (SELECT `IS_NULLABLE` FROM information_schema.`COLUMNS` " +
-            "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `COLUMN_NAME` = 'token')"
+          "SELECT `IS_NULLABLE` FROM information_schema.`COLUMNS` " +
+            "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `COLUMN_NAME` = 'token'"
         ).values.pipe(
           retryingTransient,
-          Effect.map(([row]) => /STRICT_(ALL|TRANS)_TABLES/.test(String(row?.[0])) && String(row?.[1]) === "NO"),
+          Effect.map(([row]) => String(row?.[0]) === "NO"),
           Effect.catchAll((error) =>
             Effect.as(
               Effect.logWarning(
-                `could not read the server's SQL mode (${describe(error)}): every batch goes by key (correct, slower)`
+                `could not read the token column's definition (${
+                  describe(error)
+                }): every batch goes by key (correct, slower)`
               ),
               false
             )

@@ -135,6 +135,26 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     await expectRotatedTo(before, ids, values)
   }
 
+  /** What the site does meanwhile: a ticket inserted between two neighbours (a copy of the first). Its id. */
+  const insertBetween = async (low: string, high: string) => {
+    const id = idBetween(low, high)
+    await admin.query(
+      "INSERT INTO `ticket` (`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`) " +
+        "SELECT ?, `created_at`, `updated_at`, NULL, 'inserted by the site', ?, `order_id` FROM `ticket` WHERE `id` = ?",
+      [id, randomBytes(16).toString("hex"), low]
+    )
+    return id
+  }
+
+  /** The span, given `count` tokens, is refused as a range (counted so) and nothing changed since `before`. */
+  const expectRefused = async (span: TicketRepoSql.Span, count: number, before: ReadonlyMap<string, Ticket>) => {
+    const refused = await forms(() =>
+      run(Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotateSpan(span, tokens(count), new Date()))))
+    )
+    expect(refused).toEqual({ range: 0, key: 0, fallback: 1 })
+    expect(await readTickets(), "nothing changed").toEqual(before)
+  }
+
   beforeAll(async () => {
     db = await createDatabase("tt_repo")
     admin = await adminConnection(db.name)
@@ -216,24 +236,30 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
   it("a ticket inserted into a span after it was read: the range is refused, then by key, the new ticket too", async () => {
     const ids = await page(Scope.all, "", 1000)
     const span = Option.getOrThrow(await spanOf("", 1000))
-    const intruder = idBetween(ids[500]!, ids[501]!)
-    await admin.query(
-      "INSERT INTO `ticket` (`id`, `created_at`, `updated_at`, `deleted_at`, `name`, `token`, `order_id`) " +
-        "SELECT ?, `created_at`, `updated_at`, NULL, 'inserted by the site', ?, `order_id` FROM `ticket` WHERE `id` = ?",
-      [intruder, randomBytes(16).toString("hex"), ids[0]]
-    )
+    const intruder = await insertBetween(ids[500]!, ids[501]!)
     const before = await readTickets()
-    const refused = await forms(() =>
-      run(Effect.flip(Effect.flatMap(TicketRepo, (repo) => repo.rotateSpan(span, tokens(1000), new Date()))))
-    )
-    expect(refused).toEqual({ range: 0, key: 0, fallback: 1 })
-    expect(await readTickets(), "nothing changed").toEqual(before)
+    await expectRefused(span, 1000, before)
     const values = tokens(1000)
     expect(await rotateSpanCounting(span, values)).toEqual(oneBatch(1001, "fallback"))
     const after = await readTickets()
     const now = [...ids.slice(0, 501), intruder, ...ids.slice(501)]
     expect(changedIds(before, after)).toEqual(now)
     expect(new Set(now.map((id) => after.get(id)!.token)).size).toBe(1001)
+  })
+
+  it("a server whose SQL mode is not strict: the tool's sessions are, so a span the site inserted into is still refused, never an empty token", async () => {
+    const [[{ mode }]] = (await admin.query("SELECT @@GLOBAL.sql_mode AS mode")) as unknown as [[{ mode: string }]]
+    // New sessions (every `run` opens its own pool) start without strict mode.
+    await admin.query("SET GLOBAL sql_mode = ''")
+    try {
+      expect(await spans(Scope.all)).toBe(true)
+      const ids = await page(Scope.all, "", 100)
+      const span = Option.getOrThrow(await spanOf("", 100))
+      await insertBetween(ids[50]!, ids[51]!)
+      await expectRefused(span, 100, await readTickets())
+    } finally {
+      await admin.query("SET GLOBAL sql_mode = ?", [mode])
+    }
   })
 
   it("a ticket of a span deleted meanwhile: every other one gets its own new token, and is counted", async () => {
