@@ -532,35 +532,21 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         const cut = skip === undefined ? -1 : ids.findIndex((id) => id >= skip[0])
         const batch = cut === -1 ? ids : ids.slice(0, cut)
         const reachesSkip = skip !== undefined && (cut !== -1 || through >= skip[0] || end)
+        // Where the source goes on from after this page. Spans read ahead (at another batch size) start behind
+        // the cursor now: a page drops them.
+        const next = (cursor: string, skips = s.skips): Source => ({ cursor, seq, skips, ahead: [] })
         if (batch.length === 0) {
           if (reachesSkip) {
-            return Option.some(
-              [{ _tag: "Done", seq, range: skip }, {
-                cursor: skip[1],
-                seq,
-                skips: s.skips.slice(1),
-                ahead: []
-              }] as const
-            )
+            return Option.some([{ _tag: "Done", seq, range: skip }, next(skip[1], s.skips.slice(1))] as const)
           }
           if (end) return Option.none()
           // A stretch without a ticket in scope (a sparse scope): the low-water mark moves over it.
-          return Option.some(
-            [{ _tag: "Done", seq, range: [through, through] }, { ...s, cursor: through, seq, ahead: [] }] as const
-          )
+          return Option.some([{ _tag: "Done", seq, range: [through, through] }, next(through)] as const)
         }
         yield* throttle(batch.length)
         if (yield* stopRequested) return yield* halt
         const covered = reachesSkip ? batch.at(-1)! : through
-        // Spans read ahead at another batch size start behind the cursor now: never take them after a page.
-        return Option.some(
-          [{ _tag: "Batch", seq, ids: batch, size: limit, through: covered }, {
-            ...s,
-            cursor: covered,
-            seq,
-            ahead: []
-          }] as const
-        )
+        return Option.some([{ _tag: "Batch", seq, ids: batch, size: limit, through: covered }, next(covered)] as const)
       })
 
     // Fresh tokens on every attempt: a retried duplicate gets new ones.
