@@ -541,11 +541,36 @@ export const helpFirst = (argv: ReadonlyArray<string>): ReadonlyArray<string> =>
   return [node, script, ...words, "--help"]
 }
 
+/**
+ * An error the parser printed itself, as one line worded as the program's own: "error: " and the text, without
+ * the blank line after it. The parser prints a help paragraph, which ends in a newline, and the program's own
+ * messages never do; anything else is printed as it comes.
+ */
+export const parserErrorLine = (text: string): string | undefined => {
+  if (!text.endsWith("\n")) return undefined
+  const line = text.trim().replace(/\s*\n\s*/g, " ")
+  return line.startsWith("error: ") ? line : `error: ${line.charAt(0).toLowerCase()}${line.slice(1)}`
+}
+
+const withParserErrorsAsLines = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Console.consoleWith((console) =>
+    Console.withConsole(effect, {
+      ...console,
+      error: (...args: ReadonlyArray<unknown>) => {
+        const line = args.length === 1 && typeof args[0] === "string" ? parserErrorLine(args[0]) : undefined
+        return line === undefined ? console.error(...args) : console.error(line)
+      }
+    })
+  )
+
 /** Parses argv and runs the chosen command. */
 export const run = (version: string) => (argv: ReadonlyArray<string>) => {
   const problem = argvProblem(argv)
   const checked: Effect.Effect<void, BadUsage> = problem === undefined
     ? Effect.void
     : Effect.fail(new BadUsage({ message: problem }))
-  return Effect.zipRight(checked, Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(helpFirst(argv))))
+  return Effect.zipRight(
+    checked,
+    withParserErrorsAsLines(Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(helpFirst(argv))))
+  )
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
-import { argvProblem, helpFirst, hoistLogLevel, parseInstant, resumeCommand } from "../src/Cli.js"
+import { argvProblem, helpFirst, hoistLogLevel, parseInstant, parserErrorLine, resumeCommand } from "../src/Cli.js"
 import { runCli } from "./support/cli.js"
 
 describe("the printed resume command", () => {
@@ -141,6 +141,20 @@ describe("flags the argument parser would misreport", () => {
     expect(argvProblem(argv("seed", "tickets", "--count", "10"))).toBeUndefined()
     expect(argvProblem(argv("regenerate", "--batch-size=5", "--resume"))).toBeUndefined()
     expect(argvProblem(argv("verify", "--", "--json", "--json"))).toBeUndefined()
+  })
+})
+
+describe("the parser's own error messages", () => {
+  it("become one line worded as the program's errors; the program's own messages pass as they are", () => {
+    expect(parserErrorLine("Received unknown argument: '--bogus'\n")).toBe(
+      "error: received unknown argument: '--bogus'"
+    )
+    expect(parserErrorLine("error: --batch-size must be an integer from 1 to 10000\n\n")).toBe(
+      "error: --batch-size must be an integer from 1 to 10000"
+    )
+    expect(parserErrorLine("Expected one of:\n  a\n  b\n")).toBe("error: expected one of: a b")
+    expect(parserErrorLine("\nstopping: letting the batches in flight commit")).toBeUndefined()
+    expect(parserErrorLine("error: the run failed")).toBeUndefined()
   })
 })
 

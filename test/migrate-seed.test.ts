@@ -637,7 +637,10 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       [["--email-domain", "not a domain"], "--email-domain"],
       [["--created-after", "yesterday"], "--created-after"],
       [["--created-before", "2024-01-31T12:00:00.123456Z"], "millisecond"],
-      [["--created-after", "2024-02-01", "--created-before", "2024-01-01"], "--created-after"]
+      [["--created-after", "2024-02-01", "--created-before", "2024-01-01"], "--created-after"],
+      // The parser's own findings, worded as ours.
+      [["--bogus"], "error: received unknown argument: '--bogus'"],
+      [["extra"], "error: received unknown argument: 'extra'"]
     ]
     const before = await ticketsDigest()
     // Three at a time: each is a full process start on a 2-core machine.
@@ -656,7 +659,9 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       const label = flags.join(" ")
       expect(r.code, `${label}: ${describeResult(r)}`).toBe(2)
       expect(linesOf(r), label).toEqual([expect.stringContaining(mentioned)])
-      expect(`${r.stdout}${r.stderr}`, label).not.toMatch(/^ {4}at /m)
+      // Exactly one line, "error: " first, nothing after it (not even a blank line), nothing on stdout.
+      expect(r.stderr, label).toMatch(/^error: [^\n]+\n$/)
+      expect(r.stdout, label).toBe("")
     })
     expect(await ticketsDigest()).toBe(before)
     expect(await stateRows()).toBe(0)
