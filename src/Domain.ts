@@ -219,18 +219,28 @@ export const retryTransient = <E>(
   retryable: (error: E) => boolean | Effect.Effect<boolean>,
   onRetry: (error: E) => Effect.Effect<void> = () => Effect.void
 ) =>
-<A, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.retry(
-    effect,
-    transientRetry.pipe(
-      Schedule.whileInputEffect((error: E) => {
-        const verdict = retryable(error)
-        return typeof verdict === "boolean" ? Effect.succeed(verdict) : verdict
-      }),
-      Schedule.passthrough,
-      Schedule.onDecision((error, decision) => ScheduleDecision.isContinue(decision) ? onRetry(error) : Effect.void)
-    )
+<A, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+  const schedule = transientRetry.pipe(
+    Schedule.whileInputEffect((error: E) => {
+      const verdict = retryable(error)
+      return typeof verdict === "boolean" ? Effect.succeed(verdict) : verdict
+    }),
+    Schedule.passthrough,
+    Schedule.onDecision((error, decision) => ScheduleDecision.isContinue(decision) ? onRetry(error) : Effect.void)
   )
+  // The schedule is set up only once the first attempt has failed, and is handed that failure first: the
+  // same retries as `Effect.retry(effect, schedule)`, without its cost on every call that succeeds at once
+  // (every batch, in a run without faults).
+  return Effect.catchAll(effect, (first) => {
+    let replay = true
+    const attempt = Effect.suspend(() => {
+      if (!replay) return effect
+      replay = false
+      return Effect.fail(first)
+    })
+    return Effect.retry(attempt, schedule)
+  })
+}
 
 /** A database statement failed. `transient` failures are retried by the pipeline. */
 export class DatabaseError extends Data.TaggedError("DatabaseError")<{
