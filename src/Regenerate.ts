@@ -632,40 +632,50 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         }
       }))
 
+    // A batch's slot, one of `concurrency`: taken before the batch leaves the source (so the source reads on
+    // only as slots free) and held until its commit is recorded, so at most `concurrency` batches are ever
+    // committed but unrecorded (the crash redo bound). Not given back by a batch that fails: that ends the
+    // run, and no batch may begin after it.
+    const slots = yield* Effect.makeSemaphore(options.concurrency)
+
     const processItem = (item: Item) =>
-      Effect.gen(function*() {
-        if (item._tag === "Done") return yield* record(item, 0)
-        if (Option.isSome(yield* Ref.get(failure))) return
-        if (yield* stopRequested) {
-          // A page read ahead before the stop: not begun, so not taken. It stays above the checkpoint (a
-          // resume takes it), and its slot is freed, as it will never be recorded.
-          yield* Ref.set(halted, true)
-          return yield* window.release(1)
-        }
-        const start = yield* Clock.currentTimeMillis
-        const outcome = yield* Effect.either(rotate(item))
-        if (Either.isLeft(outcome)) return yield* failed(outcome.left)
-        const rotated = outcome.right
-        const millis = (yield* Clock.currentTimeMillis) - start
-        if (options.targetBatchMillis !== undefined) {
-          const target = options.targetBatchMillis
-          const size = item._tag === "Span" ? item.span.rows : item.size
-          yield* Ref.update(batchSize, (current) => nextBatchSize(current, size, millis, target))
-        }
-        yield* record(item, rotated)
-        yield* letEventLoopTurn(db.dialect)
-      })
+      item._tag === "Done" ? record(item, 0) : Effect.zipLeft(
+        Effect.gen(function*() {
+          if (Option.isSome(yield* Ref.get(failure))) return
+          if (yield* stopRequested) {
+            // A page read ahead before the stop: not begun, so not taken. It stays above the checkpoint (a
+            // resume takes it), and its place in the window is freed, as it will never be recorded.
+            yield* Ref.set(halted, true)
+            return yield* window.release(1)
+          }
+          const start = yield* Clock.currentTimeMillis
+          const outcome = yield* Effect.either(rotate(item))
+          if (Either.isLeft(outcome)) return yield* failed(outcome.left)
+          const rotated = outcome.right
+          const millis = (yield* Clock.currentTimeMillis) - start
+          if (options.targetBatchMillis !== undefined) {
+            const target = options.targetBatchMillis
+            const size = item._tag === "Span" ? item.span.rows : item.size
+            yield* Ref.update(batchSize, (current) => nextBatchSize(current, size, millis, target))
+          }
+          yield* record(item, rotated)
+          yield* letEventLoopTurn(db.dialect)
+        }),
+        slots.release(1)
+      )
 
     const start: Source = { cursor: starting.cursor, seq: 0, skips: starting.done, ahead: [] }
     const stopped = yield* Stream.unfoldEffect(start, nextItem).pipe(
-      Stream.tap(() => window.take(1)),
-      // A batch keeps its slot until its commit is recorded, so at most `concurrency` batches are ever
-      // committed but unrecorded (the crash redo bound). Batches complete and record themselves in any
-      // order; the stream passes them on in order, which only matters when one is much slower than the rest:
-      // the others run on until `concurrency` more have completed behind it. That costs less than the
-      // unordered form, which merges a stream per batch: a third of the Effect runtime's work per batch
-      // (measured in docs/PERFORMANCE.md).
-      Stream.mapEffect(processItem, { concurrency: options.concurrency }),
+      Stream.tap((item) => item._tag === "Done" ? window.take(1) : Effect.zipRight(window.take(1), slots.take(1))),
+      // Batches complete and record themselves in any order, so a slow one does not hold the others back:
+      // they run on in their slots until the window is full. The stream passes them on in order, in the
+      // cheaper of mapEffect's two forms (the unordered one merges a stream per item: a third of the Effect
+      // runtime's work per batch, measured in docs/PERFORMANCE.md); its own bound is the window's, so the
+      // window and the slots decide. At concurrency 1, one item after another: the next is read once the
+      // batch before it is recorded.
+      Stream.mapEffect(processItem, {
+        concurrency: options.concurrency === 1 ? 1 : options.concurrency * windowPerConcurrency
+      }),
       Stream.runDrain,
       Effect.zipRight(Effect.flatMap(
         Ref.get(failure),
