@@ -553,12 +553,12 @@ export const parserErrorLine = (text: string): string | undefined => {
 }
 
 const withParserErrorsAsLines = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Console.consoleWith((console) =>
+  Console.consoleWith((base) =>
     Console.withConsole(effect, {
-      ...console,
+      ...base,
       error: (...args: ReadonlyArray<unknown>) => {
         const line = args.length === 1 && typeof args[0] === "string" ? parserErrorLine(args[0]) : undefined
-        return line === undefined ? console.error(...args) : console.error(line)
+        return line === undefined ? base.error(...args) : base.error(line)
       }
     })
   )
