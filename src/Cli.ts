@@ -115,8 +115,8 @@ const seed = Command.make("seed").pipe(
 
 // scope flags (regenerate, status, verify)
 
-/** A flag error, printed by the parser: one line worded as the program's own errors are. */
-const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(`error: ${message}`))
+/** A flag error, printed by the parser (as one `error:` line, see `withParserErrorsAsLines`). */
+const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(message))
 
 const domainPattern = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$/i
 
