@@ -198,11 +198,18 @@ const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, optio
       if (options.create !== true) {
         return yield* new SchemaMissing({ detail: `there is no database file ${target.filename}` })
       }
-      yield* Effect.try(() => makeDirectories(Path.dirname(Path.resolve(target.filename))))
+      yield* Effect.try({
+        try: () => makeDirectories(Path.dirname(Path.resolve(target.filename))),
+        catch: unreachable(target)
+      })
     }
     const SqliteClient = yield* Effect.promise(() => import("@effect/sql-sqlite-node/SqliteClient"))
-    return yield* SqliteClient.make({ filename: target.filename })
-  }).pipe(Effect.catchAllDefect((defect) => Effect.fail(defect)))
+    // The driver opens the file in its constructor and throws (SQLITE_CANTOPEN for a directory, say),
+    // which the client turns into a defect: here it is the file that cannot be opened, not a bug.
+    return yield* SqliteClient.make({ filename: target.filename }).pipe(
+      Effect.catchAllDefect((defect) => Effect.fail(unreachable(target)(defect)))
+    )
+  })
 
 const unreachable = (target: DatabaseTarget) => (error: unknown): DatabaseUnreachable | DatabaseMissing =>
   target._tag === "mysql" && driverError(error).errno === 1049 // ER_BAD_DB_ERROR
@@ -234,10 +241,7 @@ const make = (options: DbOptions) =>
     const target = yield* databaseTarget
     const client: SqlClient.SqlClient = target._tag === "mysql"
       ? yield* Effect.mapError(mysqlClient(target, options, yield* sslOptions(target.tls)), unreachable(target))
-      : yield* Effect.mapError(
-        sqliteClient(target, options),
-        (error) => error instanceof SchemaMissing ? error : unreachable(target)(error)
-      )
+      : yield* sqliteClient(target, options)
     const identity = yield* identityOf(target, client)
     const info: DbInfo = { dialect: target._tag, identity, display: target.display }
     return Context.make(Db, info).pipe(Context.add(SqlClient.SqlClient, client))
@@ -330,7 +334,8 @@ const appTables = {
 
 export type AppTable = keyof typeof appTables
 
-const missingTable = (error: unknown) => /doesn't exist|no such table/i.test(describe(error))
+/** Whether a statement failed because its table does not exist (MySQL/MariaDB and SQLite wording). */
+export const missingTable = (error: unknown) => /doesn't exist|no such table/i.test(describe(error))
 const missingColumn = (error: unknown) => /unknown column|no such column|has no column/i.test(describe(error))
 
 /**

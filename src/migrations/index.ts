@@ -2,7 +2,7 @@ import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { databaseError, describe, toCount } from "../Db.js"
+import { databaseError, describe, missingTable, toCount } from "../Db.js"
 import { DatabaseError } from "../Domain.js"
 import createTables from "./0001_create_tables.js"
 import checkpointTable from "./0002_checkpoint_table.js"
@@ -21,7 +21,9 @@ const lastRecorded = Effect.flatMap(
   (sql) =>
     sql.unsafe(`SELECT MAX(migration_id) FROM ${table}`).values.pipe(
       Effect.map((rows) => toCount(rows[0]?.[0])),
-      Effect.orElseSucceed(() => 0)
+      Effect.catchAll((error) =>
+        missingTable(error) ? Effect.succeed(0) : Effect.fail(databaseError("migrating")(error))
+      )
     )
 )
 
