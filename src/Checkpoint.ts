@@ -358,8 +358,10 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       const save = (record: RunRecord) =>
         Effect.gen(function*() {
           const text = encodeRecord(record)
-          const saved = (yield* store.setFenced(k.record, text, k.lock, value)) ||
-            ((yield* reclaim) && (yield* store.setFenced(k.record, text, k.lock, value)))
+          const fenced = store.setFenced(k.record, text, k.lock, value)
+          // A refused write takes the lapsed lock back, or finds that the renewal has just done so (and then
+          // this reclaim is refused): either way the second fenced write says whether the lock is ours.
+          const saved = (yield* fenced) || (yield* Effect.zipRight(reclaim, fenced))
           if (!saved) {
             return yield* new LockLost({ detail: `another process has taken ${k.lock} or written the run since` })
           }

@@ -1009,6 +1009,29 @@ describe("locks", () => {
       expect(world.store.data.has(lockKey), "released at the end").toBe(false)
     }))
 
+  it.effect("a lapsed lock that the renewal takes back while a save is refused: the save goes through", () =>
+    Effect.gen(function*() {
+      let ours: string | undefined
+      const world: World = new World(makeTickets(40), {
+        rotate: (n) =>
+          n === 2
+            ? Effect.sync(() => {
+              ours = world.store.data.get(lockKey)?.value
+              world.store.data.delete(lockKey)
+            })
+            : undefined
+      })
+      // Between the save's refused write and its own attempt to take the lock back, the renewal takes it:
+      // the save's reclaim is then refused, the lock being held (by this run).
+      world.store.faults = {
+        refused: () => Effect.sync(() => void world.store.data.set(lockKey, { value: ours!, expiresAt: 30_000 }))
+      }
+      const summary = yield* runIn(world, { batchSize: 10 })
+      expect(ours).toBeDefined()
+      expect(summary.status).toBe("completed")
+      expect(record(world)).toMatchObject({ status: "completed", rotated: 40 })
+    }))
+
   it.effect("a store restarted without its data gets the run's lock, record and pointer back", () =>
     Effect.gen(function*() {
       const world: World = new World(makeTickets(40), {

@@ -10,6 +10,8 @@ import type { EventLog } from "./EventLog.js"
 export interface StoreFaults {
   /** Called for every checkpoint write (fenced set) at the Clock's `now`; `n` counts from 1. True fails it. */
   readonly save?: (n: number, now: number) => boolean
+  /** Run when write `n` is refused for want of the lock, before the refusal reaches the caller. */
+  readonly refused?: (n: number) => Effect.Effect<void>
 }
 
 export const unavailable = (operation: string) =>
@@ -52,7 +54,9 @@ export class MemoryStore {
         Effect.flatMap(withNow((now) => now), (now) => {
           const n = ++this.saves
           if (this.faults.save?.(n, now) === true) return Effect.fail(unavailable("writing the checkpoint"))
-          if (this.live(lockKey, now)?.value !== holder) return Effect.succeed(false)
+          if (this.live(lockKey, now)?.value !== holder) {
+            return Effect.as(this.faults.refused?.(n) ?? Effect.void, false)
+          }
           this.data.set(key, { value, expiresAt: undefined })
           const record = JSON.parse(value) as { cursor: string; done: Array<[string, string]>; status: string }
           this.log?.push({ _tag: "save", cursor: record.cursor, done: record.done, status: record.status })
