@@ -634,8 +634,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 
     // A batch's slot, one of `concurrency`: taken before the batch leaves the source (so the source reads on
     // only as slots free) and held until its commit is recorded, so at most `concurrency` batches are ever
-    // committed but unrecorded (the crash redo bound). Not given back by a batch that fails: that ends the
-    // run, and no batch may begin after it.
+    // committed but unrecorded (the crash redo bound). A batch that fails gives it back too; that failure ends
+    // the run, and every batch after it returns before beginning.
     const slots = yield* Effect.makeSemaphore(options.concurrency)
 
     const processItem = (item: Item) =>
