@@ -111,7 +111,7 @@ const pidNamespace = (): string | null => {
   }
 }
 
-export const systemHost: Host = {
+const systemHost: Host = {
   hostname: Os.hostname(),
   pidNamespace: pidNamespace(),
   pid: process.pid,
@@ -218,6 +218,13 @@ export interface CheckpointService {
 }
 
 export class Checkpoint extends Context.Tag("Checkpoint")<Checkpoint, CheckpointService>() {}
+
+/** The run of `scope`, or (without one) the run most recently started on `database`. */
+export const runOf = (checkpoint: CheckpointService, database: string, scope: Option.Option<Scope>) =>
+  Option.match(scope, {
+    onNone: () => checkpoint.latest(database),
+    onSome: (s) => checkpoint.load({ database, scope: s })
+  })
 
 const RecordJson = Schema.parseJson(RunRecord)
 const HolderJson = Schema.parseJson(LockHolder)

@@ -43,6 +43,14 @@ const integerBetween = (name: string, min: number, max: number): Options.Options
   )
 }
 
+/** What a first Ctrl-C or SIGTERM does before the work in flight ends: say so, in the progress line too. */
+const stopping = (inFlight: string) =>
+  Effect.map(Progress.Progress, (progress) =>
+    Effect.zipRight(
+      progress.emit(Progress.ProgressEvent.Phase({ phase: "stopping" })),
+      Console.error(`\nstopping: letting ${inFlight} (interrupt again to exit at once)`)
+    ))
+
 // migrate
 
 const migrateCommand = Command.make("migrate", {}, () =>
@@ -83,11 +91,7 @@ const seedCommand = <A>(
     )
   }, ({ count }) =>
     Effect.gen(function*() {
-      const progress = yield* Progress.Progress
-      const onStop = Effect.zipRight(
-        progress.emit(Progress.ProgressEvent.Phase({ phase: "stopping" })),
-        Console.error("\nstopping: letting the INSERTs in flight finish (interrupt again to exit at once)")
-      )
+      const onStop = yield* stopping("the INSERTs in flight finish")
       const report = (result: Seed.SeedResult) => {
         const left = count - result.inserted
         const rate = result.seconds > 0 ? Math.round(result.inserted / result.seconds) : result.inserted
@@ -365,11 +369,7 @@ const runRegenerate = (flags: RegenerateFlags) =>
       targetBatchMillis: Option.getOrUndefined(flags.targetBatchMs)
     }
     if (flags.dryRun) return yield* printPlan(yield* Regenerate.plan(options), options, flags.json)
-    const progress = yield* Progress.Progress
-    const onStop = Effect.zipRight(
-      progress.emit(Progress.ProgressEvent.Phase({ phase: "stopping" })),
-      Console.error("\nstopping: letting the batches in flight commit (interrupt again to exit at once)")
-    )
+    const onStop = yield* stopping("the batches in flight commit")
     yield* Shutdown.graceful(
       (stopRequested) => Effect.tap(Regenerate.regenerate(options, stopRequested), (s) => printSummary(s, flags.json)),
       (summary) => summary.status === "interrupted",

@@ -43,7 +43,7 @@ export interface RedisTarget {
 }
 
 /** Where the embedded database lives when DATABASE_URL is unset. */
-export const defaultSqliteFile = Path.join("data", "tickets.sqlite")
+const defaultSqliteFile = Path.join("data", "tickets.sqlite")
 
 const parseUrl = (raw: string): URL | undefined => {
   try {

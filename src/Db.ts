@@ -332,8 +332,6 @@ const appTables = {
   ticket: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"]
 } as const
 
-export type AppTable = keyof typeof appTables
-
 /** Whether a statement failed because its table does not exist (MySQL/MariaDB and SQLite wording). */
 export const missingTable = (error: unknown) => /doesn't exist|no such table/i.test(describe(error))
 const missingColumn = (error: unknown) => /unknown column|no such column|has no column/i.test(describe(error))

@@ -47,8 +47,10 @@ export class Scope extends Schema.Class<Scope>("Scope")({
 export const RunStatus = Schema.Literal("running", "interrupted", "failed", "completed")
 export type RunStatus = typeof RunStatus.Type
 
-/** A ticket id as the app writes it: 32 lowercase hex characters (a uuid without dashes). */
-const TicketId = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/, { message: () => "not a ticket id" }))
+/** An id as the app writes it: 32 lowercase hex characters (a uuid without dashes). */
+export const idPattern = /^[0-9a-f]{32}$/
+
+const TicketId = Schema.String.pipe(Schema.pattern(idPattern, { message: () => "not a ticket id" }))
 
 /** The committed ranges lie above the cursor, each in order and after the one before, or a resume would misstep. */
 const rangesAboveCursor = (

@@ -14,7 +14,7 @@ import * as Ref from "effect/Ref"
 export type Phase = "running" | "retrying" | "throttled" | "stopping"
 
 /** How long "throttled" stays up after the throttle last held a batch back (it holds one every batch). */
-export const throttledShowMillis = 1_500
+const throttledShowMillis = 1_500
 
 export type ProgressEvent = Data.TaggedEnum<{
   /** A job starts; `base` rows were done before this process (a resumed run). */
@@ -64,11 +64,11 @@ export interface ProgressState {
 }
 
 /** How far back the rate looks. */
-export const rateWindowMillis = 10_000
+const rateWindowMillis = 10_000
 /** No ETA before this much time (and two commits): the first batches warm caches and pools. */
 export const warmupMillis = 1_000
 /** Running this long without a commit shows as "no commit for …" (a lock wait, a slow server). */
-export const stallMillis = 5_000
+const stallMillis = 5_000
 
 export const initial = (label: string, now: number): ProgressState => ({
   label,
@@ -159,7 +159,7 @@ export const rate = (state: ProgressState): number | undefined => {
 }
 
 /** How long the run has gone without a commit while running (not throttled, retrying or stopping). */
-export const stalledMillis = (state: ProgressState): number | undefined => {
+const stalledMillis = (state: ProgressState): number | undefined => {
   const last = state.samples[state.samples.length - 1]
   if (last === undefined || state.outcome !== undefined || state.phase !== "running" || isThrottled(state)) {
     return undefined
@@ -169,10 +169,10 @@ export const stalledMillis = (state: ProgressState): number | undefined => {
 }
 
 /** Rows done, counting those done before a resume. */
-export const doneOf = (state: ProgressState): number => state.base + state.done
+const doneOf = (state: ProgressState): number => state.base + state.done
 
 /** Fraction complete, from the total or (without one) from the key space estimate. */
-export const fractionOf = (state: ProgressState): number | undefined =>
+const fractionOf = (state: ProgressState): number | undefined =>
   state.total !== undefined
     ? (state.total === 0 ? 1 : Math.min(1, doneOf(state) / state.total))
     : state.fraction
@@ -208,7 +208,7 @@ const percent = (fraction: number | undefined, estimated: boolean): string =>
   fraction === undefined ? "" : `${estimated ? "~" : ""}${(fraction * 100).toFixed(1)}%`
 
 /** Whether the throttle is holding the run back (or did a moment ago: it holds each batch briefly). */
-export const isThrottled = (state: ProgressState): boolean =>
+const isThrottled = (state: ProgressState): boolean =>
   state.throttling || (state.throttledAt !== undefined && state.now - state.throttledAt < throttledShowMillis)
 
 /** What the run is doing besides running: stopping, retrying (why), throttled, stalled; or its outcome. */
@@ -300,8 +300,6 @@ export const renderTty = (state: ProgressState, columns: number): string => {
 
 export interface ProgressService {
   readonly emit: (event: ProgressEvent) => Effect.Effect<void>
-  /** The latest state (for summaries). */
-  readonly state: Effect.Effect<ProgressState>
 }
 
 export class Progress extends Context.Tag("Progress")<Progress, ProgressService>() {}
@@ -388,7 +386,7 @@ export const make = (mode: ProgressMode, sink: Sink = stderrSink) =>
         Effect.forkScoped
       )
     }
-    return Progress.of({ emit, state: current })
+    return Progress.of({ emit })
   })
 
 export const layer = (mode: ProgressMode): Layer.Layer<Progress> => Layer.scoped(Progress, make(mode))

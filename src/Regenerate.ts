@@ -21,12 +21,9 @@ import * as Stream from "effect/Stream"
 import { Checkpoint, fingerprint, type HeldLock, refusal, type RunKey } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
 import {
-  type CheckpointCorrupt,
   type CheckpointUnavailable,
   DatabaseError,
   type DuplicateToken,
-  type ForeignCheckpoint,
-  type LockHeld,
   type LockLost,
   NoRunToResume,
   retryTransient,
@@ -34,7 +31,6 @@ import {
   RunRecord,
   type RunStatus,
   type SchemaMismatch,
-  type SchemaMissing,
   type Scope,
   ScopeMismatch,
   UnfinishedRun
@@ -108,27 +104,12 @@ export const summaryJson = (summary: RunSummary) => ({
   note: summary.note
 })
 
-export type RegenerateError =
-  | SchemaMissing
-  | SchemaMismatch
-  | DatabaseError
-  | DuplicateToken
-  | RunFailed
-  | CheckpointUnavailable
-  | CheckpointCorrupt
-  | ForeignCheckpoint
-  | LockHeld
-  | LockLost
-  | UnfinishedRun
-  | NoRunToResume
-  | ScopeMismatch
-
 /**
  * How long a page query or a batch UPDATE may go unanswered before it counts as a lost connection and is
  * retried (a half-open TCP connection would otherwise hang the run for hours while its lock is renewed).
  * Well above InnoDB's lock wait timeout (50 s by default), which answers for itself.
  */
-export const statementTimeout = Duration.minutes(2)
+const statementTimeout = Duration.minutes(2)
 
 const answeredWithin = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.timeoutFail(effect, {
@@ -166,7 +147,7 @@ export const keyFraction = (cursor: string, min: string, max: string): number | 
  * Whether ids look like random (v4) uuids, the version digit being 4 in at least 9 of 10: only then is the
  * key-space estimate of `--no-count` sound.
  */
-export const uniformIds = (ids: ReadonlyArray<string>): boolean =>
+const uniformIds = (ids: ReadonlyArray<string>): boolean =>
   ids.filter((id) => id[12] === "4").length * 10 >= ids.length * 9
 
 /**

@@ -9,13 +9,13 @@ import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
 import { randomBytes } from "node:crypto"
 import { databaseError, datetime, Db, letEventLoopTurn, requireSchema, statementText, writeError } from "./Db.js"
-import { DatabaseError, NoParents, retryTransient, SchemaMismatch, SeedIncomplete } from "./Domain.js"
+import { DatabaseError, idPattern, NoParents, retryTransient, SchemaMismatch, SeedIncomplete } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
 
 /** Rows per INSERT statement. */
-export const rowsPerInsert = 1000
+const rowsPerInsert = 1000
 
 const firstNames = [
   "Ada",
@@ -193,7 +193,7 @@ const loadIds = (table: "user" | "order") =>
         .values.pipe(Effect.mapError(databaseError(`reading ${table} ids`)))
       if (rows.length === 0) return pool
       const ids = rows.map((row) => String(row[0]))
-      const bad = ids.find((id) => !/^[0-9a-f]{32}$/.test(id))
+      const bad = ids.find((id) => !idPattern.test(id))
       if (bad !== undefined) {
         return yield* new SchemaMismatch({ detail: `${table} id ${JSON.stringify(bad)} is not 32 hex characters` })
       }

@@ -5,7 +5,7 @@
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { Checkpoint, type HeldLock } from "./Checkpoint.js"
+import { Checkpoint, type HeldLock, runOf } from "./Checkpoint.js"
 import { Db } from "./Db.js"
 import type { RunRecord, Scope } from "./Domain.js"
 import { formatDuration } from "./Progress.js"
@@ -25,10 +25,7 @@ export const status = (scope: Option.Option<Scope>) =>
   Effect.gen(function*() {
     const checkpoint = yield* Checkpoint
     const db = yield* Db
-    const run = yield* Option.match(scope, {
-      onNone: () => checkpoint.latest(db.identity),
-      onSome: (s) => checkpoint.load({ database: db.identity, scope: s })
-    })
+    const run = yield* runOf(checkpoint, db.identity, scope)
     const lock = Option.isSome(run)
       ? yield* checkpoint.holder({ database: db.identity, scope: run.value.scope })
       : Option.none<HeldLock>()

@@ -27,6 +27,7 @@ import {
 import {
   type DatabaseError,
   type DuplicateToken,
+  idPattern,
   SchemaMismatch,
   type SchemaMissing,
   type Scope,
@@ -166,10 +167,10 @@ const packTokens = (tokens: ReadonlyArray<string>): Buffer | undefined => {
  * (`2024-01-01 00:00:00`), which sorts before `2024-01-01 00:00:00.000000`: a bound written so would miss
  * it. Without the zeros it sorts right against both forms; MySQL compares datetimes either way.
  */
-export const dateBound = (iso: string): string => datetime(new Date(iso)).replace(/\.000000$/, "")
+const dateBound = (iso: string): string => datetime(new Date(iso)).replace(/\.000000$/, "")
 
 /** The scope as joins, conditions and bound values; every value is bound, never spliced. */
-export const scopeSql = (
+const scopeSql = (
   scope: Scope,
   /** Pages in key order on this dialect: the plan is pinned to the ticket's primary key (see `keysetPage`). */
   keyset?: "mysql" | "sqlite"
@@ -268,7 +269,7 @@ export interface ScanBounds {
  * iteration: the OFFSET skips at most `count` × `rows` entries after the cursor, never from the table's start
  * (measured against `MAX(id)` of a `LIMIT n` page and `ROW_NUMBER()` over one: no cheaper, see PERFORMANCE.md).
  */
-export const idsAhead = (rows: number, count: number): string =>
+const idsAhead = (rows: number, count: number): string =>
   statementText(`ahead:${rows}:${count}`, () => {
     const part = (k: number) =>
       `SELECT \`id\` FROM \`ticket\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 1 OFFSET ${limitOf(rows) * k - 1}`
@@ -279,7 +280,7 @@ export const idsAhead = (rows: number, count: number): string =>
  * The batch UPDATE. MySQL joins the ticket table to a derived table of (id, token) pairs; SQLite uses
  * UPDATE … FROM (VALUES …). Both touch only `token` and `updated_at`.
  */
-export const rotateStatement = (dialect: "mysql" | "sqlite", size: number): string =>
+const rotateStatement = (dialect: "mysql" | "sqlite", size: number): string =>
   statementText(`rotate:${dialect}:${size}`, () =>
     dialect === "mysql"
       ? "UPDATE `ticket` AS t JOIN (SELECT ? AS `id`, ? AS `token`" + " UNION ALL SELECT ?, ?".repeat(size - 1) +
@@ -310,7 +311,7 @@ export const rangeRotateStatement = (size: number): string =>
       "t.`updated_at` = ? WHERE t.`id` > ? AND t.`id` <= ?"
   )
 
-export const rotateParams = (
+const rotateParams = (
   dialect: "mysql" | "sqlite",
   ids: ReadonlyArray<string>,
   tokens: ReadonlyArray<string>,
@@ -326,15 +327,13 @@ export const rotateParams = (
   return params
 }
 
-const ticketIdPattern = /^[0-9a-f]{32}$/
-
 /**
  * The ids of a page, checked before any of them is rotated: keyset order, the checkpoint and resume rely
  * on ids being what the app writes (a uuid as 32 lowercase hex characters, which sort the same in the
  * database's collation and in JavaScript).
  */
 const ticketIds = (ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<string>, SchemaMismatch> => {
-  const bad = ids.find((id) => !ticketIdPattern.test(id))
+  const bad = ids.find((id) => !idPattern.test(id))
   return bad === undefined ? Effect.succeed(ids) : Effect.fail(
     new SchemaMismatch({
       detail: `ticket id "${bad.slice(0, 40)}" is not a uuid as 32 lowercase hex characters, the only ids this tool ` +

@@ -4,7 +4,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { Checkpoint } from "./Checkpoint.js"
+import { Checkpoint, runOf } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
@@ -33,10 +33,7 @@ export const verify = (scope: Option.Option<Scope>) =>
     const progress = yield* Progress
     const db = yield* Db
     yield* repo.checkSchema
-    const found = yield* Option.match(scope, {
-      onNone: () => checkpoint.latest(db.identity),
-      onSome: (s) => checkpoint.load({ database: db.identity, scope: s })
-    })
+    const found = yield* runOf(checkpoint, db.identity, scope)
     if (Option.isNone(found)) {
       return yield* new NoRun({
         database: db.display,

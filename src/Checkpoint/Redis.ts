@@ -95,7 +95,7 @@ export const redisClient = (
  * Whether a Redis failure is worth retrying: no connection, a timeout, a server loading its data or busy
  * with a script. A refusal (authentication, permissions, a read-only replica, out of memory) is not.
  */
-export const isTransientRedis = (error: unknown): boolean =>
+const isTransientRedis = (error: unknown): boolean =>
   !(error instanceof Error && error.name === "ReplyError") ||
   /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b/.test(error.message)
 

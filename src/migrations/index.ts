@@ -8,7 +8,7 @@ import createTables from "./0001_create_tables.js"
 import checkpointTable from "./0002_checkpoint_table.js"
 
 /** Every migration, in order. */
-export const loader = Migrator.fromRecord({
+const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
   "0002_checkpoint_table": checkpointTable
 })

@@ -2,10 +2,10 @@
  * A whole in-memory world for the pipeline: tickets, checkpoint store, tokens, a silent progress sink
  * that records events, and the Db description. Tests build one and provide `world.layer`.
  */
-import { Effect, Layer, Ref } from "effect"
+import { Effect, Layer } from "effect"
 import type { Host } from "../../src/Checkpoint.js"
 import { Db } from "../../src/Db.js"
-import { initial, Progress, type ProgressEvent, step } from "../../src/Progress.js"
+import { Progress, type ProgressEvent } from "../../src/Progress.js"
 import type { TokenGen } from "../../src/TokenGen.js"
 import { EventLog } from "./EventLog.js"
 import { fixedTokenGen } from "./FixedTokenGen.js"
@@ -19,17 +19,7 @@ export * from "./MemoryTicketRepo.js"
 
 /** Progress that draws nothing and keeps every event. */
 export const recordingProgress = (events: Array<ProgressEvent>): Layer.Layer<Progress> =>
-  Layer.effect(
-    Progress,
-    Effect.gen(function*() {
-      const state = yield* Ref.make(initial("", 0))
-      return {
-        emit: (event) =>
-          Effect.sync(() => events.push(event)).pipe(Effect.zipRight(Ref.update(state, (s) => step(s, event, 0)))),
-        state: Ref.get(state)
-      }
-    })
-  )
+  Layer.succeed(Progress, { emit: (event) => Effect.sync(() => void events.push(event)) })
 
 export const memoryDb = Layer.succeed(Db, { dialect: "sqlite", identity: "memory:test", display: "memory" })
 
