@@ -8,7 +8,15 @@ import { execFileSync, spawn } from "node:child_process"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { mainJs, runCli, spawnCli } from "./support/cli.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
-import { expectExit, parseJsonSummary, seedFixture, snapshotOn, ticketsOn, untilRotating } from "./support/tickets.js"
+import {
+  expectExit,
+  parseJsonSummary,
+  seedFixture,
+  snapshotOn,
+  ticketsOn,
+  until,
+  untilRotating
+} from "./support/tickets.js"
 
 const ticketCount = 30_000
 
@@ -121,7 +129,7 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     let output = ""
     script.stdout.on("data", (chunk) => (output += chunk))
     const closed = new Promise<number | null>((resolve) => script.on("close", resolve))
-    while (!output.includes("rows/s")) await new Promise((r) => setTimeout(r, 50))
+    await until("the progress line is drawn", () => output.includes("rows/s"), { everyMs: 50 })
     await new Promise((r) => setTimeout(r, 500))
     const pid = Number(execFileSync("pgrep", ["-P", String(script.pid)], { encoding: "utf8" }).trim())
     await beforeSignals()

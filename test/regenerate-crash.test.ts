@@ -27,7 +27,8 @@ import {
   type Ticket,
   ticketColumns,
   ticketsOn,
-  toTicket
+  toTicket,
+  until
 } from "./support/tickets.js"
 
 import { Sqlite, type SqliteDatabase } from "./support/sqlite.js"
@@ -506,7 +507,7 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
         const run = await readRun()
         return run !== undefined && run.runId !== previous && run.rotated > 0
       }
-      while (!(await running())) await sleep(5)
+      await until("the run commits its first batch", running, { everyMs: 5 })
       started.child.kill("SIGINT")
       const r = await started.result
       expect(r.code, describeResult(r)).toBe(130)

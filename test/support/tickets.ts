@@ -63,6 +63,19 @@ export const seedFixture = async (
   }
 }
 
+/** Waits until `condition` holds, polling every `everyMs`; fails naming `what` after `timeoutMs`. */
+export const until = async (
+  what: string,
+  condition: () => boolean | Promise<boolean>,
+  { everyMs = 20, timeoutMs = 60_000 } = {}
+) => {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`)
+    await sleep(everyMs)
+  }
+}
+
 /**
  * Resolves once a run has committed its first batch: some ticket's `updated_at` is later than every one in
  * the snapshot. By then the run holds its lock and has written its record, so a test can fault it mid-run
@@ -74,13 +87,10 @@ export const untilRotating = async (
   timeoutMs = 60_000
 ) => {
   const latest = [...before.values()].reduce((m, t) => (t.updated_at > m ? t.updated_at : m), "")
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
+  await until("a batch is committed", async () => {
     const [rows] = await admin.query("SELECT MAX(`updated_at`) AS `m` FROM `ticket`")
-    if (String((rows as Array<{ m: unknown }>)[0]?.m) > latest) return
-    await sleep(20)
-  }
-  throw new Error(`no batch was committed within ${timeoutMs} ms`)
+    return String((rows as Array<{ m: unknown }>)[0]?.m) > latest
+  }, { timeoutMs })
 }
 
 export const parseJsonSummary = (r: CliResult) => {
