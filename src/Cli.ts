@@ -553,15 +553,21 @@ export const parserErrorLine = (text: string): string | undefined => {
 }
 
 const withParserErrorsAsLines = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Console.consoleWith((base) =>
-    Console.withConsole(effect, {
+  Console.consoleWith((base) => {
+    // Given --log-level, the parser parses again without it and reports the same error twice: once is enough.
+    let reported: string | undefined
+    return Console.withConsole(effect, {
       ...base,
-      error: (...args: ReadonlyArray<unknown>) => {
-        const line = args.length === 1 && typeof args[0] === "string" ? parserErrorLine(args[0]) : undefined
-        return line === undefined ? base.error(...args) : base.error(line)
-      }
+      error: (...args: ReadonlyArray<unknown>) =>
+        Effect.suspend(() => {
+          const line = args.length === 1 && typeof args[0] === "string" ? parserErrorLine(args[0]) : undefined
+          if (line === undefined) return base.error(...args)
+          if (line === reported) return Effect.void
+          reported = line
+          return base.error(line)
+        })
     })
-  )
+  })
 
 /** Parses argv and runs the chosen command. */
 export const run = (version: string) => (argv: ReadonlyArray<string>) => {

@@ -369,6 +369,20 @@ export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch |
     { discard: true }
   )
 
+/**
+ * Whether one of the app's tables does not exist; fails with `SchemaMismatch` when one that exists is not
+ * the app's (so that `migrate` writes nothing beside it).
+ */
+export const someAppTableMissing: Effect.Effect<boolean, SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
+  Effect.map(
+    Effect.forEach(Object.entries(appTables), ([table, columns]) =>
+      requireTable(table, columns, table).pipe(
+        Effect.as(false),
+        Effect.catchTag("SchemaMissing", () => Effect.succeed(true))
+      )),
+    (missing) => missing.includes(true)
+  )
+
 const statementTexts = new Map<string, string>()
 
 /** Statement text built once per shape (batch size, dialect): long placeholder lists are not rebuilt per batch. */

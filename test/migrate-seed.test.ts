@@ -426,7 +426,12 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     try {
       const env = { DATABASE_URL: scratch.url }
       // A `user` table the `order` foreign key cannot reference (another character set for its key).
-      await db.query("CREATE TABLE `user` (`id` char(32) NOT NULL PRIMARY KEY) DEFAULT CHARSET=utf8mb3")
+      await db.query(
+        "CREATE TABLE `user` (`id` char(32) NOT NULL PRIMARY KEY, `created_at` datetime(6) NOT NULL, " +
+          "`updated_at` datetime(6) NOT NULL, `deleted_at` datetime(6) NULL, `password` varchar(128) NOT NULL, " +
+          "`last_login` datetime(6) NULL, `first_name` varchar(150) NOT NULL, `last_name` varchar(150) NOT NULL, " +
+          "`email` varchar(254) NOT NULL UNIQUE) DEFAULT CHARSET=utf8mb3"
+      )
       const failed = await expectExit(runCli(["migrate"], { env }), 1)
       expect(linesOf(failed)).toHaveLength(1)
       expect(failed.stderr).toMatch(
@@ -438,6 +443,33 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       const again = await expectExit(runCli(["migrate"], { env }), 0)
       expect(again.stderr).toContain("0001_create_tables")
       await expectExit(runCli(["seed", "users", "--count", "3"], { env }), 0)
+    } finally {
+      await db.end()
+      await scratch.drop()
+    }
+  })
+
+  it("migrate recreates the app's tables dropped since it ran, and refuses a table that is not the app's before writing anything", async () => {
+    const scratch = await createDatabase("tt_migagain")
+    const db = await adminConnection(scratch.name)
+    const tables = async () =>
+      ((await db.query("SHOW TABLES"))[0] as Array<Record<string, string>>).map((t) => Object.values(t)[0]).sort()
+    try {
+      const env = { DATABASE_URL: scratch.url }
+      await db.query("CREATE TABLE `user` (`id` int NOT NULL PRIMARY KEY)")
+      const refused = await expectExit(runCli(["migrate"], { env }), 2)
+      expect(linesOf(refused)).toEqual([
+        expect.stringMatching(/^error: the database schema does not match .*table user/)
+      ])
+      expect(await tables()).toEqual(["user"])
+      await db.query("DROP TABLE `user`")
+      await expectExit(runCli(["migrate"], { env }), 0)
+      await db.query("DROP TABLE `ticket`, `order`, `user`")
+      const again = await expectExit(runCli(["migrate"], { env }), 0)
+      expect(again.stderr).toContain("0001_create_tables")
+      expect(await tables()).toEqual(["order", "ticket", "ticket_tokens_migrations", "ticket_tokens_state", "user"])
+      await expectExit(runCli(["seed", "users", "--count", "3"], { env }), 0)
+      expect((await expectExit(runCli(["migrate"], { env }), 0)).stderr).toContain("is up to date")
     } finally {
       await db.end()
       await scratch.drop()
@@ -640,7 +672,9 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       [["--created-after", "2024-02-01", "--created-before", "2024-01-01"], "--created-after"],
       // The parser's own findings, worded as ours.
       [["--bogus"], "error: received unknown argument: '--bogus'"],
-      [["extra"], "error: received unknown argument: 'extra'"]
+      [["extra"], "error: received unknown argument: 'extra'"],
+      // With --log-level the parser runs twice and reports twice: still one line.
+      [["--bogus", "--log-level", "info"], "error: received unknown argument: '--bogus'"]
     ]
     const before = await ticketsDigest()
     // Three at a time: each is a full process start on a 2-core machine.

@@ -2,7 +2,7 @@ import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { databaseError, describe, missingTable, toCount } from "../Db.js"
+import { databaseError, describe, missingTable, someAppTableMissing, toCount } from "../Db.js"
 import { DatabaseError } from "../Domain.js"
 import createTables from "./0001_create_tables.js"
 import checkpointTable from "./0002_checkpoint_table.js"
@@ -27,22 +27,32 @@ const lastRecorded = Effect.flatMap(
     )
 )
 
+/** Removes the records of the migrations after `last`, so that they run again (every one is idempotent). */
+const unrecordAfter = (last: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(`DELETE FROM ${table} WHERE migration_id > ?`, [last]))
+
 /**
  * The migrator records the migrations it is about to run before running them, in a transaction that
  * MySQL's DDL commits implicitly: a migration that fails would stay recorded as applied and never run
- * again. Its rows are removed after a failure, so that `migrate` reruns it (every migration is idempotent).
+ * again. Its rows are removed after a failure, so that `migrate` reruns it.
  */
 const forgetFailed = (before: number) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql.unsafe(`DELETE FROM ${table} WHERE migration_id > ?`, [before]).pipe(
-      Effect.catchAll((error) =>
-        Effect.logWarning(`could not unrecord the failed migrations (${describe(error)}): rerun \`migrate\``)
-      )
-    ))
+  unrecordAfter(before).pipe(
+    Effect.catchAll((error) =>
+      Effect.logWarning(`could not unrecord the failed migrations (${describe(error)}): rerun \`migrate\``)
+    )
+  )
 
-/** Creates or upgrades the schema; returns the names of the migrations it ran (none when up to date). */
+/**
+ * Creates or upgrades the schema; returns the names of the migrations it ran (none when up to date).
+ * Refuses, writing nothing, when an app table that exists is not the app's; when one was dropped since the
+ * migrations ran, they all run again.
+ */
 export const migrate = Effect.gen(function*() {
-  const before = yield* lastRecorded
+  const recorded = yield* lastRecorded
+  const dropped = (yield* someAppTableMissing) && recorded > 0
+  if (dropped) yield* Effect.mapError(unrecordAfter(0), databaseError("migrating"))
+  const before = dropped ? 0 : recorded
   return yield* Migrator.make({})({ loader, table }).pipe(
     // The migrator turns a failing migration into a defect; it is an ordinary failure here.
     Effect.catchSomeDefect((defect) =>
