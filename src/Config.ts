@@ -109,7 +109,7 @@ const parseTls = (params: URLSearchParams, host: string): Either.Either<Tls, Bad
     return bad(`ssl-ca is only used to verify the server: pass ssl-mode=VERIFY_CA or VERIFY_IDENTITY with it`)
   }
   // The driver checks a certificate against a host *name* only (for an address it would check "localhost").
-  if (mode === "verify-identity" && Net.isIP(host.replace(/^\[|\]$/g, ""))) {
+  if (mode === "verify-identity" && Net.isIP(host)) {
     return bad(
       `ssl-mode=VERIFY_IDENTITY needs the host name the server's certificate is issued for, not the address ` +
         `${host} (or use VERIFY_CA)`
@@ -141,9 +141,11 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
   if (database === "" || database.includes("/")) {
     return Either.left(new BadDatabaseUrl({ reason: "no database name after the host, as in /tickets" }))
   }
-  return Either.map(parseTls(url.searchParams, url.hostname), (tls) => ({
+  // An IPv6 address comes bracketed ([::1]); the driver takes it bare.
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1")
+  return Either.map(parseTls(url.searchParams, host), (tls) => ({
     _tag: "mysql" as const,
-    host: url.hostname,
+    host,
     port,
     database,
     username: url.username === "" ? undefined : decode(url.username),

@@ -38,6 +38,7 @@ describe("DATABASE_URL", () => {
     expect(String(target.password)).not.toContain("word")
     expect(target.display).toBe("mysql://db.internal:3307/tickets")
     expect(Either.getOrThrow(parseDatabaseUrl("mysql://root@127.0.0.1/x"))).toMatchObject({ port: 3306 })
+    expect(Either.getOrThrow(parseDatabaseUrl("mysql://root@[::1]:3307/x"))).toMatchObject({ host: "::1", port: 3307 })
   })
 
   it("takes ssl-mode and ssl-ca as the mysql client does (a CA alone means VERIFY_CA); plaintext by default", () => {
@@ -75,7 +76,7 @@ describe("DATABASE_URL", () => {
     ["mysql://root:hunter2@host/db?ssl-mode=REQUIRED&ssl-ca=/ca.pem", "pass ssl-mode=VERIFY_CA or VERIFY_IDENTITY"],
     ["mysql://root:hunter2@host/db?ssl-ca=", "ssl-ca needs the path"],
     ["mysql://root:hunter2@10.0.0.5/db?ssl-mode=VERIFY_IDENTITY", "not the address 10.0.0.5"],
-    ["mysql://root:hunter2@[::1]/db?ssl-mode=verify_identity", "not the address [::1]"]
+    ["mysql://root:hunter2@[::1]/db?ssl-mode=verify_identity", "not the address ::1"]
   ])("rejects %s with a reason and never the password", (url, reason) => {
     expectRefused(parseDatabaseUrl(url), reason, "hunter2")
   })
