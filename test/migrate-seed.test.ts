@@ -403,9 +403,13 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     await seeded?.drop()
   })
 
-  it("a database without tables: regenerate and seed point to migrate (exit 2)", async () => {
-    const commands = [["regenerate"], ["seed", "users", "--count", "5"]]
-    const results = await Promise.all(commands.map((args) => runCli(args, { env: { DATABASE_URL: empty.url } })))
+  it("a database without tables: regenerate, seed, status and verify point to migrate (exit 2)", async () => {
+    const commands = [["regenerate"], ["seed", "users", "--count", "5"], ["status"], ["verify"]]
+    // With Redis for checkpoints, as in production: no table of ours is needed to find that.
+    const prefix = createRedisPrefix()
+    const env = { DATABASE_URL: empty.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix.name }
+    const results = await Promise.all(commands.map((args) => runCli(args, { env })))
+    expect(await prefix.keys()).toEqual([])
     for (const r of results) {
       expect(r.code, describeResult(r)).toBe(2)
       expect(r.stderr).toMatch(/^error: .*`migrate`/)
