@@ -360,21 +360,46 @@ export const requireTable = (
       )
   )
 
+/**
+ * On MySQL, that `ticket.token` holds a token's 32 characters: a narrower column would fail every batch,
+ * once the run had begun. (SQLite does not enforce a declared width.)
+ */
+const tokenFits = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql.onDialectOrElse({
+    mysql: () =>
+      sql<{ width: unknown }>`
+        SELECT CHARACTER_MAXIMUM_LENGTH AS width FROM information_schema.COLUMNS
+        WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ticket' AND COLUMN_NAME = 'token'`.pipe(
+        Effect.mapError(databaseError("checking table ticket")),
+        Effect.flatMap(([row]) => {
+          const width = toCount(row?.width)
+          return width >= 32 ? Effect.void : new SchemaMismatch({
+            detail: `table ticket: column token holds ${width === 0 ? "no text" : `${width} characters`}, ` +
+              "fewer than a token's 32"
+          })
+        })
+      ),
+    orElse: () => Effect.void
+  }))
+
 /** Fails with `SchemaMissing` (point to `migrate`) or `SchemaMismatch` unless the app's tables are usable. */
 export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
-  Effect.forEach(
-    Object.entries(appTables),
-    ([table, columns]) =>
-      requireTable(table, columns, `the database has no ticket schema (table ${table} does not exist)`),
-    { discard: true }
+  Effect.zipRight(
+    Effect.forEach(
+      Object.entries(appTables),
+      ([table, columns]) =>
+        requireTable(table, columns, `the database has no ticket schema (table ${table} does not exist)`),
+      { discard: true }
+    ),
+    tokenFits
   )
 
 /**
  * Whether one of the app's tables does not exist; fails with `SchemaMismatch` when one that exists is not
  * the app's (so that `migrate` writes nothing beside it).
  */
-export const someAppTableMissing: Effect.Effect<boolean, SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
-  Effect.map(
+export const someAppTableMissing: Effect.Effect<boolean, SchemaMismatch | DatabaseError, SqlClient.SqlClient> = Effect
+  .map(
     Effect.forEach(Object.entries(appTables), ([table, columns]) =>
       requireTable(table, columns, table).pipe(
         Effect.as(false),

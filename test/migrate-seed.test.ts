@@ -535,6 +535,25 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     })
   })
 
+  it("a token column narrower than a token: regenerate and its dry run say so in one line (exit 2), nothing written", async () => {
+    await withSmallDatabase("tt_narrow", async (db, env) => {
+      // Only this session writes short tokens (non-strict): the column can then be narrowed.
+      await db.query("SET SESSION sql_mode = ''")
+      await db.query("ALTER TABLE `ticket` MODIFY `token` varchar(16) NOT NULL")
+      const [before] = await db.query("SELECT * FROM `ticket` ORDER BY `id`")
+      for (const args of [["regenerate"], ["regenerate", "--dry-run"]]) {
+        const r = await expectExit(runCli(args, { env }), 2)
+        expect(linesOf(r), describeResult(r)).toEqual([
+          expect.stringMatching(/^error: the database schema does not match .*column token holds 16 characters/)
+        ])
+      }
+      const [after] = await db.query("SELECT * FROM `ticket` ORDER BY `id`")
+      expect(after).toEqual(before)
+      const [state] = await db.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`")
+      expect(Number((state as Array<{ n: unknown }>)[0]!.n)).toBe(0)
+    })
+  })
+
   it("a server whose sessions start with autocommit off is refused before anything is written (exit 2)", async () => {
     // init_connect applies to users without SUPER only: the suite's own root connections are unaffected.
     const user = `tt_ac_${Date.now().toString(36)}`
