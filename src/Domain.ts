@@ -133,7 +133,9 @@ export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")
   readonly cause?: unknown
 }> {
   override get message() {
-    const advice = /access denied/i.test(this.reason)
+    const advice = this.target.startsWith("sqlite:")
+      ? "Check the file path in DATABASE_URL, and that the file and its folder may be read and written."
+      : /access denied/i.test(this.reason)
       ? "Check the user name and password in DATABASE_URL, and that this user may connect from this host."
       : "Check DATABASE_URL and that the server is up."
     return `cannot connect to the database at ${this.target}: ${this.reason}. ${advice}`

@@ -55,6 +55,16 @@ describe("migrate and seed on the embedded SQLite database", () => {
     expect(Fs.existsSync(Path.join(cwd, "data", "tickets.sqlite"))).toBe(true)
   })
 
+  it("a file that cannot be opened (a folder's path, a folder that cannot be made): one line on the file path (exit 1)", async () => {
+    Fs.mkdirSync(Path.join(cwd, "a-folder"))
+    for (const url of ["sqlite:a-folder", "sqlite:/proc/no-such/tickets.sqlite"]) {
+      const r = await expectExit(runCli(["migrate"], { cwd, env: { ...env, DATABASE_URL: url } }), 1)
+      expect(linesOf(r), describeResult(r)).toEqual([
+        expect.stringMatching(new RegExp(`^error: cannot connect to the database at ${url}: .*Check the file path`))
+      ])
+    }
+  })
+
   it("refuses children without parents", async () => {
     const tickets = await expectExit(cli(["seed", "tickets", "--count", "10"]), 2)
     expect(tickets.stderr).toContain("no orders: run `seed orders` first")
