@@ -355,6 +355,10 @@ export class LockLost extends Data.TaggedError("LockLost")<{ readonly detail: st
 }
 
 /** A plain start while a run is unfinished: of the same scope, or (`asked` differs) the latest run, of another. */
+/** A run recorded as running may still be going in another process (or was killed): `status` tells which. */
+const maybeGoing = (run: RunRecord) =>
+  run.status === "running" ? " once it is no longer going (`status` shows whether it is)" : ""
+
 export class UnfinishedRun
   extends Data.TaggedError("UnfinishedRun")<{ readonly run: RunRecord; readonly asked: Scope }>
 {
@@ -366,8 +370,8 @@ export class UnfinishedRun
         `and start over.`
     }
     return `${what} exists for another scope (${run.scope.description}): continue it with ` +
-      `\`${run.scope.resumeCommand}\`, or pass --restart to start a run for ${this.asked.description} anyway ` +
-      `(that run stays resumable).`
+      `\`${run.scope.resumeCommand}\`${maybeGoing(run)}, or pass --restart to start a run for ` +
+      `${this.asked.description} anyway (that run stays resumable).`
   }
 }
 
@@ -382,7 +386,8 @@ export class ScopeMismatch
 {
   override get message() {
     return `the unfinished run ${this.run.runId} has scope "${this.run.scope.description}", not ` +
-      `"${this.asked.description}": continue it with \`${this.run.scope.resumeCommand}\`, or pass --restart ` +
+      `"${this.asked.description}": continue it with \`${this.run.scope.resumeCommand}\`${maybeGoing(this.run)}, ` +
+      `or pass --restart ` +
       `(without --resume) to start a run for ${this.asked.description} (that run stays resumable).`
   }
 }

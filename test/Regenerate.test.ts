@@ -831,7 +831,19 @@ describe("resume rules", () => {
         expect(error._tag).toBe("UnfinishedRun")
         expect(error.message).toContain("`regenerate --resume --live-only --email-domain example.com`")
         expect(error.message).toContain("--restart")
+        expect(error.message).not.toContain("no longer going")
       }
+      // Recorded as running (going on in another process, or killed): the message says to let it end first.
+      const recordKey = Checkpoint.keys({ database: "memory:test", scope }).record
+      const text = world.store.data.get(recordKey)!.value
+      expect(text).toContain(`"status":"interrupted"`)
+      world.store.data.set(recordKey, {
+        value: text.replace(`"status":"interrupted"`, `"status":"running"`),
+        expiresAt: undefined
+      })
+      expect((yield* Effect.flip(runIn(world))).message).toContain(
+        "example.com` once it is no longer going (`status` shows whether it is), or pass --restart"
+      )
       expect(world.table.rotations.length).toBe(2)
       const all = yield* runIn(world, { mode: "restart" })
       expect(all).toMatchObject({ status: "completed", rotated: 60 })
