@@ -343,12 +343,13 @@ const missingColumn = (error: unknown) => /unknown column|no such column|has no 
 export const requireTable = (
   table: string,
   columns: ReadonlyArray<string>,
-  missing: string
+  missing: string,
+  condition = "1 = 0"
 ): Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =>
   Effect.flatMap(
     SqlClient.SqlClient,
     (sql) =>
-      sql.unsafe(`SELECT ${columns.map((c) => `\`${c}\``).join(", ")} FROM \`${table}\` WHERE 1 = 0`).pipe(
+      sql.unsafe(`SELECT ${columns.map((c) => `\`${c}\``).join(", ")} FROM \`${table}\` WHERE ${condition}`).pipe(
         Effect.asVoid,
         Effect.mapError((error): SchemaMissing | SchemaMismatch | DatabaseError =>
           missingTable(error)
@@ -401,7 +402,9 @@ export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch |
 export const someAppTableMissing: Effect.Effect<boolean, SchemaMismatch | DatabaseError, SqlClient.SqlClient> = Effect
   .map(
     Effect.forEach(Object.entries(appTables), ([table, columns]) =>
-      requireTable(table, columns, table).pipe(
+      // Worded unlike requireSchema's check on purpose: the SQLite client keeps a statement that failed to
+      // prepare in its cache, failing, for minutes; `migrate` checks again once it has created the table.
+      requireTable(table, columns, table, "0 = 1").pipe(
         Effect.as(false),
         Effect.catchTag("SchemaMissing", () => Effect.succeed(true))
       )),
