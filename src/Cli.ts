@@ -156,11 +156,11 @@ const scopeOptions = Options.all({
   ),
   createdAfter: Options.text("created-after").pipe(
     Options.optional,
-    Options.withDescription("Only tickets created at or after this ISO date or date-time.")
+    Options.withDescription("Only tickets created at or after this ISO date (2024-01-31) or date-time with a zone.")
   ),
   createdBefore: Options.text("created-before").pipe(
     Options.optional,
-    Options.withDescription("Only tickets created before this ISO date or date-time.")
+    Options.withDescription("Only tickets created before this ISO date (2024-01-31) or date-time with a zone.")
   )
 }).pipe(Options.mapEffect((flags) =>
   Effect.gen(function*() {
@@ -428,7 +428,9 @@ const statusCommand = Command.make(
       (report) => printReport(report, json, Status.toJson, Status.render)
     )
 ).pipe(
-  Command.withDescription("Show the current or last run: state, progress, rate, lock holder."),
+  Command.withDescription(
+    "Show the current or last run: state, progress, rate, lock holder. The scope flags pick the run of that scope."
+  ),
   Command.provide(Checkpoint.layer.pipe(Layer.provideMerge(Db.layer({ maxConnections: 1 }))))
 )
 
@@ -442,7 +444,10 @@ const verifyCommand = Command.make(
       if (!Verify.isClean(report)) return yield* new VerifyFailed({ summary: Verify.summary(report) })
     })
 ).pipe(
-  Command.withDescription("Check that the last run rotated every ticket of its scope and that tokens are unique."),
+  Command.withDescription(
+    "Check that the last run rotated every ticket of its scope and that tokens are unique. The scope flags pick " +
+      "the run of that scope."
+  ),
   Command.provide(({ json }) => appLayer(1, json ? "silent" : Progress.detectMode()))
 )
 
