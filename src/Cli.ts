@@ -423,10 +423,12 @@ const statusCommand = Command.make(
   "status",
   { scope: scopeOptions, json: jsonFlag },
   ({ json, scope }) =>
-    Effect.flatMap(
-      Status.status(chosenScope(scope)),
-      (report) => printReport(report, json, Status.toJson, Status.render)
-    )
+    Effect.gen(function*() {
+      // A database without the app's tables has no runs to show: say to migrate, as every command does.
+      yield* Db.requireSchema
+      const report = yield* Status.status(chosenScope(scope))
+      yield* printReport(report, json, Status.toJson, Status.render)
+    })
 ).pipe(
   Command.withDescription(
     "Show the current or last run: state, progress, rate, lock holder. The scope flags pick the run of that scope."

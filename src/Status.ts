@@ -1,12 +1,12 @@
 /**
- * `status`: the current or last run, from the checkpoint store (and a glance at the schema), so it can be
- * read from another terminal while a run is going.
+ * `status`: the current or last run, from the checkpoint store alone, so it can be read from another
+ * terminal while a run is going.
  */
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { Checkpoint, type HeldLock, runOf } from "./Checkpoint.js"
-import { Db, requireSchema } from "./Db.js"
+import { Db } from "./Db.js"
 import type { RunRecord, Scope } from "./Domain.js"
 import { formatDuration } from "./Progress.js"
 
@@ -25,8 +25,6 @@ export const status = (scope: Option.Option<Scope>) =>
   Effect.gen(function*() {
     const checkpoint = yield* Checkpoint
     const db = yield* Db
-    // A database without the app's tables has no runs to show: say to migrate, as every command does.
-    yield* requireSchema
     const run = yield* runOf(checkpoint, db.identity, scope)
     const lock = Option.isSome(run)
       ? yield* checkpoint.holder({ database: db.identity, scope: run.value.scope })

@@ -1,0 +1,152 @@
+/**
+ * `status` and `verify` on the in-memory world: what each says for every state a run can be left in.
+ * (Against MariaDB and Redis through the real CLI: operator.test.ts and fault-tolerance.test.ts.)
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Option, TestClock } from "effect"
+import * as Checkpoint from "../src/Checkpoint.js"
+import { Scope } from "../src/Domain.js"
+import { regenerate, type RegenerateOptions } from "../src/Regenerate.js"
+import * as Status from "../src/Status.js"
+import * as Verify from "../src/Verify.js"
+import { makeTickets, testHost, World } from "./layers/index.js"
+
+const options = (overrides: Partial<RegenerateOptions> = {}): RegenerateOptions => ({
+  scope: Scope.all,
+  batchSize: 10,
+  concurrency: 2,
+  mode: "start",
+  maxRowsPerSecond: undefined,
+  count: true,
+  targetBatchMillis: undefined,
+  ...overrides
+})
+
+const keys = Checkpoint.keys({ database: "memory:test", scope: Scope.all })
+
+/** A world with a run of 40 tickets stopped after `batches` batches (all of them when undefined). */
+const afterRun = (batches?: number) =>
+  Effect.gen(function*() {
+    const world = new World(makeTickets(40))
+    // The run starts a minute in, after the tickets were last written.
+    yield* TestClock.adjust("1 minute")
+    const stop = Effect.sync(() => batches !== undefined && world.table.calls.rotate >= batches)
+    yield* regenerate(options(), stop).pipe(Effect.provide(world.layer()))
+    return world
+  })
+
+const statusLines = (world: World, scope = Option.none<Scope>()) =>
+  Effect.map(Status.status(scope).pipe(Effect.provide(world.layer())), Status.render)
+
+/** Rewrites the stored run record's status, as a process that died (or failed) would have left it. */
+const setStatus = (world: World, status: string) => {
+  const entry = world.store.data.get(keys.record)!
+  world.store.data.set(keys.record, { ...entry, value: entry.value.replace(/"status":"\w+"/, `"status":"${status}"`) })
+}
+
+const holder = (host: string, pid: number) =>
+  JSON.stringify({ host, pidNamespace: testHost.pidNamespace, pid, token: "abc", since: new Date(0).toISOString() })
+
+describe("status", () => {
+  it.effect("no run yet: says so, naming the scope asked for", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(5))
+      expect(yield* statusLines(world)).toEqual([
+        "no run is recorded for memory (checkpoints: memory)"
+      ])
+      const scope = new Scope({ liveOnly: true, emailDomain: null, createdAfter: null, createdBefore: null })
+      const [line] = yield* statusLines(world, Option.some(scope))
+      expect(line).toContain("with scope --live-only (without scope flags: the latest run of any scope)")
+    }))
+
+  it.effect("a completed run: its counts, rate and state", () =>
+    Effect.gen(function*() {
+      const lines = yield* statusLines(yield* afterRun())
+      expect(lines[0]).toMatch(/^run [0-9a-f]{12} on memory \(all tickets\)$/)
+      expect(lines[1]).toBe("  state:    completed")
+      expect(lines[2]).toMatch(/^ {2}rotated: {2}40 \/ 40 \(100\.0%\), cursor [0-9a-f]{32}$/)
+      expect(lines[3]).toMatch(/^ {2}rate: {5}\d+ rows\/s over .* of running, 4 batches, 0 retries$/)
+    }))
+
+  it.effect("an interrupted run points to --resume", () =>
+    Effect.gen(function*() {
+      const lines = yield* statusLines(yield* afterRun(2))
+      expect(lines[1]).toBe("  state:    interrupted: resume with --resume")
+      expect(lines[2]).toMatch(/^ {2}rotated: {2}20 \/ 40 \(50\.0%\)/)
+    }))
+
+  it.effect("every state a run's lock and record can be found in", () =>
+    Effect.gen(function*() {
+      const world = yield* afterRun(2)
+      const state = Effect.map(statusLines(world), (lines) => lines[1])
+      // Going on in another process, elsewhere: the holder and the lease left.
+      setStatus(world, "running")
+      const now = yield* TestClock.currentTimeMillis
+      world.store.data.set(keys.lock, { value: holder("other-host", 4242), expiresAt: now + 24_500 })
+      expect(yield* state).toBe(
+        "  state:    running, lock held by pid 4242 on other-host since 1970-01-01T00:00:00.000Z (lease 25 s left)"
+      )
+      // Killed on this host: its pid is gone.
+      world.store.data.set(keys.lock, { value: holder(testHost.hostname, 4242), expiresAt: now + 24_500 })
+      expect(yield* state).toMatch(
+        /^ {2}state: {4}running, but its process is gone \(pid 4242 on test-host .*\): resume with --resume$/
+      )
+      // Killed, and its lease has run out since.
+      world.store.data.delete(keys.lock)
+      expect(yield* state).toMatch(/^ {2}state: {4}running, but no process holds its lock .*: resume with --resume$/)
+      // A lock entry this tool did not write.
+      world.store.data.set(keys.lock, { value: "garbage", expiresAt: undefined })
+      expect(yield* state).toMatch(/^ {2}state: {4}running, but its lock entry is damaged \(.*\): if no run is going/)
+      world.store.data.delete(keys.lock)
+      setStatus(world, "failed")
+      expect(yield* state).toMatch(/^ {2}state: {4}failed \(.*\): resume with --resume once the cause is fixed$/)
+    }))
+})
+
+describe("verify", () => {
+  const verifyIn = (world: World) => Verify.verify(Option.none()).pipe(Effect.provide(world.layer()))
+
+  it.effect("after a complete run: every ticket rotated, no duplicate, clean", () =>
+    Effect.gen(function*() {
+      const report = yield* verifyIn(yield* afterRun())
+      expect(report).toMatchObject({ inScope: 40, notRotated: 0, duplicateTokens: 0 })
+      expect(Verify.isClean(report)).toBe(true)
+      expect(Verify.render(report).at(-1)).toBe("  OK")
+    }))
+
+  it.effect("a ticket whose old token and time were put back, and two sharing a token: named, not clean", () =>
+    Effect.gen(function*() {
+      const world = yield* afterRun()
+      const [first, second, third] = world.table.sorted
+      first!.token = "old-0"
+      first!.updatedAt = 0
+      third!.token = second!.token
+      const report = yield* verifyIn(world)
+      expect(report).toMatchObject({
+        inScope: 40,
+        notRotated: 1,
+        notRotatedSample: [first!.id],
+        duplicateTokens: 1,
+        duplicateSample: [second!.id, third!.id]
+      })
+      expect(Verify.isClean(report)).toBe(false)
+      const lines = Verify.render(report)
+      expect(lines).toContain(`  not rotated, e.g.: ${first!.id}`)
+      expect(lines.at(-1)).toBe("  FAILED")
+      // Never a token in what it prints.
+      expect(lines.join("\n")).not.toContain(second!.token)
+    }))
+
+  it.effect("an unfinished run is checked as far as it is, and says it is not completed", () =>
+    Effect.gen(function*() {
+      const report = yield* verifyIn(yield* afterRun(2))
+      expect(report.notRotated).toBe(20)
+      expect(Verify.render(report)).toContain(`  note: run ${report.run.runId} is interrupted, not completed`)
+    }))
+
+  it.effect("no run to check: NoRun", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(verifyIn(new World(makeTickets(5))))
+      expect(error._tag).toBe("NoRun")
+    }))
+})
