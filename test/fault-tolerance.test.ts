@@ -13,6 +13,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { lockWaitSeconds } from "../src/Db.js"
 import { type CliResult, runCli, spawnCli } from "./support/cli.js"
 import {
   adminConnection,
@@ -30,6 +31,7 @@ import {
   snapshotOn,
   type Ticket,
   ticketsOn,
+  until,
   untilRotating
 } from "./support/tickets.js"
 
@@ -295,19 +297,35 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     expectAllRotated(before, await readTickets())
   })
 
-  it("rows locked past the lock wait timeout: the batch is retried with backoff and completes", async () => {
-    const [[{ timeout }]] = (await admin.query("SELECT @@GLOBAL.innodb_lock_wait_timeout AS timeout")) as unknown as [
-      [{ timeout: number }]
-    ]
-    await admin.query("SET GLOBAL innodb_lock_wait_timeout = 1")
+  /** How many transactions wait for a row lock that the transaction `trx` holds. */
+  const waitsOn = async (trx: string) =>
+    Number(
+      ((await admin.query(
+        "SELECT COUNT(*) AS `n` FROM information_schema.`INNODB_LOCK_WAITS` WHERE `blocking_trx_id` = ?",
+        [trx]
+      ))[0] as Array<{ n: number }>)[0]!.n
+    )
+  /** The id of the transaction open on `conn`. */
+  const trxOf = async (conn: mysql.Connection) =>
+    String(
+      ((await conn.query(
+        "SELECT `trx_id` FROM information_schema.`INNODB_TRX` WHERE `trx_mysql_thread_id` = CONNECTION_ID()"
+      ))[0] as Array<{ trx_id: string | number }>)[0]!.trx_id
+    )
+
+  it("rows locked past the tool's lock wait: the batch is rolled back, retried with backoff, and completes", async () => {
     const locker = await adminConnection(db.name)
     try {
       const before = await snapshot()
       const ids = [...before.keys()].sort().slice(20_000, 20_050)
       await locker.query("BEGIN")
       await locker.query("SELECT `id` FROM `ticket` WHERE `id` IN (?) FOR UPDATE", [ids])
+      const lockerTrx = await trxOf(locker)
       const run = spawnCli(["regenerate", "--json", "--batch-size", "1000"], { env: env() })
-      await sleep(5000)
+      // A batch comes to wait for the held rows, and waits out the tool's own lock wait at least once.
+      // InnoDB refreshes the lock-wait table only when it was not read for 100 ms.
+      await until("a batch waits for the held rows", async () => (await waitsOn(lockerTrx)) > 0, { everyMs: 250 })
+      await sleep(lockWaitSeconds * 1000 + 2000)
       expect(run.child.exitCode, "the run waits for the locked rows").toBeNull()
       await locker.query("ROLLBACK")
       const result = await run.result
@@ -317,7 +335,6 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       expectAllRotated(before, await readTickets())
     } finally {
       await locker.end()
-      await admin.query("SET GLOBAL innodb_lock_wait_timeout = ?", [timeout])
     }
   })
 
@@ -325,15 +342,6 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     const deadlocks = async () =>
       Number(
         ((await admin.query("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'"))[0] as Array<{ Value: string }>)[0]!.Value
-      )
-    // Transactions waiting for a lock the site's transaction holds (`siteTrx`); the server is shared with the
-    // other test files, whose runs wait for each other's rows too.
-    const waitsOnSite = async (siteTrx: string) =>
-      Number(
-        ((await admin.query(
-          "SELECT COUNT(*) AS `n` FROM information_schema.`INNODB_LOCK_WAITS` WHERE `blocking_trx_id` = ?",
-          [siteTrx]
-        ))[0] as Array<{ n: number }>)[0]!.n
       )
     // The site's transaction has done more work than a batch, so InnoDB picks the batch as the victim.
     await admin.query("CREATE TABLE `site_work` (`n` int PRIMARY KEY, `v` int NOT NULL) ENGINE=InnoDB")
@@ -352,18 +360,13 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       await site.query("BEGIN")
       await site.query("UPDATE `site_work` SET `v` = `v` + 1")
       await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [second])
-      const siteTrx = String(
-        ((await site.query(
-          "SELECT `trx_id` FROM information_schema.`INNODB_TRX` WHERE `trx_mysql_thread_id` = CONNECTION_ID()"
-        ))[0] as Array<{ trx_id: string | number }>)[0]!.trx_id
-      )
+      const siteTrx = await trxOf(site)
       run = spawnCli(["regenerate", "--json"], { env: env() })
-      const deadline = Date.now() + 30_000
-      while ((await waitsOnSite(siteTrx)) === 0) {
-        expect(Date.now(), "a batch comes to wait for the site's row").toBeLessThan(deadline)
-        // InnoDB refreshes this table only when it was not read for 100 ms.
-        await sleep(250)
-      }
+      // Waiting on the site's transaction itself: the server is shared with other test files' runs.
+      await until("a batch comes to wait for the site's row", async () => (await waitsOn(siteTrx)) > 0, {
+        everyMs: 250,
+        timeoutMs: 30_000
+      })
       await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [first])
       expect(await deadlocks(), "InnoDB saw a deadlock and rolled the batch back").toBeGreaterThan(deadlocksBefore)
       await site.query("ROLLBACK")

@@ -3,32 +3,15 @@
  * refuses plaintext connections (`require_secure_transport`): the URL's `ssl-mode` and `ssl-ca` decide how
  * the tool connects, a whole run goes through over TLS, and every refusal is one line with a non-zero exit.
  */
-import * as mysql from "mysql2/promise"
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
 import * as Path from "node:path"
-import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { runCli } from "./support/cli.js"
+import { missingTools, type PrivateMariadb, startPrivateMariadb } from "./support/privateMariadb.js"
 import { expectExit, parseJsonSummary, seedFixture } from "./support/tickets.js"
 
-/** Where a tool is: on PATH (a Nix shell), or in /usr/sbin (Debian's server binaries); undefined if neither. */
-const locate = (tool: string): string | undefined => {
-  try {
-    return execFileSync("sh", ["-c", `command -v ${tool} || (test -x /usr/sbin/${tool} && echo /usr/sbin/${tool})`], {
-      encoding: "utf8"
-    }).trim() || undefined
-  } catch {
-    return undefined
-  }
-}
-const mariadbd = locate("mariadbd") ?? "mariadbd"
-const missing = ["mariadbd", "mariadb-install-db", "openssl"].filter((tool) => locate(tool) === undefined)
-if (missing.length > 0) {
-  if (process.env.REQUIRE_SERVICES === "1") throw new Error(`REQUIRE_SERVICES=1 but ${missing.join(", ")} missing`)
-  console.warn(`\n!!! SKIPPING the TLS tests: ${missing.join(", ")} not installed\n`)
-}
+const missing = missingTools("the TLS tests", ["openssl"])
 
 /** One openssl command, written as one line: no argument below holds a space. */
 const openssl = (dir: string, command: string) =>
@@ -50,66 +33,33 @@ const makeCertificates = (dir: string, caName: string, names: ReadonlyArray<stri
 }
 
 describe.skipIf(missing.length > 0)("TLS to MySQL (a private MariaDB that requires it)", () => {
-  // Made in beforeAll, so that a run that filters these tests out leaves no folder behind.
-  let dir = ""
-  const port = 20_000 + Math.floor(Math.random() * 20_000)
-  const ca = () => Path.join(dir, "ca.pem")
-  const serverCert = () => Path.join(dir, "server.pem")
-  let server: ChildProcess | undefined
-  const url = (host: string, query: string) => `mysql://root@${host}:${port}/tickets${query}`
+  let server: PrivateMariadb | undefined
+  const dir = () => server!.dir
+  const ca = () => Path.join(dir(), "ca.pem")
+  const serverCert = () => Path.join(dir(), "server.pem")
+  const url = (host: string, query: string) => `mysql://root@${host}:${server!.port}/tickets${query}`
   const cli = (args: ReadonlyArray<string>, databaseUrl: string) => runCli(args, { env: { DATABASE_URL: databaseUrl } })
 
   /** An admin connection over TLS (the server takes no other). */
-  const admin = () =>
-    mysql.createConnection({ host: "127.0.0.1", port, user: "root", ssl: { rejectUnauthorized: false } })
+  const admin = () => server!.admin()
 
+  // Started in beforeAll, so that a run that filters these tests out leaves no folder behind.
   beforeAll(async () => {
-    dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-tls-"))
-    makeCertificates(dir, "ca", ["localhost", "db.invalid"])
-    makeCertificates(dir, "other-ca", [])
-    Fs.copyFileSync(Path.join(dir, "localhost.pem"), serverCert())
-    const data = Path.join(dir, "data")
-    execFileSync("mariadb-install-db", [
-      "--no-defaults",
-      `--datadir=${data}`,
-      "--auth-root-authentication-method=normal",
-      "--skip-test-db"
-    ], { stdio: "ignore" })
-    server = spawn(mariadbd, [
-      "--no-defaults",
-      `--datadir=${data}`,
-      `--port=${port}`,
-      "--bind-address=127.0.0.1",
-      `--socket=${Path.join(dir, "sock")}`,
-      `--pid-file=${Path.join(dir, "pid")}`,
-      `--ssl-ca=${ca()}`,
-      `--ssl-cert=${serverCert()}`,
-      `--ssl-key=${Path.join(dir, "server.key")}`,
-      "--require-secure-transport=ON",
-      "--innodb-buffer-pool-size=32M",
-      "--skip-log-bin",
-      "--user=root"
-    ], { stdio: "ignore" })
-    for (let i = 0;; i++) {
-      try {
-        const conn = await admin()
-        await conn.query("CREATE DATABASE tickets")
-        await conn.end()
-        break
-      } catch (error) {
-        if (i === 200) throw error
-        await sleep(100)
-      }
-    }
+    server = await startPrivateMariadb("tickets", (dir) => {
+      makeCertificates(dir, "ca", ["localhost", "db.invalid"])
+      makeCertificates(dir, "other-ca", [])
+      Fs.copyFileSync(Path.join(dir, "localhost.pem"), Path.join(dir, "server.pem"))
+      return [
+        `--ssl-ca=${Path.join(dir, "ca.pem")}`,
+        `--ssl-cert=${Path.join(dir, "server.pem")}`,
+        `--ssl-key=${Path.join(dir, "server.key")}`,
+        "--require-secure-transport=ON"
+      ]
+    }, { ssl: { rejectUnauthorized: false } })
   }, 60_000)
 
   afterAll(async () => {
-    if (server !== undefined && server.exitCode === null) {
-      const exited = new Promise((resolve) => server!.once("exit", resolve))
-      server.kill("SIGTERM")
-      await exited
-    }
-    if (dir !== "") Fs.rmSync(dir, { recursive: true, force: true })
+    await server?.stop()
   }, 60_000)
 
   it("a whole run over TLS with the server's name verified (ssl-mode=VERIFY_IDENTITY, ssl-ca)", async () => {
@@ -130,12 +80,12 @@ describe.skipIf(missing.length > 0)("TLS to MySQL (a private MariaDB that requir
       expect(r.stderr).toMatch(reason)
     }
     await refused(url("localhost", ""), /^error: cannot connect to the database at mysql:\/\/localhost:\d+\/tickets: /)
-    const otherCa = encodeURIComponent(Path.join(dir, "other-ca.pem"))
+    const otherCa = encodeURIComponent(Path.join(dir(), "other-ca.pem"))
     await refused(url("localhost", `?ssl-mode=VERIFY_CA&ssl-ca=${otherCa}`), /certificate/)
     await refused(url("localhost", "?ssl-mode=VERIFY_IDENTITY"), /certificate/)
 
     // The server now presents a certificate for db.invalid: its CA is still trusted, its name is wrong.
-    Fs.copyFileSync(Path.join(dir, "db.invalid.pem"), serverCert())
+    Fs.copyFileSync(Path.join(dir(), "db.invalid.pem"), serverCert())
     const conn = await admin()
     await conn.query("FLUSH SSL")
     await conn.end()
