@@ -522,9 +522,10 @@ export const argvProblem = (argv: ReadonlyArray<string>): string | undefined => 
     if (seen.has(name)) return `${name} is given twice: give it once`
     seen.add(name)
     const next = args[i + 1]
-    if (valueFlags.has(arg) && (i + 1 >= end || next === undefined || next.startsWith("--"))) {
-      return `${name} needs a value (see --help)`
-    }
+    const missingValue = valueFlags.has(arg)
+      ? i + 1 >= end || next === undefined || next.startsWith("--")
+      : valueFlags.has(name) && arg === `${name}=`
+    if (missingValue) return `${name} needs a value (see --help)`
     // The parser's own words for "abc" or "1e3" would not name the flag ("'abc' is not a integer").
     const value = (arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : next)?.trim() ?? ""
     const range = integerRanges.get(name)

@@ -81,6 +81,11 @@ describe("flags the argument parser would misreport", () => {
     expect(argvProblem(argv("regenerate", "--email-domain", "--live-only"))).toBe(
       "--email-domain needs a value (see --help)"
     )
+    expect(argvProblem(argv("regenerate", "--email-domain="))).toBe("--email-domain needs a value (see --help)")
+    expect(argvProblem(argv("regenerate", "--created-after=", "--live-only"))).toBe(
+      "--created-after needs a value (see --help)"
+    )
+    expect(argvProblem(argv("regenerate", "--email-domain=example.com"))).toBeUndefined()
     expect(argvProblem(argv("regenerate", "--batch-size", "5", "--batch-size", "6"))).toBe(
       "--batch-size is given twice: give it once"
     )
