@@ -43,12 +43,17 @@ const integerBetween = (name: string, min: number, max: number): Options.Options
   )
 }
 
-/** What a first Ctrl-C or SIGTERM does before the work in flight ends: say so, in the progress line too. */
+/**
+ * What a first Ctrl-C or SIGTERM does before the work in flight ends: say so, in the progress line too (on
+ * a terminal, below the live line, which has no newline of its own yet).
+ */
 const stopping = (inFlight: string) =>
   Effect.map(Progress.Progress, (progress) =>
     Effect.zipRight(
       progress.emit(Progress.ProgressEvent.Phase({ phase: "stopping" })),
-      Console.error(`\nstopping: letting ${inFlight} (interrupt again to exit at once)`)
+      Console.error(
+        `${Progress.detectMode() === "tty" ? "\n" : ""}stopping: letting ${inFlight} (interrupt again to exit at once)`
+      )
     ))
 
 // migrate
