@@ -254,48 +254,51 @@ const barWidths = { min: 10, max: 30 } as const
 
 /**
  * The live line for a terminal of `columns` columns (redrawn in place; never wider than the terminal).
- * What matters most survives a narrow terminal: %, rate, ETA and the state note always (on the narrowest,
- * the label and then the counts give way to them); then a bar of at least 10; then elapsed, retries and
- * batch size, in that order; then a wider bar.
+ * The first of these layouts that fits beside a bar of at least 10 cells is drawn, its bar widened into
+ * what is left (up to 30): label, counts, %, rate, ETA, elapsed, retries and batch size; then without the
+ * batch size; then without the label and in short form (`34.6k/s`, single spaces); then without elapsed;
+ * then without retries. The state note comes whole ("retrying (database)") if any layout fits it, else
+ * without its reason. On the narrowest terminals the bar, then the counts give way to %, rate, ETA and
+ * the state. Values are padded, so that the bar keeps its length from one redraw to the next.
  */
 export const renderTty = (state: ProgressState, columns: number): string => {
   const fraction = fractionOf(state)
   const eta = etaMillis(state)
   const counts = `${withSeparators(doneOf(state))}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
   const shown = percent(fraction, state.total === undefined)
-  const head = `${state.label} ${counts} ${shown} `
   const width = columns - 1
-  const tailOf = (parts: ReadonlyArray<string>) => parts.filter((p) => p !== "").join("  ")
-  // Values padded to a steady width, so that the bar keeps its length from one redraw to the next.
-  const withNote = (text: string) => [
-    `${formatRate(rate(state)).padStart(5)} rows/s`,
-    state.outcome === undefined ? `ETA ${(eta === undefined ? "-" : formatDuration(eta)).padEnd(5)}` : "",
-    text
-  ]
-  // "retrying (checkpoint)" becomes "retrying" rather than be cut off.
-  const full = withNote(note(state))
-  const essential = head.length + tailOf(full).length <= width ? full : withNote(note(state).replace(/ \(.*\)$/, ""))
-  const extras = [
-    `elapsed ${formatDuration(state.now - state.startedAt).padEnd(5)}`,
-    `retries ${state.retries}`,
-    state.batchSize === undefined ? "" : `batch ${state.batchSize}`
-  ]
-  // Room left for a bar ("[", "] " and its cells) beside a tail.
-  const barRoom = (tail: string) => width - head.length - tail.length - 3
+  const rateText = formatRate(rate(state)).padStart(5)
+  const etaText = state.outcome === undefined ? `ETA ${(eta === undefined ? "-" : formatDuration(eta)).padEnd(5)}` : ""
+  const elapsed = `elapsed ${formatDuration(state.now - state.startedAt).padEnd(5)}`
+  const retries = `retries ${state.retries}`
+  const batch = state.batchSize === undefined ? "" : `batch ${state.batchSize}`
+  const wideHead = `${state.label} ${counts} ${shown} `
+  const shortHead = `${counts} ${shown} `
+  const join = (parts: ReadonlyArray<string>, separator: string) => parts.filter((p) => p !== "").join(separator)
+  const layouts = (text: string) =>
+    [
+      [wideHead, join([`${rateText} rows/s`, etaText, elapsed, retries, batch, text], "  ")],
+      [wideHead, join([`${rateText} rows/s`, etaText, elapsed, retries, text], "  ")],
+      [shortHead, join([`${rateText}/s`, etaText, elapsed, retries, text], " ")],
+      [shortHead, join([`${rateText}/s`, etaText, retries, text], " ")],
+      [shortHead, join([`${rateText}/s`, etaText, text], " ")]
+    ] as const
+  const full = note(state)
+  const candidates = [...layouts(full), ...layouts(full.replace(/ \(.*\)$/, ""))]
+  // Room left for a bar ("[", "] " and its cells) beside a layout; without a total there is no bar.
+  const barRoom = ([head, tail]: readonly [string, string]) => width - head.length - tail.length - 3
   const needed = fraction === undefined ? -3 : barWidths.min
-  let kept = extras.length
-  while (kept > 0 && barRoom(tailOf([...essential, ...extras.slice(0, kept)])) < needed) kept--
-  const tail = tailOf([...essential, ...extras.slice(0, kept)])
-  const room = barRoom(tail)
-  const drawn = fraction !== undefined && room >= barWidths.min ? bar(fraction, Math.min(barWidths.max, room)) : ""
-  const line = `${head}${drawn}${tail}`.trimEnd()
-  if (line.length <= width) return line
-  // Too narrow even for the essentials: without the label, then without the counts, unpadded.
-  const compact = essential.map((part) => part.trim().replace(/ {2,}/g, " ")).filter((p) => p !== "").join(" ")
-  const narrow = [`${counts} ${shown} `, shown === "" ? "" : `${shown} `]
-    .map((h) => `${h}${compact}`.trimEnd())
-    .find((l) => l.length <= width)
-  return narrow ?? line.slice(0, Math.max(0, width))
+  const chosen = candidates.find((layout) => barRoom(layout) >= needed)
+  if (chosen !== undefined) {
+    const drawn = fraction === undefined ? "" : bar(fraction, Math.min(barWidths.max, barRoom(chosen)))
+    return `${chosen[0]}${drawn}${chosen[1]}`.trimEnd()
+  }
+  // Too narrow for a bar: %, rate, ETA and the state, with the counts while they fit.
+  const essential = join([`${formatRate(rate(state))} rows/s`, etaText.trim(), full.replace(/ \(.*\)$/, "")], " ")
+  const narrow = [`${shortHead}${essential}`, `${shown === "" ? "" : `${shown} `}${essential}`]
+    .map((line) => line.trimEnd())
+    .find((line) => line.length <= width)
+  return narrow ?? `${shown} ${essential}`.trim().slice(0, Math.max(0, width))
 }
 
 export interface ProgressService {

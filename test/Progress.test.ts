@@ -146,29 +146,39 @@ describe("rendering", () => {
     expect(line).toContain("5000 rows/s")
     expect(line).toMatch(/ETA \d+s/)
     expect(line.length).toBeLessThan(120)
-    // On the narrowest terminals the label and then the counts give way to %, rate and ETA.
+    // On the narrowest terminals the bar and then the counts give way to %, rate and ETA.
     const running = play(steady(10, 5000))
     expect(renderTty(running, 42)).toMatch(/^50,000\/100,000 50\.0% 5000 rows\/s ETA \d+s$/)
     expect(renderTty(running, 40)).toMatch(/^50\.0% 5000 rows\/s ETA \d+s$/)
     expect(renderTty(state, 40)).toBe("50.0% 5000 rows/s ETA - retrying")
   })
 
-  it("on an 80-column terminal keeps counts, %, a bar, rate, ETA and the state; drops extras first", () => {
+  it("on an 80-column terminal keeps counts, %, a bar, rate, ETA, elapsed, retries and the state; the label and batch size give way", () => {
     const line = renderTty(play(steady(10, 5000)), 80)
     expect(line.length).toBeLessThanOrEqual(79)
-    expect(line).toMatch(/^regenerate 50,000\/100,000 50\.0% \[[█░]{10,}\] +5000 rows\/s {2}ETA \d+s( +elapsed 10s)?$/)
-    // A longer state note takes the bar's place rather than being cut off.
+    expect(line).toMatch(/^50,000\/100,000 50\.0% \[[█░]{10,}\] +5000\/s ETA \d+s +elapsed 10s +retries 0$/)
+    // A million tickets, a long run: still all of them.
+    const million = renderTty(play(steady(100, 6000, 1_000_000)), 80)
+    expect(million).toMatch(/^600,000\/1,000,000 60\.0% \[[█░]{10,}\] +6000\/s ETA \S+ +elapsed 1m40s retries 0$/)
+    // The state note is kept whole before the extras are.
     const retrying = renderTty(play([...steady(10, 5000), [10_000, E.Retried({ reason: "database" })]]), 80)
-    expect(retrying).toMatch(/^regenerate 50,000\/100,000 50\.0% +5000 rows\/s {2}ETA - +retrying \(database\)$/)
+    expect(retrying).toMatch(/^50,000\/100,000 50\.0% \[[█░]{10,}\] +5000\/s ETA - +retrying \(database\)$/)
     const wide = renderTty(play(steady(10, 5000)), 200)
-    expect(wide).toMatch(/\[[█░]{30}\] +5000 rows\/s {2}ETA \d+s +elapsed 10s +retries 0 {2}batch 1000$/)
+    expect(wide).toMatch(
+      /^regenerate 50,000\/100,000 50\.0% \[[█░]{30}\] +5000 rows\/s {2}ETA \d+s +elapsed 10s +retries 0 {2}batch 1000$/
+    )
     // Without a total (no bar), the extras stay while they fit.
     expect(renderTty(play(steady(10, 5000, null)), 100)).toMatch(
       /^regenerate 50,000 +5000 rows\/s {2}ETA - +elapsed 10s +retries 0 {2}batch 1000$/
     )
-    // A huge table on 76 columns: the reason goes before the state would be cut.
+    // A huge table on 76 columns: the reason goes before the bar would.
     const huge = renderTty(play([...steady(10, 5000, 250_000_000), [10_000, E.Retried({ reason: "checkpoint" })]]), 76)
-    expect(huge).toMatch(/^regenerate 50,000\/250,000,000 0\.0% +5000 rows\/s {2}ETA - +retrying$/)
+    expect(huge).toMatch(/^50,000\/250,000,000 0\.0% \[░{10,}\] +5000\/s ETA - +retries 1 retrying$/)
+    // The bar keeps its length from one redraw to the next while the layout does.
+    const bars = [10, 11, 12, 13].map((seconds) =>
+      renderTty(play(steady(seconds, 5000)), 80).match(/\[[█░]+\]/)?.[0].length
+    )
+    expect(new Set(bars).size).toBe(1)
     // Never an empty bar, even when nothing else fits.
     expect(renderTty(play(steady(10, 5000)), 30)).not.toContain("[]")
   })
