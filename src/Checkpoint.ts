@@ -78,15 +78,15 @@ export interface Store {
   readonly release: (lockKey: string, holder: string) => Effect.Effect<void, CheckpointUnavailable>
   /**
    * Takes `lockKey` back for `holder` after its lease ran out unrenewed (the store was unreachable), if no
-   * one has taken it since and `key` still holds `expected` (the holder's last write) or nothing (a store
-   * restarted without its data), atomically.
+   * one has taken it since and `key` still holds one of `expected` (the holder's own writes) or nothing (a
+   * store restarted without its data), atomically.
    */
   readonly reclaim: (
     lockKey: string,
     holder: string,
     ttl: number,
     key: string,
-    expected: string | undefined
+    expected: ReadonlyArray<string>
   ) => Effect.Effect<boolean, CheckpointUnavailable>
   /** The live (unexpired) holder of a lock, or an entry without a lease (damaged). */
   readonly inspect: (lockKey: string) => Effect.Effect<Option.Option<LockValue>, CheckpointUnavailable>
@@ -339,11 +339,13 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
         })
       yield* Effect.acquireRelease(take(1), () => Effect.ignore(store.release(k.lock, value)))
       const pointed = yield* Ref.make(false)
-      const lastSaved = yield* Ref.make<string | undefined>(undefined)
+      // What the record may hold from this run: its last acknowledged save, and every save since whose answer
+      // was lost (a timed-out write may still have been applied).
+      const written = yield* Ref.make<ReadonlyArray<string>>([])
       // The lease ran out while the store was unreachable (or the store restarted without its data): take
       // the lock back unless another runner has been there, which would have written the record.
       const reclaim = Effect.gen(function*() {
-        if (!(yield* store.reclaim(k.lock, value, leaseMillis, k.record, yield* Ref.get(lastSaved)))) return false
+        if (!(yield* store.reclaim(k.lock, value, leaseMillis, k.record, yield* Ref.get(written)))) return false
         yield* Ref.set(pointed, false)
         yield* Effect.logWarning(
           `the run's lock had lapsed while ${store.name} was unreachable and no other runner took it: taken back`
@@ -365,6 +367,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       const save = (record: RunRecord) =>
         Effect.gen(function*() {
           const text = encodeRecord(record)
+          yield* Ref.update(written, (texts) => texts.includes(text) ? texts : [...texts, text])
           const fenced = store.setFenced(k.record, text, k.lock, value)
           // A refused write takes the lapsed lock back, or finds that the renewal has just done so (and then
           // this reclaim is refused): either way the second fenced write says whether the lock is ours.
@@ -372,7 +375,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
           if (!saved) {
             return yield* new LockLost({ detail: `another process has taken ${k.lock} or written the run since` })
           }
-          yield* Ref.set(lastSaved, text)
+          yield* Ref.set(written, [text])
           if (!(yield* Ref.get(pointed))) {
             yield* store.set(k.latest, k.record)
             yield* Ref.set(pointed, true)

@@ -1044,6 +1044,20 @@ describe("locks", () => {
       expect(record(world)).toMatchObject({ status: "completed", rotated: 40 })
     }))
 
+  it.effect("a save applied but unanswered while the lease ran out: the lock is taken back and the run completes", () =>
+    Effect.gen(function*() {
+      const world: World = new World(makeTickets(40))
+      let lost = 0
+      world.store.faults = {
+        // The third write lands, its answer is lost, and the lease runs out before the retry.
+        answerLost: (n) => n === 3 && ++lost === 1 && world.store.data.delete(lockKey)
+      }
+      const summary = yield* Effect.flatten(stepping(runIn(world, { batchSize: 10 })))
+      expect(lost).toBe(1)
+      expect(summary.status).toBe("completed")
+      expect(record(world)).toMatchObject({ status: "completed", rotated: 40 })
+    }))
+
   it.effect("a store restarted without its data gets the run's lock, record and pointer back", () =>
     Effect.gen(function*() {
       const world: World = new World(makeTickets(40), {

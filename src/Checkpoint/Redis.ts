@@ -33,8 +33,9 @@ const scripts = {
   },
   reclaim: {
     numberOfKeys: 2,
-    lua: `if redis.call('EXISTS', KEYS[1]) == 0 then local r = redis.call('GET', KEYS[2]) ` +
-      `if r == false or r == ARGV[3] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end end return 0`
+    lua: `if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end local r = redis.call('GET', KEYS[2]) ` +
+      `local ours = r == false for i = 3, #ARGV do if r == ARGV[i] then ours = true end end ` +
+      `if ours then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0`
   },
   inspect: {
     numberOfKeys: 1,
@@ -143,7 +144,7 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
       call("renewing the lock", () => client.renew(k(lockKey), holder, ttl)).pipe(Effect.map((n) => n === 1)),
     release: (lockKey, holder) => Effect.asVoid(call("releasing the lock", () => client.release(k(lockKey), holder))),
     reclaim: (lockKey, holder, ttl, key, expected) =>
-      call("taking the lock back", () => client.reclaim(k(lockKey), k(key), holder, ttl, expected ?? "")).pipe(
+      call("taking the lock back", () => client.reclaim(k(lockKey), k(key), holder, ttl, ...expected)).pipe(
         Effect.map((n) => n === 1)
       ),
     inspect: (lockKey) =>

@@ -111,7 +111,7 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
           "taking the lock back",
           sql.withTransaction(Effect.gen(function*() {
             const record = yield* read(key, forUpdate)
-            if (Option.isSome(record) && String(record.value[0]) !== expected) return false
+            if (Option.isSome(record) && !expected.includes(String(record.value[0]))) return false
             return yield* take(lockKey, holder, ttl)
           }))
         ),

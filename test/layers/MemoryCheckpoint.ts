@@ -10,6 +10,8 @@ import type { EventLog } from "./EventLog.js"
 export interface StoreFaults {
   /** Called for every checkpoint write (fenced set) at the Clock's `now`; `n` counts from 1. True fails it. */
   readonly save?: (n: number, now: number) => boolean
+  /** True: write `n` is applied but its answer is lost (the caller sees the store unreachable). */
+  readonly answerLost?: (n: number) => boolean
   /** Run when write `n` is refused for want of the lock, before the refusal reaches the caller. */
   readonly refused?: (n: number) => Effect.Effect<void>
 }
@@ -60,7 +62,9 @@ export class MemoryStore {
           this.data.set(key, { value, expiresAt: undefined })
           const record = JSON.parse(value) as { cursor: string; done: Array<[string, string]>; status: string }
           this.log?.push({ _tag: "save", cursor: record.cursor, done: record.done, status: record.status })
-          return Effect.succeed(true)
+          return this.faults.answerLost?.(n) === true
+            ? Effect.fail(unavailable("writing the checkpoint"))
+            : Effect.succeed(true)
         }),
       acquire: (lockKey, holder, ttl) =>
         withNow((now) => {
@@ -88,7 +92,9 @@ export class MemoryStore {
       reclaim: (lockKey, holder, ttl, key, expected) =>
         withNow((now) => {
           const record = this.live(key, now)
-          if (this.live(lockKey, now) !== undefined || (record !== undefined && record.value !== expected)) return false
+          if (this.live(lockKey, now) !== undefined || (record !== undefined && !expected.includes(record.value))) {
+            return false
+          }
           this.data.set(lockKey, { value: holder, expiresAt: now + ttl })
           return true
         }),
