@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
-import { argvProblem, helpFirst, hoistLogLevel, parseInstant, parserErrorLine, resumeCommand } from "../src/Cli.js"
+import { argvProblem, helpFirst, hoistLogLevel, parserErrorLine } from "../src/Argv.js"
+import { parseInstant, resumeCommand } from "../src/Cli.js"
 import { runCli } from "./support/cli.js"
 
 describe("the printed resume command", () => {
