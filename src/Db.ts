@@ -94,9 +94,23 @@ const transientCodes = new Set([
   "SQLITE_LOCKED"
 ])
 
+/**
+ * Refusals a fresh connection can meet mid-run (the password changed, the database was dropped) that the
+ * driver marks fatal like a lost connection, but that no retry will mend.
+ */
+const permanentMysqlErrnos = new Set([
+  1044, // access denied to the database
+  1045, // access denied (user or password)
+  1049, // unknown database
+  1129, // host blocked after too many connection errors
+  1130, // host not allowed to connect
+  1698 // access denied (authentication plugin)
+])
+
 /** Whether a driver error is worth retrying: lock conflicts, lost connections, a busy file. */
 export const isTransient = (error: unknown): boolean => {
   const cause = driverError(error)
+  if (permanentMysqlErrnos.has(cause.errno as number)) return false
   return cause.fatal === true || transientMysqlErrnos.has(cause.errno as number) ||
     transientCodes.has(cause.code as string)
 }

@@ -24,6 +24,9 @@ describe("driver errors", () => {
     expect(Db.isTransient(sqliteError("SQLITE_BUSY", "database is locked"))).toBe(true)
 
     expect(Db.isTransient(mysqlError(1146, "ER_NO_SUCH_TABLE", "Table 'x.ticket' doesn't exist"))).toBe(false)
+    // Marked fatal by the driver like a lost connection, but no retry mends a refused login.
+    expect(Db.isTransient(mysqlError(1045, "ER_ACCESS_DENIED_ERROR", "Access denied for user", true))).toBe(false)
+    expect(Db.isTransient(mysqlError(1049, "ER_BAD_DB_ERROR", "Unknown database 'x'", true))).toBe(false)
     expect(Db.isTransient(mysqlError(1064, "ER_PARSE_ERROR", "You have an error in your SQL syntax"))).toBe(false)
     expect(Db.isTransient(mysqlError(1062, "ER_DUP_ENTRY", "Duplicate entry 'x' for key 'token'"))).toBe(false)
     expect(Db.isTransient(sqliteError("SQLITE_CONSTRAINT_UNIQUE", "UNIQUE constraint failed: ticket.token"))).toBe(
