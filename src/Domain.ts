@@ -354,11 +354,11 @@ export class LockLost extends Data.TaggedError("LockLost")<{ readonly detail: st
   }
 }
 
-/** A plain start while a run is unfinished: of the same scope, or (`asked` differs) the latest run, of another. */
 /** A run recorded as running may still be going in another process (or was killed): `status` tells which. */
 const maybeGoing = (run: RunRecord) =>
   run.status === "running" ? " once it is no longer going (`status` shows whether it is)" : ""
 
+/** A plain start while a run is unfinished: of the same scope, or (`asked` differs) the latest run, of another. */
 export class UnfinishedRun
   extends Data.TaggedError("UnfinishedRun")<{ readonly run: RunRecord; readonly asked: Scope }>
 {
