@@ -284,7 +284,8 @@ export const renderTty = (state: ProgressState, columns: number): string => {
       [shortHead, join([`${rateText}/s`, etaText, text], " ")]
     ] as const
   const full = note(state)
-  const candidates = [...layouts(full), ...layouts(full.replace(/ \(.*\)$/, ""))]
+  const withoutReason = full.replace(/ \(.*\)$/, "")
+  const candidates = [...layouts(full), ...layouts(withoutReason)]
   // Room left for a bar ("[", "] " and its cells) beside a layout; without a total there is no bar.
   const barRoom = ([head, tail]: readonly [string, string]) => width - head.length - tail.length - 3
   const needed = fraction === undefined ? -3 : barWidths.min
@@ -294,7 +295,7 @@ export const renderTty = (state: ProgressState, columns: number): string => {
     return `${chosen[0]}${drawn}${chosen[1]}`.trimEnd()
   }
   // Too narrow for a bar: %, rate, ETA and the state, with the counts while they fit.
-  const essential = join([`${formatRate(rate(state))} rows/s`, etaText.trim(), full.replace(/ \(.*\)$/, "")], " ")
+  const essential = join([`${formatRate(rate(state))} rows/s`, etaText.trim(), withoutReason], " ")
   const narrow = [`${shortHead}${essential}`, `${shown === "" ? "" : `${shown} `}${essential}`]
     .map((line) => line.trimEnd())
     .find((line) => line.length <= width)
