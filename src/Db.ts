@@ -364,6 +364,7 @@ export const requireTable = (
     SqlClient.SqlClient,
     (sql) =>
       sql.unsafe(`SELECT ${columns.map((c) => `\`${c}\``).join(", ")} FROM \`${table}\` WHERE ${condition}`).pipe(
+        retryingTransient,
         Effect.asVoid,
         Effect.mapError((error): SchemaMissing | SchemaMismatch | DatabaseError =>
           missingTable(error)
@@ -385,6 +386,7 @@ const tokenFits = Effect.flatMap(SqlClient.SqlClient, (sql) =>
       sql<{ width: unknown }>`
         SELECT CHARACTER_MAXIMUM_LENGTH AS width FROM information_schema.COLUMNS
         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ticket' AND COLUMN_NAME = 'token'`.pipe(
+        retryingTransient,
         Effect.mapError(databaseError("checking table ticket")),
         Effect.flatMap(([row]) => {
           const width = toCount(row?.width)

@@ -8,7 +8,16 @@ import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Ref from "effect/Ref"
 import { randomBytes } from "node:crypto"
-import { databaseError, datetime, Db, letEventLoopTurn, requireSchema, statementText, writeError } from "./Db.js"
+import {
+  databaseError,
+  datetime,
+  Db,
+  letEventLoopTurn,
+  requireSchema,
+  retryingTransient,
+  statementText,
+  writeError
+} from "./Db.js"
 import { DatabaseError, idPattern, NoParents, retryTransient, SchemaMismatch, SeedIncomplete } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TokenGen } from "./TokenGen.js"
@@ -190,7 +199,7 @@ const loadIds = (table: "user" | "order") =>
       const rows = yield* sql.unsafe(`SELECT \`id\` FROM \`${table}\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 20000`, [
         cursor
       ])
-        .values.pipe(Effect.mapError(databaseError(`reading ${table} ids`)))
+        .values.pipe(retryingTransient, Effect.mapError(databaseError(`reading ${table} ids`)))
       if (rows.length === 0) return pool
       const ids = rows.map((row) => String(row[0]))
       const bad = ids.find((id) => !idPattern.test(id))

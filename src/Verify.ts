@@ -6,7 +6,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { Checkpoint, runOf } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
-import { NoRun, type RunRecord, type Scope } from "./Domain.js"
+import { NoRun, retryTransient, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TicketRepo } from "./TicketRepo.js"
 
@@ -43,12 +43,17 @@ export const verify = (scope: Option.Option<Scope>) =>
     const run = found.value
     yield* progress.emit(ProgressEvent.Started({ label: "verify", base: 0, throttle: undefined }))
     if (run.total !== null) yield* progress.emit(ProgressEvent.Total({ total: run.total }))
+    // A read that meets a transient failure (a killed connection, a lost server) is tried again on a fresh
+    // connection: on a live site, a long verify should not fail for a hiccup.
+    const retried = retryTransient((error: { readonly _tag: string; readonly transient?: boolean }) =>
+      error._tag === "DatabaseError" && error.transient === true
+    )
     let cursor = ""
     let inScope = 0
     let notRotated = 0
     const notRotatedSample: Array<string> = []
     while (true) {
-      const page = yield* repo.audit(run.scope, cursor, pageSize, run.startedAt)
+      const page = yield* retried(repo.audit(run.scope, cursor, pageSize, run.startedAt))
       inScope += page.ids.length
       notRotated += page.stale.length
       notRotatedSample.push(...page.stale.slice(0, sampleSize - notRotatedSample.length))
@@ -57,7 +62,7 @@ export const verify = (scope: Option.Option<Scope>) =>
       cursor = page.through
       yield* letEventLoopTurn(db.dialect)
     }
-    const duplicates = yield* repo.duplicateTokens
+    const duplicates = yield* retried(repo.duplicateTokens)
     yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
     return {
       database: db.display,

@@ -3,13 +3,13 @@
  * (Against MariaDB and Redis through the real CLI: operator.test.ts and fault-tolerance.test.ts.)
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option, TestClock } from "effect"
+import { Effect, Fiber, Option, TestClock } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { Scope } from "../src/Domain.js"
 import { regenerate, type RegenerateOptions } from "../src/Regenerate.js"
 import * as Status from "../src/Status.js"
 import * as Verify from "../src/Verify.js"
-import { makeTickets, testHost, World } from "./layers/index.js"
+import { fatalError, makeTickets, testHost, transientError, World } from "./layers/index.js"
 
 const options = (overrides: Partial<RegenerateOptions> = {}): RegenerateOptions => ({
   scope: Scope.all,
@@ -142,6 +142,23 @@ describe("verify", () => {
       const report = yield* verifyIn(yield* afterRun(2))
       expect(report.notRotated).toBe(20)
       expect(Verify.render(report)).toContain(`  note: run ${report.run.runId} is interrupted, not completed`)
+    }))
+
+  it.effect("a read that fails transiently is tried again; one that fails for good is the error", () =>
+    Effect.gen(function*() {
+      const world = yield* afterRun()
+      // 40 tickets in pages of 10 000: one page, then the look for duplicates.
+      world.table.faults = { audit: (n) => n === 1 || n === 3 ? Effect.fail(transientError("reading")) : undefined }
+      const retrying = yield* Effect.fork(verifyIn(world))
+      yield* TestClock.adjust("1 minute")
+      const report = yield* Fiber.join(retrying)
+      expect(report).toMatchObject({ inScope: 40, notRotated: 0, duplicateTokens: 0 })
+      expect(world.table.calls.audit).toBe(4)
+
+      world.table.faults = { audit: (n) => n === 5 ? Effect.fail(fatalError("reading")) : undefined }
+      const error = yield* Effect.flip(verifyIn(world))
+      expect(error).toMatchObject({ _tag: "DatabaseError", transient: false })
+      expect(world.table.calls.audit).toBe(5)
     }))
 
   it.effect("no run to check: NoRun", () =>

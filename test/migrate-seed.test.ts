@@ -152,6 +152,25 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
   const one = async (sql: string, params: Array<unknown> = []) =>
     Number(Object.values((await rows(sql, params))[0]!)[0])
 
+  /**
+   * Kills the seeder's connections that match `condition` while it runs, up to 3 of them (not every one: each
+   * retry would be killed too, until the retries ran out), pausing `pause` ms after a kill; returns how many.
+   */
+  const killWhileSeeding = async (child: { readonly exitCode: number | null }, condition: string, pause: number) => {
+    let kills = 0
+    while (kills < 3 && child.exitCode === null) {
+      const found = await rows(
+        `SELECT \`ID\` AS id FROM information_schema.PROCESSLIST WHERE \`DB\` = ? AND \`ID\` <> CONNECTION_ID() AND ${condition}`,
+        [db.name]
+      )
+      for (const { id } of found) {
+        await admin.query(`KILL CONNECTION ${Number(id)}`).then(() => kills++, () => undefined)
+      }
+      await sleep(found.length === 0 ? 1 : pause)
+    }
+    return kills
+  }
+
   beforeAll(async () => {
     db = await createDatabase("tt_seed")
     admin = await adminConnection(db.name)
@@ -266,20 +285,24 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
     const start = await one("SELECT COUNT(*) FROM `ticket`")
     // Long enough (3-10 s) for several kills to land whatever the host's speed: 150,000 once took 1.2 s.
     const seeding = spawnCli(["seed", "tickets", "--count", "400000"], { env: { DATABASE_URL: db.url } })
-    let kills = 0
-    while (kills < 3 && seeding.child.exitCode === null) {
-      const busy = await rows(
-        "SELECT `ID` AS id FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID() AND `COMMAND` <> 'Sleep'",
-        [db.name]
-      )
-      for (const { id } of busy) await admin.query(`KILL CONNECTION ${Number(id)}`).then(() => kills++, () => undefined)
-      await sleep(busy.length === 0 ? 5 : 100)
-    }
+    const kills = await killWhileSeeding(seeding.child, "`COMMAND` <> 'Sleep'", 100)
     const result = await seeding.result
-    expect(kills, "connections killed in the middle of an INSERT").toBeGreaterThanOrEqual(2)
     expect(result.code, result.stderr).toBe(0)
+    expect(kills, "connections killed while seeding").toBeGreaterThanOrEqual(2)
     expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(start + 400000)
     expect(await one("SELECT COUNT(DISTINCT `token`) FROM `ticket`")).toBe(start + 400000)
+  })
+
+  it("connections killed while the seeder reads the orders' ids: each page read is retried", async () => {
+    // Enough orders for a dozen pages of ids to read before the first INSERT.
+    await expectExit(cli(["seed", "orders", "--count", "250000"]), 0)
+    const start = await one("SELECT COUNT(*) FROM `ticket`")
+    const seeding = spawnCli(["seed", "tickets", "--count", "5000"], { env: { DATABASE_URL: db.url } })
+    const kills = await killWhileSeeding(seeding.child, "`INFO` LIKE 'SELECT `id` FROM `order`%'", 0)
+    const result = await seeding.result
+    expect(result.code, result.stderr).toBe(0)
+    expect(kills, "page reads killed").toBeGreaterThanOrEqual(1)
+    expect(await one("SELECT COUNT(*) FROM `ticket`")).toBe(start + 5000)
   })
 
   it("Ctrl-C mid-seed: the INSERTs in flight finish, and the line says how many were kept and how to add the rest", async () => {

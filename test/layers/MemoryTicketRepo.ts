@@ -29,6 +29,8 @@ export interface Faults {
   readonly checkSchema?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly page?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly rotate?: (n: number, ids: ReadonlyArray<string>) => Fault | undefined
+  /** `verify`'s reads: its pages, then its look for duplicate tokens, counted together. */
+  readonly audit?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
 }
 
 export const transientError = (operation = "test") =>
@@ -62,7 +64,7 @@ export class MemoryTable {
   readonly rotations: Array<ReadonlyArray<string>> = []
   /** Every page read, in order: the size asked for, the ids that came back, and the log's length then. */
   readonly pages: Array<{ readonly limit: number; readonly ids: ReadonlyArray<string>; readonly at: number }> = []
-  calls = { checkSchema: 0, page: 0, span: 0, rotate: 0, count: 0 }
+  calls = { checkSchema: 0, page: 0, span: 0, rotate: 0, count: 0, audit: 0 }
   /**
    * When true, a rotation that has begun runs to its end (its fault, then the commit) even if the caller
    * stops waiting, as an UPDATE the server has begun does; `settled` waits for those still running.
@@ -233,17 +235,27 @@ export class MemoryTable {
           : Option.some([this.sorted[0]!.id, this.sorted[this.sorted.length - 1]!.id] as const)
       ),
       audit: (scope, after, limit, since) =>
+        Effect.zipRight(
+          this.auditFault,
+          Effect.sync(() => {
+            const page = this.read(scope, after, limit)
+            return { ...page, stale: page.ids.filter((id) => this.byId.get(id)!.updatedAt < since.getTime()) }
+          })
+        ),
+      duplicateTokens: Effect.zipRight(
+        this.auditFault,
         Effect.sync(() => {
-          const page = this.read(scope, after, limit)
-          return { ...page, stale: page.ids.filter((id) => this.byId.get(id)!.updatedAt < since.getTime()) }
-        }),
-      duplicateTokens: Effect.sync(() => {
-        const seen = new Map<string, Array<string>>()
-        for (const t of this.sorted) seen.set(t.token, [...(seen.get(t.token) ?? []), t.id])
-        const dup = [...seen.values()].filter((ids) => ids.length > 1)
-        return { values: dup.length, sample: dup.flat().slice(0, 10) }
-      })
+          const seen = new Map<string, Array<string>>()
+          for (const t of this.sorted) seen.set(t.token, [...(seen.get(t.token) ?? []), t.id])
+          const dup = [...seen.values()].filter((ids) => ids.length > 1)
+          return { values: dup.length, sample: dup.flat().slice(0, 10) }
+        })
+      )
     }
+  }
+
+  private get auditFault(): Effect.Effect<void, DatabaseError> {
+    return Effect.suspend(() => this.faults.audit?.(this.calls.audit += 1) ?? Effect.void)
   }
 
   /** Waits for every rotation begun under `outlivesCaller` to end, committed or not. */
