@@ -132,6 +132,16 @@ const isDuplicateToken = (error: unknown): boolean => {
 export const retryingTransient: <A, R>(effect: Effect.Effect<A, SqlError, R>) => Effect.Effect<A, SqlError, R> =
   retryTransient<SqlError>(isTransient)
 
+/**
+ * A connection the server killed or lost while a statement ran: worth a fresh connection even for the
+ * client's first `SELECT 1`, where a refused or silent server is reported at once instead.
+ */
+const connectionLost = (error: unknown): boolean => {
+  const cause = driverError(error)
+  return [1317, 1927, 2013].includes(cause.errno as number) ||
+    ["PROTOCOL_CONNECTION_LOST", "ECONNRESET"].includes(cause.code as string)
+}
+
 /** Maps a driver failure to the app's typed error, once, at the adapter boundary. */
 export const databaseError = (operation: string) => (error: SqlError): DatabaseError =>
   new DatabaseError({ operation, transient: isTransient(error), detail: describe(error), cause: error })
@@ -254,7 +264,10 @@ const make = (options: DbOptions) =>
   Effect.gen(function*() {
     const target = yield* databaseTarget
     const client: SqlClient.SqlClient = target._tag === "mysql"
-      ? yield* Effect.mapError(mysqlClient(target, options, yield* sslOptions(target.tls)), unreachable(target))
+      ? yield* mysqlClient(target, options, yield* sslOptions(target.tls)).pipe(
+        retryTransient(connectionLost),
+        Effect.mapError(unreachable(target))
+      )
       : yield* sqliteClient(target, options)
     const identity = yield* identityOf(target, client)
     const info: DbInfo = { dialect: target._tag, identity, display: target.display }

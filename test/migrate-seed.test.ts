@@ -16,7 +16,7 @@ import { type CliResult, runCli, spawnCli } from "./support/cli.js"
 import { missingTools, startPrivateMariadb } from "./support/privateMariadb.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
 import { Sqlite } from "./support/sqlite.js"
-import { describeResult, expectExit, seedFixture } from "./support/tickets.js"
+import { describeResult, expectExit, killWhileRunning, seedFixture } from "./support/tickets.js"
 
 const hex32 = /^[0-9a-f]{32}$/
 const noPrivateServer = missingTools("the test on a server of its own").length > 0
@@ -152,25 +152,6 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
   const one = async (sql: string, params: Array<unknown> = []) =>
     Number(Object.values((await rows(sql, params))[0]!)[0])
 
-  /**
-   * Kills the seeder's connections that match `condition` while it runs, up to 3 of them (not every one: each
-   * retry would be killed too, until the retries ran out), pausing `pause` ms after a kill; returns how many.
-   */
-  const killWhileSeeding = async (child: { readonly exitCode: number | null }, condition: string, pause: number) => {
-    let kills = 0
-    while (kills < 3 && child.exitCode === null) {
-      const found = await rows(
-        `SELECT \`ID\` AS id FROM information_schema.PROCESSLIST WHERE \`DB\` = ? AND \`ID\` <> CONNECTION_ID() AND ${condition}`,
-        [db.name]
-      )
-      for (const { id } of found) {
-        await admin.query(`KILL CONNECTION ${Number(id)}`).then(() => kills++, () => undefined)
-      }
-      await sleep(found.length === 0 ? 1 : pause)
-    }
-    return kills
-  }
-
   beforeAll(async () => {
     db = await createDatabase("tt_seed")
     admin = await adminConnection(db.name)
@@ -285,7 +266,7 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
   const seedUnderKills = async (count: number, condition: string, pause: number, leastKills: number) => {
     const start = await one("SELECT COUNT(*) FROM `ticket`")
     const seeding = spawnCli(["seed", "tickets", "--count", String(count)], { env: { DATABASE_URL: db.url } })
-    const kills = await killWhileSeeding(seeding.child, condition, pause)
+    const kills = await killWhileRunning(admin, db.name, seeding.child, { condition, most: 3, pause })
     const result = await seeding.result
     expect(result.code, result.stderr).toBe(0)
     expect(kills, "connections killed while seeding").toBeGreaterThanOrEqual(leastKills)
@@ -614,8 +595,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
         await root.end()
         await server.stop()
       }
-    },
-    60_000
+    }
   )
 
   it("an unreachable server: non-zero exit, short message, no password, no stack trace", async () => {

@@ -57,7 +57,8 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
 
   it("status shows a run while it goes, then the finished run; verify passes, then fails on one old token", async () => {
     const before = await snapshotOn(admin)
-    const run = spawnCli(["regenerate", "--max-rows-per-second", "8000", "--batch-size", "500"], { env: env() })
+    // About 10 s: still going while a fresh `status` process starts, connects and reads the lock.
+    const run = spawnCli(["regenerate", "--max-rows-per-second", "3000", "--batch-size", "500"], { env: env() })
     await untilRotating(admin, before)
     const during = await expectExit(runCli(["status"], { env: env() }), 0)
     expect(during.stdout).toMatch(new RegExp(`state: +running, lock held by pid ${run.child.pid} on `))

@@ -10,6 +10,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
+import { spareTcpPort } from "./services.js"
 
 /** Where a tool is: on PATH (a Nix shell), or in /usr/sbin (Debian's server binaries); undefined if neither. */
 export const locate = (tool: string): string | undefined => {
@@ -51,12 +52,12 @@ export const startPrivateMariadb = async (
   connection: mysql.ConnectionOptions = {}
 ): Promise<PrivateMariadb> => {
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-mariadb-"))
-  const port = 20_000 + Math.floor(Math.random() * 20_000)
+  const port = spareTcpPort()
   const admin = (options: mysql.ConnectionOptions = {}) =>
     mysql.createConnection({ host: "127.0.0.1", port, user: "root", ...connection, ...options })
   let server: ChildProcess | undefined
   const stop = async () => {
-    if (server !== undefined && server.exitCode === null) {
+    if (server !== undefined && server.exitCode === null && server.signalCode === null) {
       const exited = new Promise((resolve) => server!.once("exit", resolve))
       server.kill("SIGTERM")
       await exited

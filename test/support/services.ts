@@ -59,6 +59,12 @@ if (problem !== "") {
 /** True when MariaDB and Redis are both reachable (the integration suites run only then). */
 export const servicesAvailable = problem === ""
 
+/**
+ * A port for a private server: below Linux's range for outgoing connections (32768 and up), which a port
+ * of a live or just-closed connection would otherwise collide with.
+ */
+export const spareTcpPort = (): number => 20_000 + Math.floor(Math.random() * 12_000)
+
 export const uniqueName = (prefix: string) => `${prefix}_${Date.now().toString(36)}_${randomBytes(3).toString("hex")}`
 
 export const adminConnection = (database?: string) =>
@@ -106,7 +112,7 @@ export const createRedisPrefix = (prefix = "tt-test") => {
   return {
     name,
     /** Every key under the prefix. */
-    keys: () => withClient((client) => client.keys(`${name}:*`)),
+    keys: () => withClient((client) => client.keys(`${name}:*`).then((keys) => keys.sort())),
     drop: () =>
       withClient(async (client) => {
         const keys = await client.keys(`${name}:*`)

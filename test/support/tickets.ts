@@ -136,3 +136,28 @@ export const expectAllRotated = (
   expect(seen.size, "every ticket of the snapshot is still there").toBe(before.size)
   expect(newTokens.size, "tokens are unique").toBe(after.length)
 }
+
+/**
+ * Kills the connections to `database` that match `condition` (SQL on information_schema.PROCESSLIST) while
+ * `child` runs, up to `most` of them — not every one: each retry would be killed too, until the retries ran
+ * out — pausing `pause` ms after a kill; returns how many it killed.
+ */
+export const killWhileRunning = async (
+  admin: mysql.Connection,
+  database: string,
+  child: { readonly exitCode: number | null },
+  { condition, most, pause }: { readonly condition: string; readonly most: number; readonly pause: number }
+) => {
+  let kills = 0
+  while (kills < most && child.exitCode === null) {
+    const [found] = await admin.query(
+      `SELECT \`ID\` AS id FROM information_schema.PROCESSLIST WHERE \`DB\` = ? AND \`ID\` <> CONNECTION_ID() AND ${condition}`,
+      [database]
+    )
+    for (const { id } of found as Array<{ id: unknown }>) {
+      await admin.query(`KILL CONNECTION ${Number(id)}`).then(() => kills++, () => undefined)
+    }
+    await sleep((found as Array<unknown>).length === 0 ? 1 : pause)
+  }
+  return kills
+}
