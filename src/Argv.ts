@@ -61,10 +61,15 @@ const logLevels = ["all", "trace", "debug", "info", "warning", "error", "fatal",
 
 /**
  * What the argument parser would report misleadingly (a flag without its value, a flag given twice, both
- * as "unknown argument"), said plainly; undefined when argv is fine as far as this goes.
+ * as "unknown argument"), said plainly, and `--wizard` without a terminal to ask on (`interactive`: stdin is
+ * one); undefined when argv is fine as far as this goes.
  */
-export const argvProblem = (argv: ReadonlyArray<string>): string | undefined => {
+export const argvProblem = (argv: ReadonlyArray<string>, interactive = true): string | undefined => {
   const args = argv.slice(2)
+  // The wizard would wait for answers that cannot come.
+  if (!interactive && args.includes("--wizard")) {
+    return "--wizard asks its questions on a terminal: run it in one, or give the command and its flags (see --help)"
+  }
   const end = args.includes("--") ? args.indexOf("--") : args.length
   // The parser would list the top-level commands for an unknown `seed` target.
   const target = args[0] === "seed" ? args[1] : undefined

@@ -451,7 +451,7 @@ const root = Command.make("ticket-tokens").pipe(
 
 /** Parses argv and runs the chosen command. */
 export const run = (version: string) => (argv: ReadonlyArray<string>) => {
-  const problem = argvProblem(argv)
+  const problem = argvProblem(argv, process.stdin.isTTY === true)
   const checked: Effect.Effect<void, BadUsage> = problem === undefined
     ? Effect.void
     : Effect.fail(new BadUsage({ message: problem }))

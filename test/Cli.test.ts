@@ -109,6 +109,18 @@ describe("flags the argument parser would misreport", () => {
     expect(argvProblem(argv("regenerate", "--log-level", "debug"))).toBeUndefined()
   })
 
+  it("--wizard without a terminal to ask on is refused in one line, at once, through the real CLI", async () => {
+    const message =
+      "--wizard asks its questions on a terminal: run it in one, or give the command and its flags (see --help)"
+    expect(argvProblem(argv("--wizard"), false)).toBe(message)
+    expect(argvProblem(argv("--wizard"), true)).toBeUndefined()
+    // The test's child has no terminal on stdin: the wizard used to wait for answers forever.
+    const r = await runCli(["--wizard"], { timeoutMs: 20_000 })
+    expect(r.code, r.stderr).toBe(2)
+    expect(r.stderr.trim()).toBe(`error: ${message}`)
+    expect(r.stdout).toBe("")
+  })
+
   it("knows every flag that takes a value, as each command's --help lists them", async () => {
     const commands = [["migrate"], ["seed", "users"], ["seed", "orders"], ["seed", "tickets"], ["regenerate"], [
       "status"
