@@ -147,3 +147,23 @@ export const withParserErrorsAsLines = <A, E, R>(effect: Effect.Effect<A, E, R>)
         })
     })
   })
+
+const ansiEscape = /\x1b\[[0-9;?]*[A-Za-z]/g
+
+/**
+ * @effect/cli colours its help and completions whatever the output: plain text on a stream that is not a
+ * terminal (a pipe, a file, CI's log) or under NO_COLOR. The program's own output carries no colour anyway.
+ */
+export const withPlainTextOffTerminal = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  terminal: { readonly stdout: boolean; readonly stderr: boolean }
+) =>
+  Console.consoleWith((base) => {
+    const plain = (args: ReadonlyArray<unknown>) =>
+      args.map((arg) => typeof arg === "string" ? arg.replace(ansiEscape, "") : arg)
+    return Console.withConsole(effect, {
+      ...base,
+      log: (...args: ReadonlyArray<unknown>) => terminal.stdout ? base.log(...args) : base.log(...plain(args)),
+      error: (...args: ReadonlyArray<unknown>) => terminal.stderr ? base.error(...args) : base.error(...plain(args))
+    })
+  })

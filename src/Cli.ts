@@ -14,7 +14,14 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Path from "node:path"
-import { argvProblem, helpFirst, hoistLogLevel, integerBetween, withParserErrorsAsLines } from "./Argv.js"
+import {
+  argvProblem,
+  helpFirst,
+  hoistLogLevel,
+  integerBetween,
+  withParserErrorsAsLines,
+  withPlainTextOffTerminal
+} from "./Argv.js"
 import * as Checkpoint from "./Checkpoint.js"
 import * as Db from "./Db.js"
 import { BadUsage, exitCodeOf, isAppError, Scope, VerifyFailed } from "./Domain.js"
@@ -449,6 +456,8 @@ const root = Command.make("ticket-tokens").pipe(
   Command.withSubcommands([migrateCommand, seed, regenerate, statusCommand, verifyCommand])
 )
 
+const noColor = (process.env.NO_COLOR ?? "") !== ""
+
 /** Parses argv and runs the chosen command. */
 export const run = (version: string) => (argv: ReadonlyArray<string>) => {
   const problem = argvProblem(argv, process.stdin.isTTY === true)
@@ -457,6 +466,12 @@ export const run = (version: string) => (argv: ReadonlyArray<string>) => {
     : Effect.fail(new BadUsage({ message: problem }))
   return Effect.zipRight(
     checked,
-    withParserErrorsAsLines(Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(helpFirst(argv))))
+    withPlainTextOffTerminal(
+      withParserErrorsAsLines(Command.run(root, { name: "ticket-tokens", version })(hoistLogLevel(helpFirst(argv)))),
+      {
+        stdout: process.stdout.isTTY === true && !noColor,
+        stderr: process.stderr.isTTY === true && !noColor
+      }
+    )
   )
 }
