@@ -21,9 +21,9 @@ import { createHash, randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import { makeRedisStore, redisClient } from "./Checkpoint/Redis.js"
-import { makeSqlStore, stateTable } from "./Checkpoint/Sql.js"
+import { makeSqlStore } from "./Checkpoint/Sql.js"
 import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
-import { Db, requireTable } from "./Db.js"
+import { Db, requireSchema, requireTable, stateColumns, stateTable } from "./Db.js"
 import {
   type BadRedisUrl,
   CheckpointCorrupt,
@@ -407,10 +407,12 @@ export const layerSql: Layer.Layer<
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const db = yield* Db
+    // The app's tables first: a database that is not the app's is that, whatever `migrate` would add.
+    yield* requireSchema
     // Against the app's own database, never migrated by us: say so now, not as a store outage mid-run.
     yield* requireTable(
       stateTable,
-      ["key", "value", "expires_at"],
+      stateColumns,
       `table ${stateTable} (where checkpoints live when REDIS_URL is unset) does not exist in ${db.display}`
     )
     return make(yield* makeSqlStore(sql, db.display))

@@ -359,6 +359,13 @@ const appTables = {
   ticket: ["id", "created_at", "updated_at", "deleted_at", "name", "token", "order_id"]
 } as const
 
+/** The checkpoint table (migration 0002), where checkpoints live when REDIS_URL is unset, and its columns. */
+export const stateTable = "ticket_tokens_state"
+export const stateColumns = ["key", "value", "expires_at"] as const
+
+/** Every table `migrate` creates: the app's, and the checkpoint table. */
+const migratedTables = { ...appTables, [stateTable]: stateColumns }
+
 /** Whether a statement failed because its table does not exist (MySQL/MariaDB and SQLite wording). */
 export const missingTable = (error: unknown) => /doesn't exist|no such table/i.test(describe(error))
 const missingColumn = (error: unknown) => /unknown column|no such column|has no column/i.test(describe(error))
@@ -425,12 +432,12 @@ export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch |
   )
 
 /**
- * Whether one of the app's tables does not exist; fails with `SchemaMismatch` when one that exists is not
- * the app's (so that `migrate` writes nothing beside it).
+ * Whether one of the tables `migrate` creates does not exist; fails with `SchemaMismatch` when one that
+ * exists is not the app's (so that `migrate` writes nothing beside it).
  */
-export const someAppTableMissing: Effect.Effect<boolean, SchemaMismatch | DatabaseError, SqlClient.SqlClient> = Effect
+export const someTableMissing: Effect.Effect<boolean, SchemaMismatch | DatabaseError, SqlClient.SqlClient> = Effect
   .map(
-    Effect.forEach(Object.entries(appTables), ([table, columns]) =>
+    Effect.forEach(Object.entries(migratedTables), ([table, columns]) =>
       // Worded unlike requireSchema's check on purpose: the SQLite client keeps a statement that failed to
       // prepare in its cache, failing, for minutes; `migrate` checks again once it has created the table.
       requireTable(table, columns, table, "0 = 1").pipe(

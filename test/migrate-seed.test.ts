@@ -489,6 +489,15 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(await tables()).toEqual(["order", "ticket", "ticket_tokens_migrations", "ticket_tokens_state", "user"])
       await expectExit(runCli(["seed", "users", "--count", "3"], { env }), 0)
       expect((await expectExit(runCli(["migrate"], { env }), 0)).stderr).toContain("is up to date")
+      // The checkpoint table alone: a run without Redis points to migrate, which creates it again.
+      await db.query("DROP TABLE `ticket_tokens_state`")
+      const pointed = await expectExit(runCli(["status"], { env }), 2)
+      expect(linesOf(pointed)).toEqual([expect.stringMatching(/^error: table ticket_tokens_state .*run `migrate`/)])
+      await expectExit(runCli(["migrate"], { env }), 0)
+      expect(await tables()).toContain("ticket_tokens_state")
+      await expectExit(runCli(["status"], { env }), 0)
+      const [users] = await db.query("SELECT COUNT(*) AS n FROM `user`")
+      expect(Number((users as Array<{ n: unknown }>)[0]!.n)).toBe(3)
     } finally {
       await db.end()
       await scratch.drop()
@@ -547,6 +556,14 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(after).toEqual(before)
       const [state] = await db.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`")
       expect(Number((state as Array<{ n: unknown }>)[0]!.n)).toBe(0)
+      // Without the checkpoint table too, the mismatch is still what is said: `migrate` would refuse.
+      await db.query("DROP TABLE `ticket_tokens_state`")
+      for (const args of [["regenerate"], ["status"]]) {
+        const r = await expectExit(runCli(args, { env }), 2)
+        expect(linesOf(r), describeResult(r)).toEqual([
+          expect.stringMatching(/^error: the database schema does not match the ticket app \(table ticket: .*token/)
+        ])
+      }
     })
   })
 
@@ -566,6 +583,14 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(after).toEqual(before)
       const [state] = await db.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`")
       expect(Number((state as Array<{ n: unknown }>)[0]!.n)).toBe(0)
+      // Without the checkpoint table too, the mismatch is still what is said: `migrate` would refuse.
+      await db.query("DROP TABLE `ticket_tokens_state`")
+      for (const args of [["regenerate"], ["status"]]) {
+        const r = await expectExit(runCli(args, { env }), 2)
+        expect(linesOf(r), describeResult(r)).toEqual([
+          expect.stringMatching(/^error: the database schema does not match the ticket app \(table ticket: .*token/)
+        ])
+      }
     })
   })
 

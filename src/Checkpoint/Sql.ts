@@ -6,10 +6,8 @@ import type * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type { Store } from "../Checkpoint.js"
-import { affectedRows, describe, isTransient, toCount } from "../Db.js"
+import { affectedRows, describe, isTransient, stateTable, toCount } from "../Db.js"
 import { CheckpointUnavailable } from "../Domain.js"
-
-export const stateTable = "ticket_tokens_state"
 
 export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect.Effect<Store> =>
   Effect.gen(function*() {
