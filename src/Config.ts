@@ -119,9 +119,15 @@ const parseTls = (params: URLSearchParams, host: string): Either.Either<Tls, Bad
 }
 
 export const parseDatabaseUrl = (raw: string | undefined): Either.Either<DatabaseTarget, BadDatabaseUrl> => {
-  const value = raw?.trim() ?? ""
-  if (value === "") {
+  if (raw === undefined) {
     return Either.right({ _tag: "sqlite", filename: defaultSqliteFile, display: `sqlite:${defaultSqliteFile}` })
+  }
+  const value = raw.trim()
+  // Set to nothing (`DATABASE_URL="$PROD_URL"` with PROD_URL unset, say): not taken for the embedded default.
+  if (value === "") {
+    return Either.left(
+      new BadDatabaseUrl({ reason: `it is set but empty (unset it for the embedded ${defaultSqliteFile})` })
+    )
   }
   if (value.startsWith("sqlite:")) {
     const filename = value.slice("sqlite:".length).replace(/^\/\/(?=\/)/, "")
@@ -186,7 +192,14 @@ export const redisTarget: Effect.Effect<Option.Option<RedisTarget>, BadRedisUrl>
   Effect.orElseSucceed(() => Option.none<string>()),
   Effect.flatMap(Option.match({
     onNone: () => Effect.succeedNone,
-    onSome: (raw) => raw.trim() === "" ? Effect.succeedNone : Effect.asSome(parseRedisUrl(raw))
+    // Set to nothing is not taken for unset: a runner with checkpoints in the database would not see the
+    // lock of one using Redis.
+    onSome: (raw) =>
+      raw.trim() === ""
+        ? Effect.fail(
+          new BadRedisUrl({ reason: "it is set but empty (unset it to keep checkpoints in the database's table)" })
+        )
+        : Effect.asSome(parseRedisUrl(raw))
   }))
 )
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Either, Redacted } from "effect"
-import { parseDatabaseUrl, parseRedisUrl } from "../src/Config.js"
+import { ConfigProvider, Effect, Either, Option, Redacted } from "effect"
+import { parseDatabaseUrl, parseRedisUrl, redisTarget } from "../src/Config.js"
 
 /** The URL is refused with an error whose line gives `reason` and never shows `secret`. */
 const expectRefused = (
@@ -19,7 +19,10 @@ describe("DATABASE_URL", () => {
     expect(parseDatabaseUrl(undefined)).toEqual(
       Either.right(expect.objectContaining({ _tag: "sqlite", filename: "data/tickets.sqlite" }))
     )
-    expect(parseDatabaseUrl("  ")).toEqual(Either.right(expect.objectContaining({ _tag: "sqlite" })))
+  })
+
+  it("set but empty is refused, not taken for unset (a variable that expanded to nothing)", () => {
+    for (const blank of ["", "  "]) expectRefused(parseDatabaseUrl(blank), "it is set but empty", "s3cret")
   })
 
   it("parses mysql URLs, keeping the password redacted and out of the display form", () => {
@@ -83,6 +86,18 @@ describe("DATABASE_URL", () => {
 })
 
 describe("REDIS_URL", () => {
+  const target = (env: Array<[string, string]>) =>
+    redisTarget.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(env))), Effect.either)
+
+  it.effect("unset: checkpoints in the database; set but empty: refused, not taken for unset", () =>
+    Effect.gen(function*() {
+      expect(yield* target([])).toEqual(Either.right(Option.none()))
+      for (const blank of ["", " "]) {
+        const refused = yield* target([["REDIS_URL", blank]])
+        expectRefused(refused, "REDIS_URL is malformed: it is set but empty", "s3cret")
+      }
+    }))
+
   it("parses redis URLs and hides the password", () => {
     const target = Either.getOrThrow(parseRedisUrl("redis://:s3cret@cache:6380/2"))
     expect(target.display).toBe("redis://cache:6380/2")
