@@ -24,7 +24,7 @@ import {
 } from "./Argv.js"
 import * as Checkpoint from "./Checkpoint.js"
 import * as Db from "./Db.js"
-import { BadUsage, exitCodeOf, isAppError, Scope, VerifyFailed } from "./Domain.js"
+import { BadUsage, committedUpTo, counted, exitCodeOf, isAppError, Scope, VerifyFailed } from "./Domain.js"
 import * as Memory from "./Memory.js"
 import { migrate } from "./migrations/index.js"
 import * as Progress from "./Progress.js"
@@ -120,7 +120,9 @@ const seed = Command.make("seed").pipe(
 /** A flag error, printed by the parser (as one `error:` line, see `withParserErrorsAsLines`). */
 const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(message))
 
-const domainPattern = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$/i
+/** A host name as an email's domain: dotted labels, or one label alone (`localhost`, as Django allows). */
+export const isDomainName = (text: string): boolean =>
+  /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(text)
 
 /**
  * An ISO date (UTC midnight) or date-time with a zone, as an ISO instant. At most milliseconds: a finer
@@ -163,7 +165,7 @@ const scopeOptions = Options.all({
 }).pipe(Options.mapEffect((flags) =>
   Effect.gen(function*() {
     const domain = Option.getOrNull(flags.emailDomain)
-    if (domain !== null && !domainPattern.test(domain)) {
+    if (domain !== null && !isDomainName(domain)) {
       return yield* Effect.fail(invalid("--email-domain must be a domain name such as example.com"))
     }
     const instant = (flag: string, text: Option.Option<string>) =>
@@ -243,8 +245,11 @@ const shellWord = (arg: string): string => /^[\w@%+=:,./-]+$/.test(arg) ? arg : 
 /** The command that resumes this one, ready to paste: the same flags, with --resume instead of --restart. */
 export const resumeCommand = (argv: ReadonlyArray<string>, cwd: string): string => {
   const [, script = "ticket-tokens", ...args] = argv
+  // The script relative to the working directory when it lies below it (`node dist/main.js`), else as the
+  // absolute path it is: `../../x/main.js` would paste back only in this directory.
+  const below = Path.relative(cwd, script)
   const invocation = script.endsWith(".js")
-    ? ["node", Path.relative(cwd, script) || script]
+    ? ["node", below !== "" && !below.startsWith("..") && !Path.isAbsolute(below) ? below : script]
     : [Path.basename(script)]
   const kept = args.filter((arg) => !/^--(restart|resume)(=.*)?$/.test(arg))
   return [...invocation, ...kept, "--resume"].map(shellWord).join(" ")
@@ -268,14 +273,14 @@ const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
       yield* out(summary.note)
     } else if (summary.status === "completed") {
       yield* out(
-        `done: rotated ${summary.rotated} tickets in ${summary.seconds.toFixed(1)} s ` +
-          `(${Math.round(summary.rowsPerSecond)} rows/s, ${summary.retries} retries); ` +
-          `run ${summary.runId} completed with ${summary.rotatedTotal} tickets rotated in all`
+        `done: rotated ${counted(summary.rotated, "ticket")} in ${summary.seconds.toFixed(1)} s ` +
+          `(${Math.round(summary.rowsPerSecond)} rows/s, ${counted(summary.retries, "retry", "retries")}); ` +
+          `run ${summary.runId} completed with ${counted(summary.rotatedTotal, "ticket")} rotated in all`
       )
     } else {
       yield* out(
-        `stopped: ${summary.rotated} tickets rotated by this process, ${summary.rotatedTotal} by run ${summary.runId} ` +
-          `in all; every batch up to id ${summary.cursor || "-"} is committed and recorded.`
+        `stopped: ${counted(summary.rotated, "ticket")} rotated by this process, ${summary.rotatedTotal} by run ` +
+          `${summary.runId} in all; ${committedUpTo(summary.cursor)}.`
       )
       yield* out(`resume with: ${resumeCommand(process.argv, process.cwd())}`)
     }
@@ -286,11 +291,11 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
   Effect.gen(function*() {
     const out = json ? Console.error : Console.log
     const run = Option.getOrNull(plan.existing)
-    const counted = Option.getOrNull(plan.total)
+    const inScope = Option.getOrNull(plan.total)
     // What is left: a resumed run has done part of the scope already.
-    const total = counted === null || plan.action === "nothing"
+    const total = inScope === null || plan.action === "nothing"
       ? (plan.action === "nothing" ? 0 : null)
-      : Math.max(0, counted - (plan.action === "resume" ? run?.rotated ?? 0 : 0))
+      : Math.max(0, inScope - (plan.action === "resume" ? run?.rotated ?? 0 : 0))
     const batches = total === null ? null : Math.ceil(total / options.batchSize)
     const described = run === null
       ? ""
@@ -311,9 +316,9 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
     if (plan.action !== "nothing") {
       const tickets = total === null
         ? `the tickets (${options.scope.description}; not counted: --no-count)`
-        : `${total} tickets (${options.scope.description})`
+        : `${counted(total, "ticket")} (${options.scope.description})`
       const sizes = options.targetBatchMillis === undefined
-        ? `in ${batches ?? "batches"}${batches === null ? "" : " batches"} of ${options.batchSize}`
+        ? `in ${batches === null ? "batches" : counted(batches, "batch", "batches")} of ${options.batchSize}`
         : `in batches of ${options.batchSize} to start with, then sized to take about ${options.targetBatchMillis} ` +
           `ms each (100-10000)`
       const throttle = options.maxRowsPerSecond === undefined

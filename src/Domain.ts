@@ -168,7 +168,9 @@ export class RedisUnavailable extends Data.TaggedError("RedisUnavailable")<{
   readonly cause?: unknown
 }> {
   override get message() {
-    return `Redis at ${this.target} is not reachable: ${this.reason}. Check REDIS_URL and that Redis is up; ` +
+    // A rediss:// URL to a server without TLS shows only as a handshake that never completes.
+    const tls = this.target.startsWith("rediss:") ? " and speaks TLS (rediss://)" : ""
+    return `Redis at ${this.target} is not reachable: ${this.reason}. Check REDIS_URL and that Redis is up${tls}; ` +
       `nothing was changed. Once it is back, rerun (with --resume if a run had started).`
   }
 }
@@ -300,14 +302,23 @@ export class RunFailed extends Data.TaggedError("RunFailed")<{
 }> {
   override get message() {
     const where = this.cursor !== ""
-      ? `every batch up to id ${this.cursor} is committed and recorded (${this.rotated} rotated in all)`
+      ? `${committedUpTo(this.cursor)} (${this.rotated} rotated in all)`
       : this.rotated === 0
       ? "no batch had committed yet"
-      : `its first batch did not commit; the ${this.rotated} tickets rotated by batches after it are committed and ` +
-        `recorded`
+      : `its first batch did not commit; the ${counted(this.rotated, "ticket")} rotated by batches after it are ` +
+        `committed and recorded`
     return `${this.error.message}. Run ${this.runId} stopped: ${where}. Fix the cause, then rerun with --resume.`
   }
 }
+
+/** `n` and its noun: "1 ticket", "2 tickets". */
+export const counted = (n: number, noun: string, plural = `${noun}s`): string => `${n} ${n === 1 ? noun : plural}`
+
+/** Where a stopped run's checkpoint stands, `cursor` being its low-water mark ("" before the first). */
+export const committedUpTo = (cursor: string): string =>
+  cursor === ""
+    ? "no batch is recorded below the first id yet"
+    : `every batch up to id ${cursor} is committed and recorded`
 
 /** The checkpoint store (Redis or the checkpoint table) failed. */
 export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailable")<{

@@ -354,7 +354,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       const note = `run ${starting.runId} already completed at ${starting.updatedAt.toISOString()}; nothing to resume`
       return summaryOf(starting, yield* Ref.get(counters), 0, true, note)
     }
-    const resumed = starting.rotated > 0 || starting.cursor !== ""
+    // This process continues a run an earlier one began (whether or not that one had committed anything).
+    const resumed = options.mode === "resume"
     const state = yield* Ref.make(starting)
 
     const retrying = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(

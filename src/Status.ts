@@ -69,9 +69,11 @@ export const render = (report: StatusReport): ReadonlyArray<string> =>
       } (checkpoints: ${report.store})`
     ],
     onSome: (run) => {
+      // The total is counted as the run starts: tickets the site adds meanwhile can take `rotated` past it.
       const total = run.total === null
         ? ""
-        : ` / ${run.total} (${((run.rotated / Math.max(1, run.total)) * 100).toFixed(1)}%)`
+        : ` / ${run.total} (${Math.min(100, (run.rotated / Math.max(1, run.total)) * 100).toFixed(1)}%` +
+          `${run.rotated > run.total ? "; counted at the start, the site has added tickets since" : ""})`
       const ago = formatDuration(report.now.getTime() - run.updatedAt.getTime())
       return [
         `run ${run.runId} on ${report.database} (${run.scope.description})`,

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
 import { argvProblem, helpFirst, hoistLogLevel, parserErrorLine } from "../src/Argv.js"
-import { parseInstant, resumeCommand } from "../src/Cli.js"
+import { isDomainName, parseInstant, resumeCommand } from "../src/Cli.js"
 import { runCli } from "./support/cli.js"
 
 describe("the printed resume command", () => {
@@ -19,6 +19,10 @@ describe("the printed resume command", () => {
     expect(resumeCommand(argv, "/srv/tool")).toBe(
       "node dist/main.js regenerate --created-after '2025-12-01 00:00Z' --email-domain 'it'\\''s.example' --resume"
     )
+    // Elsewhere than above the script: its absolute path, which pastes back in any directory.
+    expect(resumeCommand(["/usr/bin/node", "/srv/tool/dist/main.js", "regenerate"], "/home/ops")).toBe(
+      "node /srv/tool/dist/main.js regenerate --resume"
+    )
     expect(resumeCommand(["/usr/bin/node", "/usr/local/bin/ticket-tokens", "regenerate", "--batch-size", "500"], "/"))
       .toBe("ticket-tokens regenerate --batch-size 500 --resume")
     // The parser also takes a boolean flag with a value: that form goes too, or the line would be refused.
@@ -29,6 +33,17 @@ describe("the printed resume command", () => {
       )
     )
       .toBe("ticket-tokens regenerate --live-only --resume")
+  })
+})
+
+describe("--email-domain", () => {
+  it("takes a host name, dotted or a single label as Django allows (localhost); nothing that is not one", () => {
+    for (const ok of ["example.com", "Mail.Example.CO.uk", "localhost", "xn--bcher-kva.example"]) {
+      expect(isDomainName(ok), ok).toBe(true)
+    }
+    for (const bad of ["not a domain", "-a.com", "a..com", "a.com.", "%.com", "a_b.com", "", "x".repeat(64)]) {
+      expect(isDomainName(bad), bad).toBe(false)
+    }
   })
 })
 

@@ -68,6 +68,18 @@ describe("status", () => {
       expect(lines[3]).toMatch(/^ {2}rate: {5}\d+ rows\/s over .* of running, 4 batches, 0 retries$/)
     }))
 
+  it.effect("more rotated than counted (the site added tickets after the count): 100 %, and why", () =>
+    Effect.gen(function*() {
+      const world = yield* afterRun()
+      const entry = world.store.data.get(keys.record)!
+      expect(entry.value).toContain(`"total":40`)
+      world.store.data.set(keys.record, { ...entry, value: entry.value.replace(`"total":40`, `"total":30`) })
+      const lines = yield* statusLines(world)
+      expect(lines[2]).toMatch(
+        /^ {2}rotated: {2}40 \/ 30 \(100\.0%; counted at the start, the site has added tickets since\), cursor /
+      )
+    }))
+
   it.effect("an interrupted run points to --resume", () =>
     Effect.gen(function*() {
       const lines = yield* statusLines(yield* afterRun(2))
