@@ -362,14 +362,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       effect: Effect.Effect<A, E, R>
     ) =>
       retryTransient(
-        // After Ctrl-C a store that stays away is the answer, not another half minute of retries: what
-        // committed meanwhile is redone by the resume (at most the batches in flight).
-        (error: E) =>
-          !isRetryable(error)
-            ? false
-            : error._tag === "CheckpointUnavailable"
-            ? Effect.map(stopRequested, (stop) => !stop)
-            : true,
+        // After Ctrl-C no retry: not another half minute for a store that stays away (the failure is the
+        // answer; what committed meanwhile is redone by the resume, at most the batches in flight), nor for
+        // a batch stuck behind a site's row lock (given up, above the checkpoint: see `givenUp`).
+        (error: E) => isRetryable(error) ? Effect.map(stopRequested, (stop) => !stop) : false,
         (error: E) =>
           Effect.zipRight(
             Ref.update(counters, (c) => ({ ...c, retries: c.retries + 1 })),
@@ -475,6 +471,18 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         window.release(1)
       )
 
+    /**
+     * After a stop request, a read or batch whose transient failure is no longer retried is left undone
+     * rather than failing the run: not recorded, it stays above the checkpoint and the resume takes it (a
+     * batch whose answer was lost may have committed: the resume gives it new tokens again).
+     */
+    const givenUp = (error: DatabaseError | DuplicateToken | SchemaMismatch) =>
+      Effect.map(stopRequested, (stop) => stop && isRetryable(error))
+
+    /** A read that failed: the end of the stream, as a stop or as the run's failure. */
+    const unread = (error: DatabaseError | DuplicateToken | SchemaMismatch) =>
+      Effect.flatMap(givenUp(error), (gave) => gave ? halt : Effect.as(failed(error), Option.none()))
+
     const nextItem = (s: Source): Effect.Effect<Option.Option<readonly [Item, Source]>> =>
       Effect.gen(function*() {
         if (yield* stopRequested) return yield* halt
@@ -489,7 +497,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
             const read = yield* Effect.either(retrying(
               answeredWithin("reading spans of tickets")(repo.spans(s.cursor, limit, spansPerRead))
             ))
-            if (Either.isLeft(read)) return yield* Effect.as(failed(read.left), Option.none())
+            if (Either.isLeft(read)) return yield* unread(read.left)
             ahead = read.right
           }
           // None: fewer than a batch remain, read as a page.
@@ -506,7 +514,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         const page = yield* Effect.either(retrying(
           answeredWithin("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
         ))
-        if (Either.isLeft(page)) return yield* Effect.as(failed(page.left), Option.none())
+        if (Either.isLeft(page)) return yield* unread(page.left)
         const { end, ids, through } = page.right
         const skip = s.skips[0]
         const seq = s.seq + 1
@@ -624,15 +632,14 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       item._tag === "Done" ? record(item, 0) : Effect.zipLeft(
         Effect.gen(function*() {
           if (Option.isSome(yield* Ref.get(failure))) return
-          if (yield* stopRequested) {
-            // A page read ahead before the stop: not begun, so not taken. It stays above the checkpoint (a
-            // resume takes it), and its place in the window is freed, as it will never be recorded.
-            yield* Ref.set(halted, true)
-            return yield* window.release(1)
-          }
+          // A page read ahead before the stop: not begun, so not taken; or a batch given up after it. Either
+          // stays above the checkpoint (a resume takes it), and its place in the window is freed, as it will
+          // never be recorded.
+          const undone = Effect.zipRight(Ref.set(halted, true), window.release(1))
+          if (yield* stopRequested) return yield* undone
           const start = yield* Clock.currentTimeMillis
           const outcome = yield* Effect.either(rotate(item))
-          if (Either.isLeft(outcome)) return yield* failed(outcome.left)
+          if (Either.isLeft(outcome)) return yield* ((yield* givenUp(outcome.left)) ? undone : failed(outcome.left))
           const rotated = outcome.right
           const millis = (yield* Clock.currentTimeMillis) - start
           if (options.targetBatchMillis !== undefined) {

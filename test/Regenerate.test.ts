@@ -746,6 +746,47 @@ describe("failures", () => {
     }))
 })
 
+describe("a stop while a batch is being retried", () => {
+  it.effect("Ctrl-C while a batch is retried (a site holds its rows) gives it up: interrupted at once, the resume does it", () =>
+    Effect.gen(function*() {
+      // Every attempt from the third batch on fails as a lock wait timeout would, until the site lets go.
+      const world = new World(makeTickets(50), { rotate: (n) => n >= 3 ? transientError("rotating") : undefined })
+      const stop = yield* Ref.make(false)
+      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
+      const started = yield* TestClock.currentTimeMillis
+      const exit = yield* stepping(runIn(world, { batchSize: 10, concurrency: 1 }, Ref.get(stop)))
+      expect(exit).toMatchObject({ _tag: "Success", value: { status: "interrupted", rotated: 20 } })
+      // The attempt after the stop is the last: not another ~26 s of retries.
+      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThan(2500)
+      const saved = record(world)
+      expect(saved).toMatchObject({ status: "interrupted", rotated: 20 })
+      expect(saved.cursor).toBe(world.table.sorted[19]!.id)
+      world.table.faults = {}
+      const resumed = yield* runIn(world, { batchSize: 10, mode: "resume" })
+      expect(resumed).toMatchObject({ status: "completed", rotated: 30, resumed: true })
+      expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
+      expect(world.table.rotationCounts().size).toBe(50)
+    }))
+
+  it.effect("at concurrency 4 the batches beside the given-up one commit and are recorded", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(200), { rotate: (n) => n === 3 ? transientError("rotating") : undefined })
+      const stop = Effect.sync(() => world.table.calls.rotate >= 3)
+      const exit = yield* stepping(runIn(world, { batchSize: 10, concurrency: 4 }, stop))
+      expect(exit).toMatchObject({ _tag: "Success", value: { status: "interrupted" } })
+      const saved = record(world)
+      const committed = world.table.rotations.flat()
+      expect(saved.rotated).toBe(committed.length)
+      // Nothing given up is behind the checkpoint; what committed beyond it is recorded.
+      const notDone = world.table.sorted.map((t) => t.id).filter((id) => !committed.includes(id))
+      expect(notDone.every((id) => id > saved.cursor)).toBe(true)
+      world.table.faults = {}
+      yield* runIn(world, { batchSize: 10, concurrency: 4, mode: "resume" })
+      expect([...world.table.rotationCounts().values()].every((n) => n === 1)).toBe(true)
+      expect(world.table.rotationCounts().size).toBe(200)
+    }))
+})
+
 describe("resume rules", () => {
   const interrupted = () =>
     Effect.gen(function*() {
