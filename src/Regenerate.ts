@@ -349,6 +349,14 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           `run gives every ticket in scope a new token again (Ctrl-C stops it, resumably)`
       }))
     }
+    if (options.maxRowsPerSecond !== undefined && options.maxRowsPerSecond < options.batchSize) {
+      // A whole batch at a time: the throttle lets one through every batchSize / rate seconds.
+      const every = Math.round(options.batchSize / options.maxRowsPerSecond)
+      yield* progress.emit(ProgressEvent.Notice({
+        text: `note: --max-rows-per-second ${options.maxRowsPerSecond} is below the batch size ` +
+          `${options.batchSize}: one batch every ${every} s; a smaller --batch-size commits more often`
+      }))
+    }
     const counters = yield* Ref.make({ rotated: 0, skipped: 0, retries: 0, batches: 0 })
     if (done) {
       const note = `run ${starting.runId} already completed at ${starting.updatedAt.toISOString()}; nothing to resume`
@@ -428,7 +436,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         Effect.catchAll((error) => Effect.logWarning(`could not count the scope: ${error.message}`)),
         Effect.forkScoped
       )
-    } else {
+    } else if (starting.total === null) {
+      // Without a count (a resumed run counted before has its total: progress is exact, no estimate).
       yield* settled(repo.idRange).pipe(
         Effect.tap((r) => Ref.set(range, r)),
         Effect.catchAll((error) => Effect.logWarning(`could not read the id range: ${error.message}`)),

@@ -1368,5 +1368,24 @@ describe("progress estimate without a count", () => {
       const counted = new World(makeTickets(100))
       yield* runIn(counted, { batchSize: 20 })
       expect(notices(counted)).toEqual([])
+      // Resumed under --no-count, a run counted before has its total: exact progress, no estimate either.
+      const resumed = new World(makeTickets(100))
+      yield* runIn(resumed, { batchSize: 20 }, Effect.sync(() => resumed.table.calls.rotate >= 2))
+      yield* runIn(resumed, { batchSize: 20, count: false, mode: "resume" })
+      expect(notices(resumed)).toEqual([])
+      expect(resumed.progress.some((e) => e._tag === "Estimate")).toBe(false)
+      expect(record(resumed)).toMatchObject({ status: "completed", total: 100 })
+    }))
+
+  it.effect("a rate below the batch size says how seldom a batch goes, and that a smaller batch helps", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      const run = yield* Effect.fork(runIn(world, { batchSize: 10, maxRowsPerSecond: 4 }))
+      yield* TestClock.adjust("1 minute")
+      yield* Fiber.join(run)
+      expect(world.progress.filter((e) => e._tag === "Notice")).toMatchObject([{
+        text: "note: --max-rows-per-second 4 is below the batch size 10: one batch every 3 s; a smaller " +
+          "--batch-size commits more often"
+      }])
     }))
 })
