@@ -317,7 +317,7 @@ export const counted = (n: number, noun: string, plural = `${noun}s`): string =>
 /** Where a stopped run's checkpoint stands, `cursor` being its low-water mark ("" before the first). */
 export const committedUpTo = (cursor: string): string =>
   cursor === ""
-    ? "no batch is recorded below the first id yet"
+    ? "the checkpoint is still at the start (a batch committed beyond it is recorded and skipped on resume)"
     : `every batch up to id ${cursor} is committed and recorded`
 
 /** The checkpoint store (Redis or the checkpoint table) failed. */
