@@ -6,7 +6,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { Checkpoint, runOf } from "./Checkpoint.js"
 import { Db, letEventLoopTurn } from "./Db.js"
-import { NoRun, retryTransient, type RunRecord, type Scope } from "./Domain.js"
+import { type DatabaseError, NoRun, retryTransient, type RunRecord, type SchemaMismatch, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TicketRepo } from "./TicketRepo.js"
 
@@ -45,8 +45,8 @@ export const verify = (scope: Option.Option<Scope>) =>
     if (run.total !== null) yield* progress.emit(ProgressEvent.Total({ total: run.total }))
     // A read that meets a transient failure (a killed connection, a lost server) is tried again on a fresh
     // connection: on a live site, a long verify should not fail for a hiccup.
-    const retried = retryTransient((error: { readonly _tag: string; readonly transient?: boolean }) =>
-      error._tag === "DatabaseError" && error.transient === true
+    const retried = retryTransient((error: DatabaseError | SchemaMismatch) =>
+      error._tag === "DatabaseError" && error.transient
     )
     let cursor = ""
     let inScope = 0
