@@ -576,11 +576,19 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const rotate = (item: Exclude<Item, { _tag: "Done" }>) =>
       retrying(item._tag === "Span" ? bySpan(item.span) : byKey(item.ids))
 
+    // Group commit of the checkpoint: a completed item is noted in the run record at once, and one write
+    // records every item noted before it began, so the items that complete while a write is on its way share
+    // the next one. Each batch keeps its slot until a write that holds its commit is acknowledged: at most
+    // `concurrency` committed batches are ever unrecorded (the crash redo bound), as with a write per batch.
+    const notes = yield* Ref.make({ noted: 0, saved: 0, writes: 0 })
+    const saving = yield* Effect.makeSemaphore(1)
+
     /**
-     * Records a completed item: the low-water mark moves over every item completed in sequence, the
-     * ranges completed beyond it are kept, and the checkpoint is written before the batch's slot frees.
+     * Notes a completed item in the run record: the low-water mark moves over every item completed in
+     * sequence, and the ranges completed beyond it are kept. Returns the note's number and how many items
+     * the low-water mark passed.
      */
-    const record = (item: Item, rotated: number) =>
+    const note = (item: Item, rotated: number) =>
       recording.withPermits(1)(Effect.gen(function*() {
         const { next, above } = yield* Ref.get(ledger)
         above.set(item.seq, rangeOf(item))
@@ -592,18 +600,41 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           passed++
         }
         yield* Ref.set(ledger, { next: next + passed, above })
-        const isBatch = item._tag !== "Done"
         const pending = yield* Ref.updateAndGet(inherited, (ranges) =>
           item._tag === "Done" ? ranges.filter((r) => r !== item.range) : ranges)
         const done = [...above.values(), ...pending].sort((a, b) => (a[0] < b[0] ? -1 : 1))
-        const saved = yield* persist((r) => ({
-          cursor: cursor ?? r.cursor,
-          done,
-          rotated: r.rotated + rotated,
-          batches: r.batches + (isBatch ? 1 : 0)
-        }))
+        yield* Ref.update(state, (r) =>
+          new RunRecord({
+            ...r,
+            cursor: cursor ?? r.cursor,
+            done,
+            rotated: r.rotated + rotated,
+            batches: r.batches + (item._tag === "Done" ? 0 : 1)
+          }, true))
+        const { noted } = yield* Ref.updateAndGet(notes, (n) => ({ ...n, noted: n.noted + 1 }))
+        return { number: noted, passed }
+      }))
+
+    /** Writes the run record, unless a write begun after note `number` was taken has already recorded it. */
+    const saveThrough = (number: number) =>
+      saving.withPermits(1)(Effect.gen(function*() {
+        const { noted, saved } = yield* Ref.get(notes)
+        if (saved >= number) return
+        // The notes counted before the record is read: the write holds at least these.
+        yield* persist(() => ({}))
+        yield* Ref.update(notes, (n) => ({ ...n, saved: noted, writes: n.writes + 1 }))
+      }))
+
+    /**
+     * Records a completed item: noted, then written to the checkpoint (alone or with others) before its slot
+     * and its place in the window free.
+     */
+    const record = (item: Item, rotated: number) =>
+      Effect.gen(function*() {
+        const { number, passed } = yield* note(item, rotated)
+        yield* saveThrough(number)
         yield* window.release(passed)
-        if (isBatch) {
+        if (item._tag !== "Done") {
           yield* Ref.update(counters, (c) => ({
             ...c,
             rotated: c.rotated + rotated,
@@ -624,12 +655,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
                 "so the estimated % and ETA may be far off; without --no-count progress is exact"
             }))
           }
-          const fraction = keyFraction(saved.cursor, bounds.value[0], bounds.value[1])
+          const fraction = keyFraction((yield* Ref.get(state)).cursor, bounds.value[0], bounds.value[1])
           if (fraction !== undefined) {
             yield* progress.emit(ProgressEvent.Estimate({ fraction }))
           }
         }
-      }))
+      })
 
     // A batch's slot, one of `concurrency`: taken before the batch leaves the source (so the source reads on
     // only as slots free) and held until its commit is recorded, so at most `concurrency` batches are ever
@@ -694,6 +725,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       publishing
     )
     const final = yield* publishing(persist(() => ({ status: stopped ? "interrupted" : "completed" })))
+    const { noted, writes } = yield* Ref.get(notes)
+    yield* Effect.logDebug(`the checkpoint was written ${writes + 2} times for ${noted} completed items`)
     yield* progress.emit(ProgressEvent.Finished({ outcome: stopped ? "stopped" : "done" }))
     const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
     return summaryOf(final, yield* Ref.get(counters), seconds, resumed, null)

@@ -200,6 +200,22 @@ describe("regenerate", () => {
       expect(saved.total).toBe(95)
     }))
 
+  it.effect("batches that complete while a checkpoint write is on its way share the next write, and none frees its slot before a write holds it", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(200))
+      world.store.faults = { latency: () => Effect.sleep("100 millis") }
+      const exit = yield* stepping(runIn(world, { batchSize: 10, concurrency: 4 }))
+      expect(Exit.isSuccess(exit) && exit.value).toMatchObject({ status: "completed", rotated: 200, batches: 20 })
+      expect(world.table.rotationCounts().size).toBe(200)
+      // The first write, then 20 batches in fewer writes than one each, then the last.
+      const writes = world.log.events.filter((e) => e._tag === "save").length
+      expect(writes).toBeLessThan(20 + 2)
+      expect(writes).toBeGreaterThanOrEqual(1 + 20 / 4 + 1)
+      // At every instant a crash would redo at most the batches in flight: 4 × 10 tickets.
+      expect(checkInvariants(world.log, world.table.sorted.map((t) => t.id), 4 * 10)).toBeUndefined()
+      expect(record(world)).toMatchObject({ status: "completed", rotated: 200, cursor: world.table.sorted[199]!.id })
+    }))
+
   it.effect("rotates only the tickets of the scope", () =>
     Effect.gen(function*() {
       const tickets = makeTickets(120)

@@ -14,6 +14,8 @@ export interface StoreFaults {
   readonly answerLost?: (n: number) => boolean
   /** Run when write `n` is refused for want of the lock, before the refusal reaches the caller. */
   readonly refused?: (n: number) => Effect.Effect<void>
+  /** Run before write `n` reaches the store: the time a write takes on its way. */
+  readonly latency?: (n: number) => Effect.Effect<void>
 }
 
 export const unavailable = (operation: string) =>
@@ -53,19 +55,23 @@ export class MemoryStore {
       get: (key) => withNow((now) => Option.fromNullable(this.live(key, now)?.value)),
       set: (key, value) => withNow(() => void this.data.set(key, { value, expiresAt: undefined })),
       setFenced: (key, value, lockKey, holder) =>
-        Effect.flatMap(withNow((now) => now), (now) => {
-          const n = ++this.saves
-          if (this.faults.save?.(n, now) === true) return Effect.fail(unavailable("writing the checkpoint"))
-          if (this.live(lockKey, now)?.value !== holder) {
-            return Effect.as(this.faults.refused?.(n) ?? Effect.void, false)
-          }
-          this.data.set(key, { value, expiresAt: undefined })
-          const record = JSON.parse(value) as { cursor: string; done: Array<[string, string]>; status: string }
-          this.log?.push({ _tag: "save", cursor: record.cursor, done: record.done, status: record.status })
-          return this.faults.answerLost?.(n) === true
-            ? Effect.fail(unavailable("writing the checkpoint"))
-            : Effect.succeed(true)
-        }),
+        Effect.flatMap(
+          Effect.suspend(() => this.faults.latency?.(this.saves + 1) ?? Effect.void),
+          () =>
+            Effect.flatMap(withNow((now) => now), (now) => {
+              const n = ++this.saves
+              if (this.faults.save?.(n, now) === true) return Effect.fail(unavailable("writing the checkpoint"))
+              if (this.live(lockKey, now)?.value !== holder) {
+                return Effect.as(this.faults.refused?.(n) ?? Effect.void, false)
+              }
+              this.data.set(key, { value, expiresAt: undefined })
+              const record = JSON.parse(value) as { cursor: string; done: Array<[string, string]>; status: string }
+              this.log?.push({ _tag: "save", cursor: record.cursor, done: record.done, status: record.status })
+              return this.faults.answerLost?.(n) === true
+                ? Effect.fail(unavailable("writing the checkpoint"))
+                : Effect.succeed(true)
+            })
+        ),
       acquire: (lockKey, holder, ttl) =>
         withNow((now) => {
           if (this.live(lockKey, now) !== undefined) return false
