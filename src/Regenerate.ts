@@ -389,22 +389,21 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 
     type Patch = Partial<Pick<RunRecord, "cursor" | "done" | "rotated" | "batches" | "total" | "status" | "error">>
 
-    /**
-     * Writes the run record with `patch` applied (built from valid parts, so not validated again here),
-     * retrying transient store errors unless `once`.
-     */
+    /** Applies `patch` to the run record in memory (built from valid parts, so not validated again here). */
+    const amend = (patch: (record: RunRecord) => Partial<RunRecord>) =>
+      Ref.updateAndGet(state, (r) => new RunRecord({ ...r, ...patch(r) }, true))
+
+    /** Writes the run record with `patch` applied, retrying transient store errors unless `once`. */
     const persist = (patch: (record: RunRecord) => Patch, once = false) =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const c = yield* Ref.get(counters)
-        const record = yield* Ref.updateAndGet(state, (r) =>
-          new RunRecord({
-            ...r,
-            ...patch(r),
-            updatedAt: new Date(now),
-            retries: starting.retries + c.retries,
-            activeMillis: starting.activeMillis + Math.round(now - startedAt)
-          }, true))
+        const record = yield* amend((r) => ({
+          ...patch(r),
+          updatedAt: new Date(now),
+          retries: starting.retries + c.retries,
+          activeMillis: starting.activeMillis + Math.round(now - startedAt)
+        }))
         yield* (once ? lock.save(record) : retrying(lock.save(record)))
         return record
       })
@@ -431,7 +430,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const range = yield* Ref.make(Option.none<readonly [string, string]>())
     if (options.count) {
       yield* settled(repo.count(options.scope)).pipe(
-        Effect.tap((total) => Ref.update(state, (r) => new RunRecord({ ...r, total }, true))),
+        Effect.tap((total) => amend(() => ({ total }))),
         Effect.tap((total) => progress.emit(ProgressEvent.Total({ total }))),
         Effect.catchAll((error) => Effect.logWarning(`could not count the scope: ${error.message}`)),
         Effect.forkScoped
@@ -603,14 +602,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         const pending = yield* Ref.updateAndGet(inherited, (ranges) =>
           item._tag === "Done" ? ranges.filter((r) => r !== item.range) : ranges)
         const done = [...above.values(), ...pending].sort((a, b) => (a[0] < b[0] ? -1 : 1))
-        yield* Ref.update(state, (r) =>
-          new RunRecord({
-            ...r,
-            cursor: cursor ?? r.cursor,
-            done,
-            rotated: r.rotated + rotated,
-            batches: r.batches + (item._tag === "Done" ? 0 : 1)
-          }, true))
+        yield* amend((r) => ({
+          cursor: cursor ?? r.cursor,
+          done,
+          rotated: r.rotated + rotated,
+          batches: r.batches + (item._tag === "Done" ? 0 : 1)
+        }))
         const { noted } = yield* Ref.updateAndGet(notes, (n) => ({ ...n, noted: n.noted + 1 }))
         return { number: noted, passed }
       }))
