@@ -8,6 +8,7 @@ import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import type { SqlClient } from "@effect/sql"
 import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
@@ -216,6 +217,13 @@ const regenerateOptions = {
     Options.optional,
     Options.withDescription("Adaptive batches: let the batch size (100-10000) follow this time per batch.")
   ),
+  statementTimeout: integerBetween("statement-timeout", 1, 86_400).pipe(
+    Options.withDefault(Regenerate.defaults.statementTimeoutSeconds),
+    Options.withDescription(
+      "Seconds a page read or batch may go unanswered before it is abandoned (killed on the server, its " +
+        `connection closed) and retried (1-86400, default ${Regenerate.defaults.statementTimeoutSeconds}).`
+    )
+  ),
   dryRun: Options.boolean("dry-run").pipe(
     Options.withDescription("Check everything and show the plan; change nothing.")
   ),
@@ -369,7 +377,8 @@ const runRegenerate = (flags: RegenerateFlags) =>
       mode: flags.resume ? "resume" : flags.restart ? "restart" : "start",
       maxRowsPerSecond: Option.getOrUndefined(flags.maxRowsPerSecond),
       count: !flags.noCount,
-      targetBatchMillis: Option.getOrUndefined(flags.targetBatchMs)
+      targetBatchMillis: Option.getOrUndefined(flags.targetBatchMs),
+      statementTimeout: Duration.seconds(flags.statementTimeout)
     }
     if (flags.dryRun) return yield* printPlan(yield* Regenerate.plan(options), options, flags.json)
     const onStop = yield* stopping("the batches in flight commit")

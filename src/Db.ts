@@ -4,6 +4,7 @@
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -305,37 +306,67 @@ export const sessionSetup = "SET SESSION innodb_lock_wait_timeout = " +
   "CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES'))"
 
 /**
+ * A pooled connection reserved for `use`, with the driver's own connection (@effect/sql-mysql2 keeps it as
+ * `conn`). If `use` is interrupted (a statement timed out, the run ended), the connection is closed instead
+ * of going back to the pool: it may be dead (a server or a network that stopped answering) or still busy
+ * with the abandoned statement, and the pool would hand it to the next statement, which would wait behind
+ * it for ever.
+ */
+const reserved = <A, E, R>(
+  use: (connection: Connection, driver: object | undefined) => Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
+  Effect.scoped(Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const connection = yield* sql.reserve
+    const driver = Predicate.hasProperty(connection, "conn") && Predicate.isObject(connection.conn)
+      ? connection.conn
+      : undefined
+    const close = Effect.sync(() => {
+      if (Predicate.hasProperty(driver, "destroy") && Predicate.isFunction(driver.destroy)) driver.destroy()
+    })
+    return yield* Effect.onInterrupt(use(connection, driver), () => close)
+  }))
+
+/**
+ * Kills the statement running on server thread `thread`, on a connection of its own, waiting 5 s at most:
+ * when the server has stopped answering, the pool may have no connection to spare (the hung statements hold
+ * them) and the one it gives may be dead too. What is still under way then goes on in the background.
+ */
+const killQuery = (thread: number) =>
+  reserved((connection) => connection.executeUnprepared(`KILL QUERY ${thread}`, [], undefined)).pipe(
+    Effect.disconnect,
+    // Interruptible although it runs as a finalizer, so that the timeout can end it.
+    Effect.interruptible,
+    Effect.timeout("5 seconds"),
+    Effect.ignore
+  )
+
+/**
  * Runs `effect`'s statements on a pooled connection of their own (MySQL; SQLite has one connection and
  * nothing to do): the connection's session gets the settings above, once; and if `effect` is
  * interrupted — the run ends while the count still runs, a statement timed out — its statement is killed on
  * the server (`KILL QUERY`) instead of running on to its end, which holds the pool open at exit and, for a
- * write, its row locks.
+ * write, its row locks, and the connection is closed (see `reserved`).
  */
 export const onOwnConnection = (dialect: Dialect) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
-  dialect === "sqlite" ? effect : Effect.scoped(Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const connection = yield* sql.reserve
-    // The driver's own connection (@effect/sql-mysql2 keeps it as `conn`): its server thread id names the
-    // statement to kill, and it identifies the session across reservations.
-    const driver = Predicate.hasProperty(connection, "conn") && Predicate.isObject(connection.conn)
-      ? connection.conn
-      : undefined
-    if (driver === undefined || !sessionsSetUp.has(driver)) {
-      yield* connection.executeUnprepared(sessionSetup, [], undefined)
-      if (driver !== undefined) sessionsSetUp.add(driver)
-    }
-    const thread = Predicate.hasProperty(driver, "threadId") ? Number(driver.threadId) : NaN
-    const kill = Number.isSafeInteger(thread) && thread > 0
-      ? sql.unsafe(`KILL QUERY ${thread}`).pipe(Effect.timeout("5 seconds"), Effect.ignore)
-      : Effect.void
-    return yield* effect.pipe(
-      Effect.provideService(SqlClient.TransactionConnection, [connection, 0] as const),
-      Effect.onInterrupt(() => kill)
-    )
-  }))
+  dialect === "sqlite" ? effect : reserved((connection, driver) =>
+    Effect.gen(function*() {
+      // The driver's connection identifies the session across reservations; its thread id names the statement
+      // to kill.
+      if (driver === undefined || !sessionsSetUp.has(driver)) {
+        yield* connection.executeUnprepared(sessionSetup, [], undefined)
+        if (driver !== undefined) sessionsSetUp.add(driver)
+      }
+      const thread = Predicate.hasProperty(driver, "threadId") ? Number(driver.threadId) : NaN
+      return yield* effect.pipe(
+        Effect.provideService(SqlClient.TransactionConnection, [connection, 0] as const),
+        Effect.onInterrupt(() => Number.isSafeInteger(thread) && thread > 0 ? killQuery(thread) : Effect.void)
+      )
+    })
+  )
 
 /** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
 export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {

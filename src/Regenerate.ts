@@ -53,13 +53,24 @@ export interface RegenerateOptions {
   readonly count: boolean
   /** Adaptive batches: the batch size follows the time each batch takes toward this target. */
   readonly targetBatchMillis: number | undefined
+  /**
+   * How long a page read or a batch UPDATE may go unanswered before it counts as a lost connection: the
+   * statement is killed on the server, its connection closed, and the batch retried.
+   */
+  readonly statementTimeout: Duration.Duration
 }
 
 export const defaults = {
   batchSize: 1000,
   concurrency: 8,
   minBatchSize: 100,
-  maxBatchSize: 10_000
+  maxBatchSize: 10_000,
+  /**
+   * Without it, a half-open TCP connection or a frozen server would hang the run for hours while its lock
+   * is renewed. Well above InnoDB's lock wait timeout (at most 5 s on the tool's sessions: `Db.lockWaitSeconds`),
+   * which answers for itself.
+   */
+  statementTimeoutSeconds: 120
 } as const
 
 export interface RunSummary {
@@ -104,18 +115,11 @@ export const summaryJson = (summary: RunSummary) => ({
   note: summary.note
 })
 
-/**
- * How long a page query or a batch UPDATE may go unanswered before it counts as a lost connection and is
- * retried (a half-open TCP connection would otherwise hang the run for hours while its lock is renewed).
- * Well above InnoDB's lock wait timeout (50 s by default), which answers for itself.
- */
-const statementTimeout = Duration.minutes(2)
-
-const answeredWithin = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+const answeredWithin = (timeout: Duration.Duration, operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.timeoutFail(effect, {
-    duration: statementTimeout,
+    duration: timeout,
     onTimeout: () =>
-      new DatabaseError({ operation, transient: true, detail: `no answer within ${Duration.format(statementTimeout)}` })
+      new DatabaseError({ operation, transient: true, detail: `no answer within ${Duration.format(timeout)}` })
   })
 
 const isRetryable = (error: { readonly _tag: string; readonly transient?: boolean }): boolean =>
@@ -358,6 +362,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       }))
     }
     const counters = yield* Ref.make({ rotated: 0, skipped: 0, retries: 0, batches: 0 })
+    const answered = (operation: string) => answeredWithin(options.statementTimeout, operation)
     if (done) {
       const note = `run ${starting.runId} already completed at ${starting.updatedAt.toISOString()}; nothing to resume`
       return summaryOf(starting, yield* Ref.get(counters), 0, true, note)
@@ -503,7 +508,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           let ahead = s.ahead[0]?.rows === limit ? s.ahead : []
           if (ahead.length === 0) {
             const read = yield* Effect.either(retrying(
-              answeredWithin("reading spans of tickets")(repo.spans(s.cursor, limit, spansPerRead))
+              answered("reading spans of tickets")(repo.spans(s.cursor, limit, spansPerRead))
             ))
             if (Either.isLeft(read)) return yield* unread(read.left)
             ahead = read.right
@@ -520,7 +525,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           }
         }
         const page = yield* Effect.either(retrying(
-          answeredWithin("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
+          answered("reading a page of ticket ids")(repo.page(options.scope, s.cursor, limit))
         ))
         if (Either.isLeft(page)) return yield* unread(page.left)
         const { end, ids, through } = page.right
@@ -552,7 +557,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       Effect.gen(function*() {
         const tokens = yield* tokenGen.tokens(ids.length)
         const now = yield* Clock.currentTimeMillis
-        return yield* answeredWithin("rotating a batch of tokens")(repo.rotate(ids, tokens, new Date(now)))
+        return yield* answered("rotating a batch of tokens")(repo.rotate(ids, tokens, new Date(now)))
       })
 
     /** A span as one range; when it changed since it was read, the tickets now in it by key. */
@@ -560,11 +565,11 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       Effect.gen(function*() {
         const tokens = yield* tokenGen.tokens(span.rows)
         const now = yield* Clock.currentTimeMillis
-        return yield* answeredWithin("rotating a batch of tokens")(repo.rotateSpan(span, tokens, new Date(now)))
+        return yield* answered("rotating a batch of tokens")(repo.rotateSpan(span, tokens, new Date(now)))
       }).pipe(Effect.catchTag("SpanChanged", (changed) =>
         Effect.gen(function*() {
           yield* Effect.logDebug(`${changed.message}; rotating its tickets by key`)
-          const ids = yield* answeredWithin("reading the ids of a span")(repo.spanIds(span))
+          const ids = yield* answered("reading the ids of a span")(repo.spanIds(span))
           let rotated = 0
           for (let i = 0; i < ids.length; i += defaults.maxBatchSize) {
             rotated += yield* byKey(ids.slice(i, i + defaults.maxBatchSize))

@@ -49,6 +49,7 @@ const options = (overrides: Partial<RegenerateOptions> = {}): RegenerateOptions 
   maxRowsPerSecond: undefined,
   count: true,
   targetBatchMillis: undefined,
+  statementTimeout: Duration.minutes(2),
   ...overrides
 })
 

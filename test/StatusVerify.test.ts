@@ -3,7 +3,7 @@
  * (Against MariaDB and Redis through the real CLI: operator.test.ts and fault-tolerance.test.ts.)
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Option, TestClock } from "effect"
+import { Duration, Effect, Fiber, Option, TestClock } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { Scope } from "../src/Domain.js"
 import { regenerate, type RegenerateOptions } from "../src/Regenerate.js"
@@ -19,6 +19,7 @@ const options = (overrides: Partial<RegenerateOptions> = {}): RegenerateOptions 
   maxRowsPerSecond: undefined,
   count: true,
   targetBatchMillis: undefined,
+  statementTimeout: Duration.minutes(2),
   ...overrides
 })
 

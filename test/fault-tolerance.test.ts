@@ -19,6 +19,7 @@ import {
   adminConnection,
   createDatabase,
   createRedisPrefix,
+  freezingProxy,
   mysqlHost,
   mysqlPort,
   redisUrl,
@@ -117,6 +118,14 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     expect(parseJsonSummary(resumed).status).toBe("completed")
   }
   const snapshot = () => snapshotOn(admin)
+  /** A run that got to its end by retrying: exit 0, completed, retries counted, every ticket rotated. */
+  const expectRetriedToEnd = async (result: CliResult, before: ReadonlyMap<string, Ticket>) => {
+    expect(result.code, result.stderr).toBe(0)
+    const summary = parseJsonSummary(result)
+    expect(summary.status).toBe("completed")
+    expect(Number(summary.retries)).toBeGreaterThan(0)
+    expectAllRotated(before, await readTickets())
+  }
   const expectUnchanged = async (before: ReadonlyMap<string, Ticket>) => {
     const after = await readTickets()
     expect(after.filter((t) => before.get(t.id)?.token !== t.token || before.get(t.id)?.updated_at !== t.updated_at))
@@ -288,13 +297,24 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       most: 4,
       pause: 300
     })
-    const result = await run.result
-    expect(result.code, result.stderr).toBe(0)
     expect(kills, "connections killed in the middle of a statement").toBeGreaterThanOrEqual(3)
-    const summary = parseJsonSummary(result)
-    expect(summary.status).toBe("completed")
-    expect(Number(summary.retries)).toBeGreaterThan(0)
-    expectAllRotated(before, await readTickets())
+    await expectRetriedToEnd(await run.result, before)
+  })
+
+  it("the server stops answering mid-run (no error, no closed socket): statements time out, are killed, and go on fresh connections", async () => {
+    const proxy = await freezingProxy(db.url)
+    try {
+      const before = await snapshot()
+      const run = spawnCli(["regenerate", "--json", "--statement-timeout", "2", ...throttle], {
+        env: env({ DATABASE_URL: proxy.url })
+      })
+      await untilRotating(admin, before)
+      // Every connection open now is lost for good; new ones hang at their handshake for 4 s.
+      proxy.freeze(4_000)
+      await expectRetriedToEnd(await run.result, before)
+    } finally {
+      await proxy.close()
+    }
   })
 
   /** How many transactions wait for a row lock that the transaction `trx` holds. */
@@ -328,11 +348,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       await sleep(lockWaitSeconds * 1000 + 2000)
       expect(run.child.exitCode, "the run waits for the locked rows").toBeNull()
       await locker.query("ROLLBACK")
-      const result = await run.result
-      expect(result.code, result.stderr).toBe(0)
-      const summary = parseJsonSummary(result)
-      expect(Number(summary.retries)).toBeGreaterThan(0)
-      expectAllRotated(before, await readTickets())
+      await expectRetriedToEnd(await run.result, before)
     } finally {
       await locker.end()
     }
@@ -370,12 +386,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       await site.query("SELECT `id` FROM `ticket` WHERE `id` = ? FOR UPDATE", [first])
       expect(await deadlocks(), "InnoDB saw a deadlock and rolled the batch back").toBeGreaterThan(deadlocksBefore)
       await site.query("ROLLBACK")
-      const result = await run.result
-      expect(result.code, result.stderr).toBe(0)
-      const summary = parseJsonSummary(result)
-      expect(summary.status).toBe("completed")
-      expect(Number(summary.retries)).toBeGreaterThan(0)
-      expectAllRotated(before, await readTickets())
+      await expectRetriedToEnd(await run.result, before)
     } finally {
       run?.child.kill("SIGKILL") // a no-op once it has exited; else a failed test leaves no run behind
       await site.end()

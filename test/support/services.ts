@@ -6,6 +6,7 @@
 import { Redis } from "ioredis"
 import * as mysql from "mysql2/promise"
 import { randomBytes } from "node:crypto"
+import * as net from "node:net"
 
 export const mysqlHost = process.env.TEST_MYSQL_HOST ?? "127.0.0.1"
 export const mysqlPort = Number(process.env.TEST_MYSQL_PORT ?? 3306)
@@ -117,6 +118,43 @@ export const createRedisPrefix = (prefix = "tt-test") => {
       withClient(async (client) => {
         const keys = await client.keys(`${name}:*`)
         if (keys.length > 0) await client.del(...keys)
+      })
+  }
+}
+
+/**
+ * A TCP proxy in front of MariaDB that can play a server which stops answering without closing anything (a
+ * frozen host, a failover behind a load balancer): `freeze(millis)` stops passing data on every open
+ * connection for good — their statements never get an answer, though the sockets stay up — and holds new
+ * connections silent for `millis`, after which they work again. `url` is `databaseUrl` through the proxy.
+ */
+export const freezingProxy = async (databaseUrl: string) => {
+  const links = new Set<{ dead: boolean; close: () => void }>()
+  let frozen = false
+  const server = net.createServer((client) => {
+    const upstream = net.connect(mysqlPort, mysqlHost)
+    const link = { dead: frozen, close: () => (client.destroy(), upstream.destroy()) }
+    links.add(link)
+    client.on("data", (data) => link.dead || upstream.write(data))
+    upstream.on("data", (data) => link.dead || client.write(data))
+    for (const socket of [client, upstream]) {
+      socket.on("error", link.close)
+      socket.on("close", () => (links.delete(link), link.close()))
+    }
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const { port } = server.address() as net.AddressInfo
+  return {
+    url: databaseUrl.replace(/@[^/]*\//, `@127.0.0.1:${port}/`),
+    freeze: (millis: number) => {
+      frozen = true
+      for (const link of links) link.dead = true
+      setTimeout(() => (frozen = false), millis)
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const link of links) link.close()
+        server.close(() => resolve())
       })
   }
 }
