@@ -280,26 +280,27 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
       return { record: freshRecord(key, options, now), done: false, supersedes }
     }
     const existing = yield* checkpoint.load(key)
+    // The latest run on the database when it is unfinished and of another scope: an operator who left out
+    // its scope flags must not start another run unawares (it would also become the one `status` and
+    // `verify` show), nor be told that there is nothing to resume.
+    const otherUnfinished = Effect.map(
+      checkpoint.latest(key.database),
+      Option.filter((latest) => !latest.finished && latest.fingerprint !== fingerprint(key))
+    )
     if (options.mode === "start") {
       if (Option.isSome(existing) && !existing.value.finished) {
         return yield* new UnfinishedRun({ run: existing.value, asked: key.scope })
       }
-      // An operator who left out the scope flags of an interrupted run must not start another one unawares
-      // (the new run would also become the one `status` and `verify` show).
-      const latest = yield* checkpoint.latest(key.database)
-      if (Option.isSome(latest) && !latest.value.finished && latest.value.fingerprint !== fingerprint(key)) {
-        return yield* new UnfinishedRun({ run: latest.value, asked: key.scope })
-      }
+      const other = yield* otherUnfinished
+      if (Option.isSome(other)) return yield* new UnfinishedRun({ run: other.value, asked: key.scope })
       return { record: freshRecord(key, options, now), done: false, supersedes: existing }
     }
-    if (Option.isNone(existing)) {
-      const latest = yield* checkpoint.latest(key.database)
-      if (Option.isSome(latest) && !latest.value.finished && latest.value.fingerprint !== fingerprint(key)) {
-        return yield* new ScopeMismatch({ run: latest.value, asked: key.scope })
-      }
-      return yield* new NoRunToResume({ scope: key.scope })
+    if (Option.isNone(existing) || existing.value.finished) {
+      const other = yield* otherUnfinished
+      if (Option.isSome(other)) return yield* new ScopeMismatch({ run: other.value, asked: key.scope })
+      if (Option.isNone(existing)) return yield* new NoRunToResume({ scope: key.scope })
+      return { record: existing.value, done: true, supersedes }
     }
-    if (existing.value.finished) return { record: existing.value, done: true, supersedes }
     const record = new RunRecord({ ...existing.value, status: "running", error: null, batchSize: options.batchSize })
     return { record, done: false, supersedes }
   })

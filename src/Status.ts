@@ -38,24 +38,25 @@ const rateOf = (run: RunRecord) => (run.activeMillis > 0 ? (run.rotated * 1000) 
 
 /** What the state means for the operator. */
 const stateLine = (run: RunRecord, lock: Option.Option<HeldLock>): string => {
+  const resume = `resume with \`${run.scope.resumeCommand}\``
   if (Option.isSome(lock)) {
     const held = lock.value
     if (held.damage !== null) {
       return `${run.status}, but its lock entry is damaged (${held.damage} at ${held.location}): if no run is ` +
-        `going, delete it and resume with --resume`
+        `going, delete it and ${resume}`
     }
     return held.stale
-      ? `${run.status}, but its process is gone (${held.holder.description}): resume with --resume`
+      ? `${run.status}, but its process is gone (${held.holder.description}): ${resume}`
       : `running, lock held by ${held.holder.description} (lease ${Math.ceil(held.expiresInMillis / 1000)} s left)`
   }
   switch (run.status) {
     case "running":
       return "running, but no process holds its lock (its process was killed, or stopped while the store was " +
-        "unreachable): resume with --resume"
+        `unreachable): ${resume}`
     case "interrupted":
-      return "interrupted: resume with --resume"
+      return `interrupted: ${resume}`
     case "failed":
-      return `failed (${run.error ?? "unknown error"}): resume with --resume once the cause is fixed`
+      return `failed (${run.error ?? "unknown error"}): ${resume} once the cause is fixed`
     case "completed":
       return "completed"
   }

@@ -878,6 +878,27 @@ describe("resume rules", () => {
       expect(error.message).toContain("all tickets")
     }))
 
+  it.effect("--resume of a completed scope refuses while another scope's run is unfinished, naming its flags (not \"nothing to resume\")", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(60))
+      expect((yield* runIn(world)).status).toBe("completed")
+      const scope = new Scope({ liveOnly: true, emailDomain: null, createdAfter: null, createdBefore: null })
+      const stopped = yield* runIn(world, { scope }, Effect.sync(() => world.table.calls.rotate >= 8))
+      expect(stopped.status).toBe("interrupted")
+      const rotations = world.table.rotations.length
+      for (const dryRun of [false, true]) {
+        const error = dryRun
+          ? yield* Effect.flip(planIn(world, { mode: "resume" }))
+          : yield* Effect.flip(runIn(world, { mode: "resume" }))
+        expect(error._tag).toBe("ScopeMismatch")
+        expect(error.message).toContain("`regenerate --resume --live-only`")
+      }
+      expect(world.table.rotations.length).toBe(rotations)
+      // Resumed with its flags, the other run completes; then --resume of either scope has nothing to do.
+      expect((yield* runIn(world, { mode: "resume", scope })).status).toBe("completed")
+      expect((yield* runIn(world, { mode: "resume" })).note).toContain("already completed")
+    }))
+
   it.effect("a plain run of another scope refuses while the latest run is unfinished, naming its flags; --restart starts it and leaves that run resumable", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(60))

@@ -81,11 +81,19 @@ describe("status", () => {
       )
     }))
 
-  it.effect("an interrupted run points to --resume", () =>
+  it.effect("an interrupted run points to --resume, with the run's scope flags", () =>
     Effect.gen(function*() {
       const lines = yield* statusLines(yield* afterRun(2))
-      expect(lines[1]).toBe("  state:    interrupted: resume with --resume")
+      expect(lines[1]).toBe("  state:    interrupted: resume with `regenerate --resume`")
       expect(lines[2]).toMatch(/^ {2}rotated: {2}20 \/ 40 \(50\.0%\)/)
+      const world = new World(makeTickets(40))
+      const scope = new Scope({ liveOnly: true, emailDomain: "example.com", createdAfter: null, createdBefore: null })
+      const stop = Effect.sync(() => world.table.calls.rotate >= 1)
+      yield* regenerate(options({ scope }), stop).pipe(Effect.provide(world.layer()))
+      // Asked without scope flags: the latest run, whose flags the command carries.
+      expect((yield* statusLines(world))[1]).toBe(
+        "  state:    interrupted: resume with `regenerate --resume --live-only --email-domain example.com`"
+      )
     }))
 
   it.effect("every state a run's lock and record can be found in", () =>
@@ -102,17 +110,17 @@ describe("status", () => {
       // Killed on this host: its pid is gone.
       world.store.data.set(keys.lock, { value: holder(testHost.hostname, 4242), expiresAt: now + 24_500 })
       expect(yield* state).toMatch(
-        /^ {2}state: {4}running, but its process is gone \(pid 4242 on test-host .*\): resume with --resume$/
+        /^ {2}state: {4}running, but its process is gone \(pid 4242 on test-host .*\): resume with `regenerate --resume`$/
       )
       // Killed, and its lease has run out since.
       world.store.data.delete(keys.lock)
-      expect(yield* state).toMatch(/^ {2}state: {4}running, but no process holds its lock .*: resume with --resume$/)
+      expect(yield* state).toMatch(/^ {2}state: {4}running, but no process holds its lock .*: resume with `regenerate --resume`$/)
       // A lock entry this tool did not write.
       world.store.data.set(keys.lock, { value: "garbage", expiresAt: undefined })
       expect(yield* state).toMatch(/^ {2}state: {4}running, but its lock entry is damaged \(.*\): if no run is going/)
       world.store.data.delete(keys.lock)
       setStatus(world, "failed")
-      expect(yield* state).toMatch(/^ {2}state: {4}failed \(.*\): resume with --resume once the cause is fixed$/)
+      expect(yield* state).toMatch(/^ {2}state: {4}failed \(.*\): resume with `regenerate --resume` once the cause is fixed$/)
     }))
 })
 
