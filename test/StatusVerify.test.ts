@@ -114,13 +114,17 @@ describe("status", () => {
       )
       // Killed, and its lease has run out since.
       world.store.data.delete(keys.lock)
-      expect(yield* state).toMatch(/^ {2}state: {4}running, but no process holds its lock .*: resume with `regenerate --resume`$/)
+      expect(yield* state).toMatch(
+        /^ {2}state: {4}running, but no process holds its lock .*: resume with `regenerate --resume`$/
+      )
       // A lock entry this tool did not write.
       world.store.data.set(keys.lock, { value: "garbage", expiresAt: undefined })
       expect(yield* state).toMatch(/^ {2}state: {4}running, but its lock entry is damaged \(.*\): if no run is going/)
       world.store.data.delete(keys.lock)
       setStatus(world, "failed")
-      expect(yield* state).toMatch(/^ {2}state: {4}failed \(.*\): resume with `regenerate --resume` once the cause is fixed$/)
+      expect(yield* state).toMatch(
+        /^ {2}state: {4}failed \(.*\): resume with `regenerate --resume` once the cause is fixed$/
+      )
     }))
 })
 
