@@ -26,6 +26,7 @@ import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
 import { Db, requireSchema, requireTable, stateColumns, stateTable } from "./Db.js"
 import {
   type BadRedisUrl,
+  type BadUsage,
   CheckpointCorrupt,
   CheckpointUnavailable,
   type DatabaseError,
@@ -422,7 +423,7 @@ export const layerSql: Layer.Layer<
 /** Redis when REDIS_URL is set, else the checkpoint table of the database. */
 export const layer: Layer.Layer<
   Checkpoint,
-  BadRedisUrl | RedisUnavailable | RedisRefused | SchemaMissing | SchemaMismatch | DatabaseError,
+  BadRedisUrl | BadUsage | RedisUnavailable | RedisRefused | SchemaMissing | SchemaMismatch | DatabaseError,
   SqlClient.SqlClient | Db
 > = Layer.unwrapEffect(
   Effect.gen(function*() {

@@ -9,7 +9,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Net from "node:net"
 import * as Path from "node:path"
-import { BadDatabaseUrl, BadRedisUrl } from "./Domain.js"
+import { BadDatabaseUrl, BadRedisUrl, BadUsage } from "./Domain.js"
 
 /** TLS to MySQL, as the `mysql` client's `--ssl-mode` names it (`PREFERRED` has no place in a URL that must mean one thing). */
 export type TlsMode = "disabled" | "required" | "verify-ca" | "verify-identity"
@@ -72,12 +72,19 @@ const parsePort = (url: URL, fallback: number): number | undefined => {
   return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined
 }
 
-const decode = (s: string): string => {
+const decode = (s: string): string | undefined => {
   try {
     return decodeURIComponent(s)
   } catch {
-    return s
+    return undefined
   }
+}
+
+/** Why the URL's user name, password or path does not decode (a `%` not followed by two hex digits), if so. */
+const badEscape = (url: URL): string | undefined => {
+  const part = ([["user name", url.username], ["password", url.password], ["path", url.pathname]] as const)
+    .find(([, text]) => decode(text) === undefined)
+  return part && `the ${part[0]} has a malformed %-escape (write a literal % as %25)`
 }
 
 const sslModes: Record<string, TlsMode> = {
@@ -143,9 +150,14 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
   if (url.hostname === "") return Either.left(new BadDatabaseUrl({ reason: "no host" }))
   const port = parsePort(url, 3306)
   if (port === undefined) return Either.left(new BadDatabaseUrl({ reason: "the port is not a number in 1-65535" }))
-  const database = decode(url.pathname.replace(/^\//, ""))
-  if (database === "" || database.includes("/")) {
+  const escape = badEscape(url)
+  if (escape !== undefined) return Either.left(new BadDatabaseUrl({ reason: escape }))
+  const database = decode(url.pathname.replace(/^\//, "")) ?? ""
+  if (database === "") {
     return Either.left(new BadDatabaseUrl({ reason: "no database name after the host, as in /tickets" }))
+  }
+  if (database.includes("/")) {
+    return Either.left(new BadDatabaseUrl({ reason: `the path holds more than a database name: "${database}"` }))
   }
   // An IPv6 address comes bracketed ([::1]); the driver takes it bare.
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1")
@@ -155,7 +167,7 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
     port,
     database,
     username: url.username === "" ? undefined : decode(url.username),
-    password: url.password === "" ? undefined : Redacted.make(decode(url.password)),
+    password: url.password === "" ? undefined : Redacted.make(decode(url.password) ?? ""),
     tls,
     display: `mysql://${url.hostname}:${port}/${database}`
   }))
@@ -170,6 +182,8 @@ export const parseRedisUrl = (raw: string): Either.Either<RedisTarget, BadRedisU
   if (url.hostname === "") return Either.left(new BadRedisUrl({ reason: "no host" }))
   const port = parsePort(url, 6379)
   if (port === undefined) return Either.left(new BadRedisUrl({ reason: "the port is not a number in 1-65535" }))
+  const escape = badEscape(url)
+  if (escape !== undefined) return Either.left(new BadRedisUrl({ reason: escape }))
   const db = url.pathname.replace(/^\//, "")
   if (db !== "" && !/^\d+$/.test(db)) return Either.left(new BadRedisUrl({ reason: "the database is not a number" }))
   return Either.right({
@@ -203,8 +217,22 @@ export const redisTarget: Effect.Effect<Option.Option<RedisTarget>, BadRedisUrl>
   }))
 )
 
-/** Namespace of every Redis key this tool writes (REDIS_PREFIX, default "ticket-tokens"). */
-export const redisPrefix: Effect.Effect<string> = Config.string("REDIS_PREFIX").pipe(
-  Config.withDefault("ticket-tokens"),
-  Effect.orElseSucceed(() => "ticket-tokens")
+/**
+ * Namespace of every Redis key this tool writes (REDIS_PREFIX, default "ticket-tokens"). Set to nothing is
+ * refused, as REDIS_URL is: runners with different prefixes do not see each other's lock or runs.
+ */
+export const redisPrefix: Effect.Effect<string, BadUsage> = optionalString("REDIS_PREFIX").pipe(
+  Effect.orElseSucceed(() => Option.none<string>()),
+  Effect.flatMap(Option.match({
+    onNone: () => Effect.succeed("ticket-tokens"),
+    onSome: (prefix) =>
+      prefix.trim() === ""
+        ? Effect.fail(
+          new BadUsage({
+            message: "REDIS_PREFIX is set but empty: unset it for the default prefix ticket-tokens, or give the " +
+              "prefix the other runners on this Redis use"
+          })
+        )
+        : Effect.succeed(prefix)
+  }))
 )

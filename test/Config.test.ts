@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Option, Redacted } from "effect"
-import { parseDatabaseUrl, parseRedisUrl, redisTarget } from "../src/Config.js"
+import { parseDatabaseUrl, parseRedisUrl, redisPrefix, redisTarget } from "../src/Config.js"
 
 /** The URL is refused with an error whose line gives `reason` and never shows `secret`. */
 const expectRefused = (
@@ -72,6 +72,9 @@ describe("DATABASE_URL", () => {
     ["mysql://root:hunter2@:3306/db", "not a URL"],
     ["mysql://root:hunter2@host:3306", "no database"],
     ["mysql://root:hunter2@host:3306/", "no database"],
+    ["mysql://root:hunter2@host:3306/db/extra", "the path holds more than a database name: \"db/extra\""],
+    ["mysql://root:hunter2%zz@host/db", "the password has a malformed %-escape (write a literal % as %25)"],
+    ["mysql://ro%Xot:hunter2@host/db", "the user name has a malformed %-escape"],
     ["sqlite:", "file path"],
     ["mysql://root:hunter2@host/db?sslmode=require", "unknown parameter \"sslmode\""],
     ["mysql://root:hunter2@host/db?ssl-mode=PREFERRED", "ssl-mode \"PREFERRED\" is not one of"],
@@ -98,6 +101,17 @@ describe("REDIS_URL", () => {
       }
     }))
 
+  it.effect("REDIS_PREFIX: the default when unset; set but empty is refused (runners would not see each other)", () =>
+    Effect.gen(function*() {
+      const prefix = (env: Array<[string, string]>) =>
+        redisPrefix.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(env))), Effect.either)
+      expect(yield* prefix([])).toEqual(Either.right("ticket-tokens"))
+      expect(yield* prefix([["REDIS_PREFIX", "tt-a"]])).toEqual(Either.right("tt-a"))
+      for (const blank of ["", " "]) {
+        expectRefused(yield* prefix([["REDIS_PREFIX", blank]]), "REDIS_PREFIX is set but empty", "s3cret")
+      }
+    }))
+
   it("parses redis URLs and hides the password", () => {
     const target = Either.getOrThrow(parseRedisUrl("redis://:s3cret@cache:6380/2"))
     expect(target.display).toBe("redis://cache:6380/2")
@@ -110,6 +124,7 @@ describe("REDIS_URL", () => {
     ["redis://h:0", "the port is not a number in 1-65535"],
     ["redis://:s3cret@h:70000", "the port is not a number in 1-65535"],
     ["redis://h/abc", "the database is not a number"],
+    ["redis://:s3cret%PW@h:6379/5", "the password has a malformed %-escape (write a literal % as %25)"],
     ["nonsense", "not a URL"]
   ])("rejects %s with a reason and never the password", (url, reason) => {
     expectRefused(parseRedisUrl(url), reason, "s3cret")
