@@ -193,9 +193,15 @@ export class SchemaMissing extends Data.TaggedError("SchemaMissing")<{ readonly 
   }
 }
 
-export class SchemaMismatch extends Data.TaggedError("SchemaMismatch")<{ readonly detail: string }> {
+export class SchemaMismatch extends Data.TaggedError("SchemaMismatch")<{
+  readonly detail: string
+  /** What the operator may check (by default, that DATABASE_URL names the app's database). */
+  readonly hint?: string
+}> {
   override get message() {
-    return `the database schema does not match the ticket app (${this.detail}): is DATABASE_URL the right database?`
+    return `the database schema does not match the ticket app (${this.detail}): ${
+      this.hint ?? "is DATABASE_URL the right database?"
+    }`
   }
 }
 
@@ -299,6 +305,8 @@ export class RunFailed extends Data.TaggedError("RunFailed")<{
   readonly runId: string
   readonly rotated: number
   readonly cursor: string
+  /** The command that resumes the run (with its scope flags). */
+  readonly resume: string
 }> {
   override get message() {
     const where = this.cursor !== ""
@@ -307,7 +315,9 @@ export class RunFailed extends Data.TaggedError("RunFailed")<{
       ? "no batch had committed yet"
       : `its first batch did not commit; the ${counted(this.rotated, "ticket")} rotated by batches after it are ` +
         `committed and recorded`
-    return `${this.error.message}. Run ${this.runId} stopped: ${where}. Fix the cause, then rerun with --resume.`
+    // The cause's message may end in a sentence mark of its own (a question).
+    const cause = /[.?!]$/.test(this.error.message) ? this.error.message : `${this.error.message}.`
+    return `${cause} Run ${this.runId} stopped: ${where}. Fix the cause, then resume with \`${this.resume}\`.`
   }
 }
 

@@ -721,8 +721,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           )
           if (error._tag === "CheckpointUnavailable") return yield* error
           // Every commit before the failure was recorded (else the failure would be the store's).
-          const { cursor, rotated, runId } = yield* Ref.get(state)
-          return yield* new RunFailed({ error, runId, rotated, cursor })
+          const { cursor, rotated, runId, scope } = yield* Ref.get(state)
+          return yield* new RunFailed({ error, runId, rotated, cursor, resume: scope.resumeCommand })
         })
       ),
       publishing

@@ -336,8 +336,8 @@ const ticketIds = (ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<stri
   const bad = ids.find((id) => !idPattern.test(id))
   return bad === undefined ? Effect.succeed(ids) : Effect.fail(
     new SchemaMismatch({
-      detail: `ticket id "${bad.slice(0, 40)}" is not a uuid as 32 lowercase hex characters, the only ids this tool ` +
-        `can page and checkpoint`
+      detail: `ticket id "${bad.slice(0, 40)}" is not a uuid as 32 lowercase hex characters`,
+      hint: "this tool can only page and checkpoint tickets by such ids"
     })
   )
 }

@@ -17,7 +17,7 @@ import {
 } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { eventLoopTurn } from "../src/Db.js"
-import { DatabaseError, LockHolder, RunFailed, RunRecord, Scope } from "../src/Domain.js"
+import { DatabaseError, LockHolder, RunFailed, RunRecord, SchemaMismatch, Scope } from "../src/Domain.js"
 import {
   adaptBatchSize,
   keyFraction,
@@ -588,8 +588,20 @@ describe("failures", () => {
 
   it("the failure's line says what is recorded, also when the batch that failed was the first", () => {
     const error = new DatabaseError({ operation: "rotating a batch of tokens", transient: false, detail: "refused" })
-    const line = (cursor: string, rotated: number) => new RunFailed({ error, runId: "r1", rotated, cursor }).message
-    expect(line("", 0)).toContain("Run r1 stopped: no batch had committed yet. Fix the cause")
+    const line = (cursor: string, rotated: number) =>
+      new RunFailed({ error, runId: "r1", rotated, cursor, resume: "regenerate --resume --live-only" }).message
+    expect(line("", 0)).toContain(
+      "Run r1 stopped: no batch had committed yet. Fix the cause, then resume with `regenerate --resume --live-only`."
+    )
+    // A cause that ends in a question mark of its own keeps it alone.
+    const question = new RunFailed({
+      error: new SchemaMismatch({ detail: "ticket id \"x\" is not a uuid" }),
+      runId: "r1",
+      rotated: 0,
+      cursor: "",
+      resume: "regenerate --resume"
+    }).message
+    expect(question).toContain("is DATABASE_URL the right database? Run r1 stopped")
     expect(line("", 300)).toContain(
       "stopped: its first batch did not commit; the 300 tickets rotated by batches after it are committed and recorded."
     )
@@ -610,7 +622,7 @@ describe("failures", () => {
       // The one line says where the run stopped and what to do.
       const message = Option.getOrThrow(failure).message
       expect(message).toContain(`every batch up to id ${saved.cursor} is committed and recorded (20 rotated in all)`)
-      expect(message).toMatch(/crashed.*Fix the cause, then rerun with --resume\.$/)
+      expect(message).toMatch(/crashed.*Fix the cause, then resume with `regenerate --resume`\.$/)
       expect(saved.status).toBe("failed")
       expect(saved.retries).toBe(0) // a failure that is not retried is not counted as a retry
       expect(saved.error).toContain("crashed")

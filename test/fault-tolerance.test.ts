@@ -656,7 +656,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       const errors = failed.stderr.split("\n").filter((l) => l.startsWith("error: "))
       expect(errors, failed.stderr).toHaveLength(1)
       const stopped = errors[0]!.match(
-        /refused by a test trigger.*\. Run \w+ stopped: every batch up to id (\w+) is committed and recorded \((\d+) rotated in all\)\. Fix the cause, then rerun with --resume\.$/
+        /refused by a test trigger.*\. Run \w+ stopped: every batch up to id (\w+) is committed and recorded \((\d+) rotated in all\)\. Fix the cause, then resume with `regenerate --resume`\.$/
       )
       expect(stopped, errors[0]).not.toBeNull()
       const cursor = stopped![1]!
