@@ -368,6 +368,28 @@ export const onOwnConnection = (dialect: Dialect) =>
     })
   )
 
+/**
+ * `effect` as one transaction on a connection of its own (see `onOwnConnection`), begun and committed by
+ * plain statements: a failure rolls it back; an interruption closes the connection, which rolls it back on
+ * the server (`sql.withTransaction` would send a ROLLBACK that nothing can interrupt, and on a connection that
+ * stopped answering it would wait for ever). SQLite: `sql.withTransaction`.
+ */
+export const inOwnTransaction = (dialect: Dialect) =>
+<A, E, R>(
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    dialect === "sqlite" ? sql.withTransaction(effect) : onOwnConnection(dialect)(
+      Effect.gen(function*() {
+        yield* sql.unsafe("START TRANSACTION").raw
+        const result = yield* effect
+        yield* sql.unsafe("COMMIT").raw
+        return result
+      }).pipe(
+        Effect.catchAllCause((cause) => Effect.zipRight(Effect.ignore(sql.unsafe("ROLLBACK").raw), Effect.failCause(cause)))
+      )
+    ))
+
 /** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
 export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
   const handle = setImmediate(() => resume(Effect.void))

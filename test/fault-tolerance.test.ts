@@ -301,21 +301,26 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     await expectRetriedToEnd(await run.result, before)
   })
 
-  it("the server stops answering mid-run (no error, no closed socket): statements time out, are killed, and go on fresh connections", async () => {
-    const proxy = await freezingProxy(db.url)
-    try {
-      const before = await snapshot()
-      const run = spawnCli(["regenerate", "--json", "--statement-timeout", "2", ...throttle], {
-        env: env({ DATABASE_URL: proxy.url })
-      })
-      await untilRotating(admin, before)
-      // Every connection open now is lost for good; new ones hang at their handshake for 4 s.
-      proxy.freeze(4_000)
-      await expectRetriedToEnd(await run.result, before)
-    } finally {
-      await proxy.close()
+  it.each(["Redis", "the checkpoint table"])(
+    "the server stops answering mid-run (no error, no closed socket), checkpoints in %s: statements time out, are killed, and go on fresh connections",
+    async (store) => {
+      const proxy = await freezingProxy(db.url)
+      try {
+        const before = await snapshot()
+        // Small batches at concurrency 8: more connections open (and lost) at once, idle ones among them.
+        const flags = ["--batch-size", "100", "--concurrency", "8", "--max-rows-per-second", "15000"]
+        const run = spawnCli(["regenerate", "--json", "--statement-timeout", "2", ...flags], {
+          env: store === "Redis" ? env({ DATABASE_URL: proxy.url }) : { DATABASE_URL: proxy.url }
+        })
+        await untilRotating(admin, before)
+        // Every connection open now is lost for good; new ones hang at their handshake for 4 s.
+        proxy.freeze(4_000)
+        await expectRetriedToEnd(await run.result, before)
+      } finally {
+        await proxy.close()
+      }
     }
-  })
+  )
 
   /** How many transactions wait for a row lock that the transaction `trx` holds. */
   const waitsOn = async (trx: string) =>

@@ -2,24 +2,46 @@
  * The checkpoint store in a table of the database (when REDIS_URL is unset; created by migration 0002):
  * one row per key, leases timed by the database's clock.
  */
-import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type { Store } from "../Checkpoint.js"
-import { affectedRows, describe, isTransient, stateTable, toCount } from "../Db.js"
+import {
+  affectedRows,
+  describe,
+  type Dialect,
+  inOwnTransaction,
+  isTransient,
+  onOwnConnection,
+  stateTable,
+  toCount
+} from "../Db.js"
 import { CheckpointUnavailable } from "../Domain.js"
+
+/**
+ * How long one call to the store may go unanswered: then it counts as a lost connection (retried like one),
+ * its statement is killed and its connection closed. Well above the tool's lock wait (`Db.lockWaitSeconds`).
+ */
+const answerWithin = Duration.seconds(10)
 
 export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect.Effect<Store> =>
   Effect.gen(function*() {
     const name = `table ${stateTable} in ${database}`
-    const call = <A, E>(operation: string, effect: Effect.Effect<A, E>) =>
-      Effect.mapError(effect, (error) =>
-        new CheckpointUnavailable({
-          store: name,
-          operation,
-          detail: describe(error),
-          transient: isTransient(error)
-        }))
+    const dialect = sql.onDialectOrElse({ mysql: (): Dialect => "mysql", orElse: (): Dialect => "sqlite" })
+    /** One call, on a connection of its own (in one transaction when `transaction`), answered in time. */
+    const call = <A, E>(operation: string, effect: Effect.Effect<A, E, SqlClient.SqlClient>, transaction = false) => {
+      const unavailable = (detail: string, transient: boolean) =>
+        new CheckpointUnavailable({ store: name, operation, detail, transient })
+      return (transaction ? inOwnTransaction(dialect)(effect) : onOwnConnection(dialect)(effect)).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql),
+        Effect.mapError((error) => unavailable(describe(error), isTransient(error))),
+        Effect.timeoutFail({
+          duration: answerWithin,
+          onTimeout: () => unavailable(`no answer within ${Duration.format(answerWithin)}`, true)
+        })
+      )
+    }
     // Leases are timed by the database's clock, the one every runner shares: a host whose clock runs ahead
     // must not see a live holder's lease as expired.
     const now = sql.onDialectOrElse({
@@ -72,12 +94,13 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
       setFenced: (key, value, lockKey, holder) =>
         call(
           "writing the checkpoint",
-          sql.withTransaction(Effect.gen(function*() {
+          Effect.gen(function*() {
             const lock = yield* read(lockKey, forUpdate)
             if (Option.isNone(lock) || String(lock.value[0]) !== holder) return false
             yield* sql.unsafe(upsert, [key, value]).raw
             return true
-          }))
+          }),
+          true
         ),
       acquire: (lockKey, holder, ttl) => call("taking the lock", take(lockKey, holder, ttl)),
       swap: (lockKey, expected, holder, ttl) =>
@@ -107,11 +130,12 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
       reclaim: (lockKey, holder, ttl, key, expected) =>
         call(
           "taking the lock back",
-          sql.withTransaction(Effect.gen(function*() {
+          Effect.gen(function*() {
             const record = yield* read(key, forUpdate)
             if (Option.isSome(record) && !expected.includes(String(record.value[0]))) return false
             return yield* take(lockKey, holder, ttl)
-          }))
+          }),
+          true
         ),
       inspect: (lockKey) =>
         call(
