@@ -378,17 +378,22 @@ export const inOwnTransaction = (dialect: Dialect) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    dialect === "sqlite" ? sql.withTransaction(effect) : onOwnConnection(dialect)(
-      Effect.gen(function*() {
-        yield* sql.unsafe("START TRANSACTION").raw
-        const result = yield* effect
-        yield* sql.unsafe("COMMIT").raw
-        return result
-      }).pipe(
-        Effect.catchAllCause((cause) => Effect.zipRight(Effect.ignore(sql.unsafe("ROLLBACK").raw), Effect.failCause(cause)))
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) =>
+      dialect === "sqlite" ? sql.withTransaction(effect) : onOwnConnection(dialect)(
+        Effect.gen(function*() {
+          yield* sql.unsafe("START TRANSACTION").raw
+          const result = yield* effect
+          yield* sql.unsafe("COMMIT").raw
+          return result
+        }).pipe(
+          Effect.catchAllCause((cause) =>
+            Effect.zipRight(Effect.ignore(sql.unsafe("ROLLBACK").raw), Effect.failCause(cause))
+          )
+        )
       )
-    ))
+  )
 
 /** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
 export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
