@@ -48,6 +48,7 @@ const valueFlags = new Set([
   "--concurrency",
   "--max-rows-per-second",
   "--target-batch-ms",
+  "--statement-timeout",
   "--email-domain",
   "--created-after",
   "--created-before",
