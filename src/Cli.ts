@@ -188,6 +188,15 @@ const scopeOptions = Options.all({
   })
 ))
 
+/** Seconds a statement may go unanswered (regenerate, verify). */
+const statementTimeoutFlag = integerBetween("statement-timeout", 1, 86_400).pipe(
+  Options.withDefault(Regenerate.defaults.statementTimeoutSeconds),
+  Options.withDescription(
+    "Seconds a page read or batch may go unanswered before it is abandoned (killed on the server, its " +
+      `connection closed) and retried (1-86400, default ${Regenerate.defaults.statementTimeoutSeconds}).`
+  )
+)
+
 // regenerate
 
 const regenerateOptions = {
@@ -217,13 +226,7 @@ const regenerateOptions = {
     Options.optional,
     Options.withDescription("Adaptive batches: let the batch size (100-10000) follow this time per batch.")
   ),
-  statementTimeout: integerBetween("statement-timeout", 1, 86_400).pipe(
-    Options.withDefault(Regenerate.defaults.statementTimeoutSeconds),
-    Options.withDescription(
-      "Seconds a page read or batch may go unanswered before it is abandoned (killed on the server, its " +
-        `connection closed) and retried (1-86400, default ${Regenerate.defaults.statementTimeoutSeconds}).`
-    )
-  ),
+  statementTimeout: statementTimeoutFlag,
   dryRun: Options.boolean("dry-run").pipe(
     Options.withDescription("Check everything and show the plan; change nothing.")
   ),
@@ -450,10 +453,10 @@ const statusCommand = Command.make(
 
 const verifyCommand = Command.make(
   "verify",
-  { scope: scopeOptions, json: jsonFlag },
-  ({ json, scope }) =>
+  { scope: scopeOptions, json: jsonFlag, statementTimeout: statementTimeoutFlag },
+  ({ json, scope, statementTimeout }) =>
     Effect.gen(function*() {
-      const report = yield* Verify.verify(chosenScope(scope))
+      const report = yield* Verify.verify(chosenScope(scope), Duration.seconds(statementTimeout))
       yield* printReport(report, json, Verify.toJson, Verify.render)
       if (!Verify.isClean(report)) return yield* new VerifyFailed({ summary: Verify.summary(report) })
     })

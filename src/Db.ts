@@ -7,6 +7,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Predicate from "effect/Predicate"
@@ -394,6 +395,27 @@ export const inOwnTransaction = (dialect: Dialect) =>
         )
       )
   )
+
+/**
+ * How long a page read or a batch UPDATE may go unanswered before it counts as a lost connection (see
+ * `answeredWithin`). Without a limit, a half-open TCP connection or a frozen server would hang a run for
+ * hours while its lock is renewed. Well above the tool's lock wait (`lockWaitSeconds`), which answers for
+ * itself.
+ */
+export const defaultStatementTimeout = Duration.minutes(2)
+
+/**
+ * `effect` (a statement on a connection of its own: see `onOwnConnection`) failing as a transient lost
+ * connection when it gets no answer within `timeout`; it is interrupted meanwhile, so killed on the server
+ * and its connection closed.
+ */
+export const answeredWithin =
+  (timeout: Duration.Duration, operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    Effect.timeoutFail(effect, {
+      duration: timeout,
+      onTimeout: () =>
+        new DatabaseError({ operation, transient: true, detail: `no answer within ${Duration.format(timeout)}` })
+    })
 
 /** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
 export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {

@@ -19,7 +19,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
 import { Checkpoint, fingerprint, type HeldLock, refusal, type RunKey } from "./Checkpoint.js"
-import { Db, letEventLoopTurn } from "./Db.js"
+import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn } from "./Db.js"
 import {
   type CheckpointUnavailable,
   DatabaseError,
@@ -65,12 +65,7 @@ export const defaults = {
   concurrency: 8,
   minBatchSize: 100,
   maxBatchSize: 10_000,
-  /**
-   * Without it, a half-open TCP connection or a frozen server would hang the run for hours while its lock
-   * is renewed. Well above InnoDB's lock wait timeout (at most 5 s on the tool's sessions: `Db.lockWaitSeconds`),
-   * which answers for itself.
-   */
-  statementTimeoutSeconds: 120
+  statementTimeoutSeconds: Duration.toSeconds(defaultStatementTimeout)
 } as const
 
 export interface RunSummary {
@@ -114,13 +109,6 @@ export const summaryJson = (summary: RunSummary) => ({
   resumed: summary.resumed,
   note: summary.note
 })
-
-const answeredWithin = (timeout: Duration.Duration, operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.timeoutFail(effect, {
-    duration: timeout,
-    onTimeout: () =>
-      new DatabaseError({ operation, transient: true, detail: `no answer within ${Duration.format(timeout)}` })
-  })
 
 const isRetryable = (error: { readonly _tag: string; readonly transient?: boolean }): boolean =>
   error._tag === "DuplicateToken" || error.transient === true

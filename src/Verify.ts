@@ -2,10 +2,11 @@
  * `verify`: after a run, every ticket of its scope must have been rotated by it (updated at or after the
  * run started) and no two tickets may share a token. Reads keyset pages; never the whole table at once.
  */
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { Checkpoint, runOf } from "./Checkpoint.js"
-import { Db, letEventLoopTurn } from "./Db.js"
+import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn } from "./Db.js"
 import { type DatabaseError, NoRun, retryTransient, type RunRecord, type SchemaMismatch, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TicketRepo } from "./TicketRepo.js"
@@ -25,8 +26,11 @@ export interface VerifyReport {
 
 export const isClean = (report: VerifyReport): boolean => report.notRotated === 0 && report.duplicateTokens === 0
 
-/** Verifies the run of `scope`, or (without one) the run most recently started on this database. */
-export const verify = (scope: Option.Option<Scope>) =>
+/**
+ * Verifies the run of `scope`, or (without one) the run most recently started on this database. A page read
+ * unanswered for `statementTimeout` is tried again, as after a lost connection.
+ */
+export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.Duration = defaultStatementTimeout) =>
   Effect.gen(function*() {
     const repo = yield* TicketRepo
     const checkpoint = yield* Checkpoint
@@ -53,7 +57,13 @@ export const verify = (scope: Option.Option<Scope>) =>
     let notRotated = 0
     const notRotatedSample: Array<string> = []
     while (true) {
-      const page = yield* retried(repo.audit(run.scope, cursor, pageSize, run.startedAt))
+      // A page gets an answer in time, or is tried again (a frozen server must not hang a cron job); the look
+      // for duplicates below is one statement over the whole table, which may rightly take longer.
+      const page = yield* retried(
+        answeredWithin(statementTimeout, "auditing a page of tickets")(
+          repo.audit(run.scope, cursor, pageSize, run.startedAt)
+        )
+      )
       inScope += page.ids.length
       notRotated += page.stale.length
       notRotatedSample.push(...page.stale.slice(0, sampleSize - notRotatedSample.length))

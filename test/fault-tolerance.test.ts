@@ -322,6 +322,24 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     }
   )
 
+  it("verify against a server that stops answering mid-way: the page read times out, is killed, and is read again", async () => {
+    const runEnv = env()
+    expect((await runCli(["regenerate"], { env: runEnv })).code).toBe(0)
+    const proxy = await freezingProxy(db.url)
+    try {
+      // The first page's statement is lost with every connection open; new ones are silent for 3 s.
+      proxy.freezeOn("THEN 1 ELSE 0 END", 3_000)
+      const verified = await runCli(["verify", "--json", "--statement-timeout", "2"], {
+        env: { ...runEnv, DATABASE_URL: proxy.url }
+      })
+      expect(proxy.freezes(), "the proxy saw the page's statement and froze").toBe(1)
+      expect(verified.code, verified.stderr).toBe(0)
+      expect(JSON.parse(verified.stdout)).toMatchObject({ inScope: ticketCount, notRotated: 0, ok: true })
+    } finally {
+      await proxy.close()
+    }
+  })
+
   /** How many transactions wait for a row lock that the transaction `trx` holds. */
   const waitsOn = async (trx: string) =>
     Number(

@@ -126,16 +126,32 @@ export const createRedisPrefix = (prefix = "tt-test") => {
  * A TCP proxy in front of MariaDB that can play a server which stops answering without closing anything (a
  * frozen host, a failover behind a load balancer): `freeze(millis)` stops passing data on every open
  * connection for good — their statements never get an answer, though the sockets stay up — and holds new
- * connections silent for `millis`, after which they work again. `url` is `databaseUrl` through the proxy.
+ * connections silent for `millis`, after which they work again; `freezeOn(text, millis)` does so when a
+ * client first sends `text` (a statement being prepared), that packet included. `url` is `databaseUrl`
+ * through the proxy.
  */
 export const freezingProxy = async (databaseUrl: string) => {
   const links = new Set<{ dead: boolean; close: () => void }>()
   let frozen = false
+  let trigger: { text: string; millis: number } | undefined
+  let freezes = 0
+  const freeze = (millis: number) => {
+    freezes++
+    frozen = true
+    for (const link of links) link.dead = true
+    setTimeout(() => (frozen = false), millis)
+  }
   const server = net.createServer((client) => {
     const upstream = net.connect(mysqlPort, mysqlHost)
     const link = { dead: frozen, close: () => (client.destroy(), upstream.destroy()) }
     links.add(link)
-    client.on("data", (data) => link.dead || upstream.write(data))
+    client.on("data", (data) => {
+      if (trigger !== undefined && data.includes(trigger.text)) {
+        freeze(trigger.millis)
+        trigger = undefined
+      }
+      return link.dead || upstream.write(data)
+    })
     upstream.on("data", (data) => link.dead || client.write(data))
     for (const socket of [client, upstream]) {
       socket.on("error", link.close)
@@ -146,10 +162,11 @@ export const freezingProxy = async (databaseUrl: string) => {
   const { port } = server.address() as net.AddressInfo
   return {
     url: databaseUrl.replace(/@[^/]*\//, `@127.0.0.1:${port}/`),
-    freeze: (millis: number) => {
-      frozen = true
-      for (const link of links) link.dead = true
-      setTimeout(() => (frozen = false), millis)
+    freeze,
+    /** How many times it froze. */
+    freezes: () => freezes,
+    freezeOn: (text: string, millis: number) => {
+      trigger = { text, millis }
     },
     close: () =>
       new Promise<void>((resolve) => {
