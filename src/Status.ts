@@ -73,7 +73,9 @@ export const render = (report: StatusReport): ReadonlyArray<string> =>
       // The total is counted as the run starts: tickets the site adds meanwhile can take `rotated` past it.
       const total = run.total === null
         ? ""
-        : ` / ${run.total} (${Math.min(100, (run.rotated / Math.max(1, run.total)) * 100).toFixed(1)}%` +
+        : run.total === 0 && run.rotated === 0
+        ? " / 0 (no ticket in scope)"
+        : ` / ${run.total} (${Math.min(100, (run.rotated / run.total) * 100).toFixed(1)}%` +
           `${run.rotated > run.total ? "; counted at the start, the site has added tickets since" : ""})`
       const ago = formatDuration(report.now.getTime() - run.updatedAt.getTime())
       return [

@@ -69,6 +69,15 @@ describe("status", () => {
       expect(lines[3]).toMatch(/^ {2}rate: {5}\d+ rows\/s over .* of running, 4 batches, 0 retries$/)
     }))
 
+  it.effect("a completed run of an empty scope: no percentage of nothing", () =>
+    Effect.gen(function*() {
+      const world = new World([])
+      yield* regenerate(options(), Effect.succeed(false)).pipe(Effect.provide(world.layer()))
+      const lines = yield* statusLines(world)
+      expect(lines[1]).toBe("  state:    completed")
+      expect(lines[2]).toBe("  rotated:  0 / 0 (no ticket in scope), cursor -")
+    }))
+
   it.effect("more rotated than counted (the site added tickets after the count): 100 %, and why", () =>
     Effect.gen(function*() {
       const world = yield* afterRun()
