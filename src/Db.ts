@@ -308,13 +308,13 @@ export const sessionSetup = "SET SESSION innodb_lock_wait_timeout = " +
 
 /**
  * A pooled connection reserved for `use`, with the driver's own connection (@effect/sql-mysql2 keeps it as
- * `conn`). If `use` is interrupted (a statement timed out, the run ended), the connection is closed instead
- * of going back to the pool: it may be dead (a server or a network that stopped answering) or still busy
- * with the abandoned statement, and the pool would hand it to the next statement, which would wait behind
- * it for ever.
+ * `conn`) and `close`, which closes it. If `use` is interrupted (a statement timed out, the run ended), the
+ * connection is closed instead of going back to the pool: it may be dead (a server or a network that stopped
+ * answering) or still busy with the abandoned statement, and the pool would hand it to the next statement,
+ * which would wait behind it for ever.
  */
 const reserved = <A, E, R>(
-  use: (connection: Connection, driver: object | undefined) => Effect.Effect<A, E, R>
+  use: (connection: Connection, driver: object | undefined, close: Effect.Effect<void>) => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
   Effect.scoped(Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -323,18 +323,24 @@ const reserved = <A, E, R>(
       ? connection.conn
       : undefined
     const close = Effect.sync(() => {
+      // Out of the pool (mysql2's destroy), and the socket torn down: destroy only half-closes it, and a socket
+      // whose peer never answers would keep the process from exiting for many minutes.
       if (Predicate.hasProperty(driver, "destroy") && Predicate.isFunction(driver.destroy)) driver.destroy()
+      const stream = Predicate.hasProperty(driver, "stream") ? driver.stream : undefined
+      if (Predicate.hasProperty(stream, "destroy") && Predicate.isFunction(stream.destroy)) stream.destroy()
     })
-    return yield* Effect.onInterrupt(use(connection, driver), () => close)
+    return yield* Effect.onInterrupt(use(connection, driver, close), () => close)
   }))
 
 /**
- * Kills the statement running on server thread `thread`, on a connection of its own, waiting 5 s at most:
- * when the server has stopped answering, the pool may have no connection to spare (the hung statements hold
- * them) and the one it gives may be dead too. What is still under way then goes on in the background.
+ * Ends the server's session `thread` (`KILL CONNECTION`): its statement, and any transaction it holds open
+ * with its row locks, which a client that cannot reach it any more would leave there for hours. On a
+ * connection of its own, waiting 5 s at most: when the server has stopped answering, the pool may have no
+ * connection to spare (the hung statements hold them) and the one it gives may be dead too. What is still
+ * under way then goes on in the background.
  */
-const killQuery = (thread: number) =>
-  reserved((connection) => connection.executeUnprepared(`KILL QUERY ${thread}`, [], undefined)).pipe(
+const killSession = (thread: number) =>
+  reserved((connection) => connection.executeUnprepared(`KILL CONNECTION ${thread}`, [], undefined)).pipe(
     Effect.disconnect,
     // Interruptible although it runs as a finalizer, so that the timeout can end it.
     Effect.interruptible,
@@ -343,58 +349,67 @@ const killQuery = (thread: number) =>
   )
 
 /**
+ * `effect`'s statements in the session of `connection`: set up with the settings above, once per session;
+ * and if `effect` is interrupted, the session is ended on the server (see `killSession`).
+ */
+const inSession = <A, E, R>(connection: Connection, driver: object | undefined, effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    // The driver's connection identifies the session across reservations; its thread id names it on the server.
+    if (driver === undefined || !sessionsSetUp.has(driver)) {
+      yield* connection.executeUnprepared(sessionSetup, [], undefined)
+      if (driver !== undefined) sessionsSetUp.add(driver)
+    }
+    const thread = Predicate.hasProperty(driver, "threadId") ? Number(driver.threadId) : NaN
+    return yield* effect.pipe(
+      Effect.provideService(SqlClient.TransactionConnection, [connection, 0] as const),
+      Effect.onInterrupt(() => Number.isSafeInteger(thread) && thread > 0 ? killSession(thread) : Effect.void)
+    )
+  })
+
+/**
  * Runs `effect`'s statements on a pooled connection of their own (MySQL; SQLite has one connection and
- * nothing to do): the connection's session gets the settings above, once; and if `effect` is
- * interrupted — the run ends while the count still runs, a statement timed out — its statement is killed on
- * the server (`KILL QUERY`) instead of running on to its end, which holds the pool open at exit and, for a
- * write, its row locks, and the connection is closed (see `reserved`).
+ * nothing to do), in a session with the settings above; if `effect` is interrupted — the run ends while the
+ * count still runs, a statement timed out — its session is ended on the server instead of running its
+ * statement to the end (which holds the pool open at exit and, for a write, its row locks), and the
+ * connection is closed (see `reserved`).
  */
 export const onOwnConnection = (dialect: Dialect) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
-  dialect === "sqlite" ? effect : reserved((connection, driver) =>
-    Effect.gen(function*() {
-      // The driver's connection identifies the session across reservations; its thread id names the statement
-      // to kill.
-      if (driver === undefined || !sessionsSetUp.has(driver)) {
-        yield* connection.executeUnprepared(sessionSetup, [], undefined)
-        if (driver !== undefined) sessionsSetUp.add(driver)
-      }
-      const thread = Predicate.hasProperty(driver, "threadId") ? Number(driver.threadId) : NaN
-      return yield* effect.pipe(
-        Effect.provideService(SqlClient.TransactionConnection, [connection, 0] as const),
-        Effect.onInterrupt(() => Number.isSafeInteger(thread) && thread > 0 ? killQuery(thread) : Effect.void)
-      )
-    })
-  )
+  dialect === "sqlite" ? effect : reserved((connection, driver) => inSession(connection, driver, effect))
 
 /**
  * `effect` as one transaction on a connection of its own (see `onOwnConnection`), begun and committed by
- * plain statements: a failure rolls it back; an interruption closes the connection, which rolls it back on
- * the server (`sql.withTransaction` would send a ROLLBACK that nothing can interrupt, and on a connection that
- * stopped answering it would wait for ever). SQLite: `sql.withTransaction`.
+ * plain statements (not prepared: MySQL refuses START TRANSACTION as a prepared statement). A failure rolls
+ * it back, and if even the ROLLBACK fails the connection is closed rather than pooled with the transaction
+ * open; an interruption closes it too, which rolls the transaction back on the server (`sql.withTransaction`
+ * would send a ROLLBACK that nothing can interrupt, and on a connection that stopped answering it would wait
+ * for ever). SQLite: `sql.withTransaction`.
  */
 export const inOwnTransaction = (dialect: Dialect) =>
 <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
-  Effect.flatMap(
-    SqlClient.SqlClient,
-    (sql) =>
-      dialect === "sqlite" ? sql.withTransaction(effect) : onOwnConnection(dialect)(
+  dialect === "sqlite"
+    ? Effect.flatMap(SqlClient.SqlClient, (sql) => sql.withTransaction(effect))
+    : reserved((connection, driver, close) => {
+      const statement = (text: string) => connection.executeUnprepared(text, [], undefined)
+      return inSession(
+        connection,
+        driver,
         Effect.gen(function*() {
-          yield* sql.unsafe("START TRANSACTION").raw
+          yield* statement("START TRANSACTION")
           const result = yield* effect
-          yield* sql.unsafe("COMMIT").raw
+          yield* statement("COMMIT")
           return result
         }).pipe(
           Effect.catchAllCause((cause) =>
-            Effect.zipRight(Effect.ignore(sql.unsafe("ROLLBACK").raw), Effect.failCause(cause))
+            statement("ROLLBACK").pipe(Effect.catchAll(() => close), Effect.zipRight(Effect.failCause(cause)))
           )
         )
       )
-  )
+    })
 
 /**
  * How long a page read or a batch UPDATE may go unanswered before it counts as a lost connection (see

@@ -540,19 +540,24 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
 
     // Token values stay inside this function: only counts and ticket ids leave it.
     const duplicates = "SELECT `token` FROM `ticket` GROUP BY `token` HAVING COUNT(*) > 1"
-    const duplicateTokens = Effect.gen(function*() {
-      const values = yield* sql.unsafe(`SELECT COUNT(*) FROM (${duplicates}) d`).values
-      const count = toCount(values[0]?.[0])
-      if (count === 0) return { values: 0, sample: [] }
-      const tokens = (yield* sql.unsafe(`${duplicates} LIMIT 5`).values).map((row) => String(row[0]))
-      const sample = yield* sql.unsafe(
-        `SELECT \`id\` FROM \`ticket\` WHERE \`token\` IN (${
-          tokens.map(() => "?").join(", ")
-        }) ORDER BY \`id\` LIMIT 10`,
-        tokens
-      ).values
-      return { values: count, sample: sample.map((row) => String(row[0])) }
-    }).pipe(Effect.mapError(databaseError("looking for duplicate tokens")))
+    // On a connection of its own, like every other read: Ctrl-C during it ends its session on the server
+    // rather than leaving the pool's close waiting behind it.
+    const duplicateTokens = own(
+      "looking for duplicate tokens",
+      Effect.gen(function*() {
+        const values = yield* sql.unsafe(`SELECT COUNT(*) FROM (${duplicates}) d`).values
+        const count = toCount(values[0]?.[0])
+        if (count === 0) return { values: 0, sample: [] }
+        const tokens = (yield* sql.unsafe(`${duplicates} LIMIT 5`).values).map((row) => String(row[0]))
+        const sample = yield* sql.unsafe(
+          `SELECT \`id\` FROM \`ticket\` WHERE \`token\` IN (${
+            tokens.map(() => "?").join(", ")
+          }) ORDER BY \`id\` LIMIT 10`,
+          tokens
+        ).values
+        return { values: count, sample: sample.map((row) => String(row[0])) }
+      })
+    )
 
     return TicketRepo.of({
       checkSchema: Effect.provideService(requireSchema, SqlClient.SqlClient, sql),

@@ -483,7 +483,7 @@ describe.skipIf(!servicesAvailable)("the SQL TicketRepo on MariaDB", () => {
     }))
     // The layer (and its pool) closed at once rather than after the 60 s statement.
     expect((Date.now() - started) / 1000).toBeLessThan(30)
-    // Killed on the server: gone from its process list within moments (KILL QUERY returns before that).
+    // Killed on the server: gone from its process list within moments (KILL CONNECTION returns before that).
     await until("the statement is gone from the server", async () => (await running()) === 0, { timeoutMs: 5_000 })
   })
 
