@@ -392,6 +392,13 @@ const runRegenerate = (flags: RegenerateFlags) =>
     )
   })
 
+/** A command's failure as the fields of its JSON object under --json. */
+const failureJson = (error: unknown) => ({
+  error: isAppError(error) ? error._tag : "InternalError",
+  message: isAppError(error) ? error.message : String(error),
+  exitCode: isAppError(error) ? exitCodeOf(error) : 1
+})
+
 const regenerate = Command.make(
   "regenerate",
   { flags: validatedRegenerateOptions },
@@ -412,9 +419,7 @@ const regenerate = Command.make(
             Effect.flatMap(Ref.get(failed), (summary) =>
               Console.log(JSON.stringify({
                 ...Option.match(summary, { onNone: () => ({ status: "failed" }), onSome: Regenerate.summaryJson }),
-                error: isAppError(error) ? error._tag : "InternalError",
-                message: isAppError(error) ? error.message : String(error),
-                exitCode: isAppError(error) ? exitCodeOf(error) : 1
+                ...failureJson(error)
               })))
           )
         )
@@ -429,6 +434,17 @@ const jsonFlag = Options.boolean("json").pipe(Options.withDescription("Print one
 
 /** No scope flags means "the run most recently started on this database". */
 const chosenScope = (scope: Scope) => (Scope.all.flags === scope.flags ? Option.none() : Option.some(scope))
+
+/**
+ * Under --json, a failure is a JSON object on stdout too (the one-line error still goes to stderr), as for
+ * `regenerate`: `{"ok": false, "error": …, "message": …, "exitCode": …}`. A failed verification has printed
+ * its report already.
+ */
+const failingAsJson = <A, E, R>(effect: Effect.Effect<A, E, R>, { json }: { readonly json: boolean }) =>
+  json
+    ? Effect.tapError(effect, (error) =>
+      error instanceof VerifyFailed ? Effect.void : Console.log(JSON.stringify({ ok: false, ...failureJson(error) })))
+    : effect
 
 /** Prints a report as JSON or as lines. */
 const printReport = <R>(report: R, json: boolean, toJson: (r: R) => unknown, render: (r: R) => ReadonlyArray<string>) =>
@@ -448,7 +464,8 @@ const statusCommand = Command.make(
   Command.withDescription(
     "Show the current or last run: state, progress, rate, lock holder. The scope flags pick the run of that scope."
   ),
-  Command.provide(Checkpoint.layer.pipe(Layer.provideMerge(Db.layer({ maxConnections: 1 }))))
+  Command.provide(Checkpoint.layer.pipe(Layer.provideMerge(Db.layer({ maxConnections: 1 })))),
+  Command.transformHandler(failingAsJson)
 )
 
 const verifyCommand = Command.make(
@@ -465,7 +482,8 @@ const verifyCommand = Command.make(
     "Check that the last run rotated every ticket of its scope and that tokens are unique. The scope flags pick " +
       "the run of that scope."
   ),
-  Command.provide(({ json }) => appLayer(1, json ? "silent" : Progress.detectMode()))
+  Command.provide(({ json }) => appLayer(1, json ? "silent" : Progress.detectMode())),
+  Command.transformHandler(failingAsJson)
 )
 
 const root = Command.make("ticket-tokens").pipe(

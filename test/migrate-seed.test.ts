@@ -48,6 +48,16 @@ describe("migrate and seed on the embedded SQLite database", () => {
     expect(Fs.existsSync(Path.join(cwd, "data"))).toBe(false)
   })
 
+  it("under --json, a failure is also one JSON object on stdout (regenerate, status, verify alike)", async () => {
+    for (const args of [["regenerate", "--json"], ["status", "--json"], ["verify", "--json"]]) {
+      const r = await expectExit(cli(args), 2)
+      expect(JSON.parse(r.stdout), describeResult(r)).toMatchObject({ error: "SchemaMissing", exitCode: 2 })
+      expect(r.stdout.trim().split("\n")).toHaveLength(1)
+      expect(r.stderr).toMatch(/^error: .*migrate/)
+    }
+    expect(Fs.existsSync(Path.join(cwd, "data"))).toBe(false)
+  })
+
   it("migrates, and a second migrate says the schema is up to date", async () => {
     const first = await expectExit(cli(["migrate"]), 0)
     expect(first.stderr).toContain("0001_create_tables")
