@@ -127,14 +127,6 @@ const isDuplicateToken = (error: unknown): boolean => {
 }
 
 /**
- * For the few statements that run before a run's own retries apply (naming the database, probing the
- * server's settings): a transient driver failure — a killed or lost connection — is tried again on a fresh
- * connection, on the one retry schedule.
- */
-export const retryingTransient: <A, R>(effect: Effect.Effect<A, SqlError, R>) => Effect.Effect<A, SqlError, R> =
-  retryTransient<SqlError>(isTransient)
-
-/**
  * A connection the server killed or lost while a statement ran: worth a fresh connection even for the
  * client's first `SELECT 1`, where a refused or silent server is reported at once instead.
  */
@@ -247,8 +239,10 @@ const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
     ? Effect.succeed(`sqlite:${target.filename === ":memory:" ? ":memory:" : Fs.realpathSync(target.filename)}`)
     : sql<{ host: string; port: unknown; db: string; autocommit: unknown }>`
         SELECT @@hostname AS host, @@port AS port, DATABASE() AS db, @@SESSION.autocommit AS autocommit`.pipe(
-      retryingTransient,
-      Effect.mapError(unreachable(target)),
+      probe("naming the database", databaseError("naming the database")),
+      retryingDatabase,
+      Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.mapError((error) => unreachable(target)(error.cause ?? error)),
       Effect.flatMap(([row]) =>
         // Every statement here is its own transaction; with autocommit off (the server's setting or an
         // init_connect) no batch would ever commit while the checkpoint moved on.
@@ -422,15 +416,48 @@ export const defaultStatementTimeout = Duration.minutes(2)
 /**
  * `effect` (a statement on a connection of its own: see `onOwnConnection`) failing as a transient lost
  * connection when it gets no answer within `timeout`; it is interrupted meanwhile, so killed on the server
- * and its connection closed.
+ * and its connection closed. `why` says what may keep the answer away.
  */
 export const answeredWithin =
-  (timeout: Duration.Duration, operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  (timeout: Duration.Duration, operation: string, why?: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     Effect.timeoutFail(effect, {
       duration: timeout,
       onTimeout: () =>
-        new DatabaseError({ operation, transient: true, detail: `no answer within ${Duration.format(timeout)}` })
+        new DatabaseError({
+          operation,
+          transient: true,
+          detail: `no answer within ${Duration.format(timeout)}${why === undefined ? "" : ` (${why})`}`
+        })
     })
+
+/**
+ * How long one of the tool's short statements may go unanswered (a schema check, the server's identity, a
+ * call to the checkpoint table): then it counts as a lost connection, tried again, its statement killed and
+ * its connection closed. Well above the tool's lock wait (`lockWaitSeconds`).
+ */
+export const probeTimeout = Duration.seconds(10)
+
+/** The dialect of `sql`. */
+export const dialectOf = (sql: SqlClient.SqlClient): Dialect =>
+  sql.onDialectOrElse({ mysql: (): Dialect => "mysql", orElse: (): Dialect => "sqlite" })
+
+/**
+ * `effect`, a short statement before the work, on a connection of its own (see `onOwnConnection`) and
+ * answered within `probeTimeout` (`why` says what may keep the answer away); a driver failure becomes
+ * `failure`'s error. One attempt: see `retryingDatabase`.
+ */
+export const probe = <E>(operation: string, failure: (error: SqlError) => E, why?: string) =>
+<A>(
+  effect: Effect.Effect<A, SqlError, SqlClient.SqlClient>
+): Effect.Effect<A, E | DatabaseError, SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => onOwnConnection(dialectOf(sql))(effect)).pipe(
+    Effect.mapError(failure),
+    answeredWithin(probeTimeout, operation, why)
+  )
+
+/** `effect` tried again, on the one retry schedule, while it fails with a transient `DatabaseError`. */
+export const retryingDatabase = <A, E extends { readonly _tag: string }, R>(effect: Effect.Effect<A, E, R>) =>
+  retryTransient((error: E) => error instanceof DatabaseError && error.transient)(effect)
 
 /** One turn of Node's event loop: every timer, socket and fiber waiting on it moves on meanwhile. */
 export const eventLoopTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
@@ -466,30 +493,43 @@ export const missingTable = (error: unknown) => /doesn't exist|no such table/i.t
 const missingColumn = (error: unknown) => /unknown column|no such column|has no column/i.test(describe(error))
 
 /**
- * Fails with `SchemaMissing` (saying `missing`, and to run `migrate`) when `table` does not exist, or
- * `SchemaMismatch` when it lacks one of `columns`.
+ * A table's metadata lock that a schema change waits for (queued behind the site's long transaction) holds
+ * every later statement on the table, the tool's schema check included, for as long.
  */
-export const requireTable = (
-  table: string,
-  columns: ReadonlyArray<string>,
-  missing: string,
-  condition = "1 = 0"
-): Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =>
+const tableLockedWhy = "the server stopped answering, or the table is locked: a schema change waiting for " +
+  "a long transaction, say; SHOW PROCESSLIST tells"
+
+/**
+ * Fails with `SchemaMissing` (saying `missing`, and to run `migrate`) when `table` does not exist, or
+ * `SchemaMismatch` when it lacks one of `columns`. One attempt, bounded in time (see `probe`).
+ */
+const checkTable = (table: string, columns: ReadonlyArray<string>, missing: string, condition = "1 = 0") =>
   Effect.flatMap(
     SqlClient.SqlClient,
     (sql) =>
       sql.unsafe(`SELECT ${columns.map((c) => `\`${c}\``).join(", ")} FROM \`${table}\` WHERE ${condition}`).pipe(
-        retryingTransient,
-        Effect.asVoid,
-        Effect.mapError((error): SchemaMissing | SchemaMismatch | DatabaseError =>
-          missingTable(error)
-            ? new SchemaMissing({ detail: missing })
-            : missingColumn(error)
-            ? new SchemaMismatch({ detail: `table ${table}: ${describe(error)}` })
-            : databaseError(`checking table ${table}`)(error)
-        )
+        probe(
+          `checking table ${table}`,
+          (error): SchemaMissing | SchemaMismatch | DatabaseError =>
+            missingTable(error)
+              ? new SchemaMissing({ detail: missing })
+              : missingColumn(error)
+              ? new SchemaMismatch({ detail: `table ${table}: ${describe(error)}` })
+              : databaseError(`checking table ${table}`)(error),
+          tableLockedWhy
+        ),
+        Effect.asVoid
       )
   )
+
+/** `checkTable`, a transient failure (a lost connection, no answer in time) tried again. */
+export const requireTable = (
+  table: string,
+  columns: ReadonlyArray<string>,
+  missing: string,
+  condition?: string
+): Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =>
+  retryingDatabase(checkTable(table, columns, missing, condition))
 
 /**
  * On MySQL, that `ticket.token` holds a token's 32 characters: a narrower column would fail every batch,
@@ -501,8 +541,7 @@ const tokenFits = Effect.flatMap(SqlClient.SqlClient, (sql) =>
       sql<{ width: unknown }>`
         SELECT CHARACTER_MAXIMUM_LENGTH AS width FROM information_schema.COLUMNS
         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ticket' AND COLUMN_NAME = 'token'`.pipe(
-        retryingTransient,
-        Effect.mapError(databaseError("checking table ticket")),
+        probe("checking table ticket", databaseError("checking table ticket")),
         Effect.flatMap(([row]) => {
           const width = toCount(row?.width)
           return width >= 32 ? Effect.void : new SchemaMismatch({
@@ -514,17 +553,24 @@ const tokenFits = Effect.flatMap(SqlClient.SqlClient, (sql) =>
     orElse: () => Effect.void
   }))
 
-/** Fails with `SchemaMissing` (point to `migrate`) or `SchemaMismatch` unless the app's tables are usable. */
-export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
+/**
+ * Fails with `SchemaMissing` (point to `migrate`) or `SchemaMismatch` unless the app's tables are usable.
+ * One attempt, each statement bounded in time (see `probe`): the caller retries.
+ */
+export const schemaCheck: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
   Effect.zipRight(
     Effect.forEach(
       Object.entries(appTables),
       ([table, columns]) =>
-        requireTable(table, columns, `the database has no ticket schema (table ${table} does not exist)`),
+        checkTable(table, columns, `the database has no ticket schema (table ${table} does not exist)`),
       { discard: true }
     ),
     tokenFits
   )
+
+/** `schemaCheck`, a transient failure (a lost connection, no answer in time) tried again. */
+export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError, SqlClient.SqlClient> =
+  retryingDatabase(schemaCheck)
 
 /**
  * Whether one of the tables `migrate` creates does not exist; fails with `SchemaMismatch` when one that

@@ -227,11 +227,11 @@ export const transientRetry = Schedule.exponential("100 millis", 2).pipe(
  * for every retry actually made — not for a failure that is not retried, nor for the one that exhausts the
  * schedule.
  */
-export const retryTransient = <E>(
+export const retryTransient = <E, R2 = never>(
   retryable: (error: E) => boolean | Effect.Effect<boolean>,
-  onRetry: (error: E) => Effect.Effect<void> = () => Effect.void
+  onRetry: (error: E) => Effect.Effect<void, never, R2> = () => Effect.void
 ) =>
-<A, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+<A, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | R2> => {
   const schedule = transientRetry.pipe(
     Schedule.whileInputEffect((error: E) => {
       const verdict = retryable(error)

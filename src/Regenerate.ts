@@ -115,14 +115,22 @@ const isRetryable = (error: { readonly _tag: string; readonly transient?: boolea
 
 /**
  * A step before the batches (the schema check, the lock, reading the checkpoint, the count): a transient
- * failure — a killed connection, a Redis hiccup — is retried on the same schedule as a batch, uncounted.
+ * failure — a killed connection, a Redis hiccup, no answer in time — is retried on the same schedule as a
+ * batch, uncounted, each retry said in a notice (nothing else shows yet that the run is waiting).
  */
-const settled = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(
+const settled = <A, E extends { readonly _tag: string; readonly transient?: boolean; readonly message: string }, R>(
   effect: Effect.Effect<A, E, R>,
   stopRequested: Effect.Effect<boolean> = Effect.succeed(false)
 ) =>
-  // Ctrl-C while the server is away: the failure is the answer, not another 30 s of retries.
-  retryTransient((error: E) => isRetryable(error) ? Effect.map(stopRequested, (stop) => !stop) : false)(effect)
+  retryTransient(
+    // Ctrl-C while the server is away: the failure is the answer, not another 30 s of retries.
+    (error: E) => isRetryable(error) ? Effect.map(stopRequested, (stop) => !stop) : false,
+    (error: E) =>
+      Effect.flatMap(
+        Progress,
+        (progress) => progress.emit(ProgressEvent.Notice({ text: `${error.message}; trying again` }))
+      )
+  )(effect)
 
 /** Position of an id in the uniform hex key space between `min` and `max` (0..1), from its first 13 digits. */
 export const keyFraction = (cursor: string, min: string, max: string): number | undefined => {
@@ -329,7 +337,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const db = yield* Db
     const startedAt = yield* Clock.currentTimeMillis
 
-    yield* settled(repo.checkSchema, stopRequested)
+    yield* settled(answeredWithin(options.statementTimeout, "checking the schema")(repo.checkSchema), stopRequested)
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
@@ -744,7 +752,7 @@ export const plan = (options: RegenerateOptions) =>
     const repo = yield* TicketRepo
     const checkpoint = yield* Checkpoint
     const db = yield* Db
-    yield* settled(repo.checkSchema)
+    yield* settled(answeredWithin(options.statementTimeout, "checking the schema")(repo.checkSchema))
     const key: RunKey = { database: db.identity, scope: options.scope }
     // Refused first where the run would be: while another live process holds the lock, or the lock entry is
     // damaged (which only a restart replaces).

@@ -13,8 +13,9 @@ import {
   datetime,
   Db,
   letEventLoopTurn,
+  probe,
   requireSchema,
-  retryingTransient,
+  retryingDatabase,
   statementText,
   writeError
 } from "./Db.js"
@@ -199,7 +200,7 @@ const loadIds = (table: "user" | "order") =>
       const rows = yield* sql.unsafe(`SELECT \`id\` FROM \`${table}\` WHERE \`id\` > ? ORDER BY \`id\` LIMIT 20000`, [
         cursor
       ])
-        .values.pipe(retryingTransient, Effect.mapError(databaseError(`reading ${table} ids`)))
+        .values.pipe(probe(`reading ${table} ids`, databaseError(`reading ${table} ids`)), retryingDatabase)
       if (rows.length === 0) return pool
       const ids = rows.map((row) => String(row[0]))
       const bad = ids.find((id) => !idPattern.test(id))

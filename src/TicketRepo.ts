@@ -16,10 +16,10 @@ import {
   databaseError,
   datetime,
   Db,
-  describe,
   onOwnConnection,
-  requireSchema,
-  retryingTransient,
+  probe,
+  retryingDatabase,
+  schemaCheck,
   statementText,
   toCount,
   writeError
@@ -433,14 +433,14 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
           "SELECT `IS_NULLABLE` FROM information_schema.`COLUMNS` " +
             "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `COLUMN_NAME` = 'token'"
         ).values.pipe(
-          retryingTransient,
+          probe("reading the token column's definition", databaseError("reading the token column's definition")),
+          retryingDatabase,
+          Effect.provideService(SqlClient.SqlClient, sql),
           Effect.map(([row]) => String(row?.[0]) === "NO"),
           Effect.catchAll((error) =>
             Effect.as(
               Effect.logWarning(
-                `could not read the token column's definition (${
-                  describe(error)
-                }): every batch goes by key (correct, slower)`
+                `could not read the token column's definition (${error.detail}): every batch goes by key (correct, slower)`
               ),
               false
             )
@@ -560,7 +560,7 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
     )
 
     return TicketRepo.of({
-      checkSchema: Effect.provideService(requireSchema, SqlClient.SqlClient, sql),
+      checkSchema: Effect.provideService(schemaCheck, SqlClient.SqlClient, sql),
       page,
       rotate,
       canSpan: (scope) => Effect.map(rangesRefusable, (refusable) => refusable && scope.everyTicket),

@@ -6,8 +6,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { Checkpoint, runOf } from "./Checkpoint.js"
-import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn } from "./Db.js"
-import { type DatabaseError, NoRun, retryTransient, type RunRecord, type SchemaMismatch, type Scope } from "./Domain.js"
+import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn, retryingDatabase } from "./Db.js"
+import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { TicketRepo } from "./TicketRepo.js"
 
@@ -36,7 +36,9 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
     const checkpoint = yield* Checkpoint
     const progress = yield* Progress
     const db = yield* Db
-    yield* repo.checkSchema
+    // A read that meets a transient failure (a killed connection, a lost server) is tried again on a fresh
+    // connection: on a live site, a long verify should not fail for a hiccup.
+    yield* retryingDatabase(answeredWithin(statementTimeout, "checking the schema")(repo.checkSchema))
     const found = yield* runOf(checkpoint, db.identity, scope)
     if (Option.isNone(found)) {
       return yield* new NoRun({
@@ -47,11 +49,6 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
     const run = found.value
     yield* progress.emit(ProgressEvent.Started({ label: "verify", base: 0, throttle: undefined }))
     if (run.total !== null) yield* progress.emit(ProgressEvent.Total({ total: run.total }))
-    // A read that meets a transient failure (a killed connection, a lost server) is tried again on a fresh
-    // connection: on a live site, a long verify should not fail for a hiccup.
-    const retried = retryTransient((error: DatabaseError | SchemaMismatch) =>
-      error._tag === "DatabaseError" && error.transient
-    )
     let cursor = ""
     let inScope = 0
     let notRotated = 0
@@ -59,7 +56,7 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
     while (true) {
       // A page gets an answer in time, or is tried again (a frozen server must not hang a cron job); the look
       // for duplicates below is one statement over the whole table, which may rightly take longer.
-      const page = yield* retried(
+      const page = yield* retryingDatabase(
         answeredWithin(statementTimeout, "auditing a page of tickets")(
           repo.audit(run.scope, cursor, pageSize, run.startedAt)
         )
@@ -72,7 +69,7 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
       cursor = page.through
       yield* letEventLoopTurn(db.dialect)
     }
-    const duplicates = yield* retried(repo.duplicateTokens)
+    const duplicates = yield* retryingDatabase(repo.duplicateTokens)
     yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
     return {
       database: db.display,

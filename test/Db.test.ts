@@ -4,6 +4,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Ref, TestClock } from "effect"
 import * as Db from "../src/Db.js"
+import type { DatabaseError } from "../src/Domain.js"
 
 const mysqlError = (errno: number, code: string, sqlMessage: string, fatal = false) =>
   new SqlError({
@@ -62,8 +63,8 @@ describe("driver errors", () => {
   })
 })
 
-describe("retryingTransient", () => {
-  const failingFirst = (failures: number, error: SqlError) =>
+describe("retryingDatabase", () => {
+  const failingFirst = (failures: number, error: DatabaseError) =>
     Effect.gen(function*() {
       const attempts = yield* Ref.make(0)
       const effect = Ref.updateAndGet(attempts, (n) => n + 1).pipe(
@@ -71,12 +72,12 @@ describe("retryingTransient", () => {
       )
       return { attempts, effect }
     })
-  const killed = mysqlError(1927, "ER_CONNECTION_KILLED", "Connection was killed")
+  const killed = Db.databaseError("testing")(mysqlError(1927, "ER_CONNECTION_KILLED", "Connection was killed"))
 
   it.effect("tries a killed statement again on the one retry schedule (from 100 ms, doubling, jittered), then succeeds", () =>
     Effect.gen(function*() {
       const { attempts, effect } = yield* failingFirst(2, killed)
-      const fiber = yield* Effect.fork(Db.retryingTransient(effect))
+      const fiber = yield* Effect.fork(Db.retryingDatabase(effect))
       // First delay 100 ms ± 20 %, the second 200 ms ± 20 %.
       yield* TestClock.adjust("79 millis")
       expect(yield* Ref.get(attempts)).toBe(1)
@@ -91,7 +92,7 @@ describe("retryingTransient", () => {
   it.effect("gives up after ten retries, with the last error", () =>
     Effect.gen(function*() {
       const { attempts, effect } = yield* failingFirst(100, killed)
-      const fiber = yield* Effect.fork(Db.retryingTransient(effect))
+      const fiber = yield* Effect.fork(Db.retryingDatabase(effect))
       yield* TestClock.adjust("2 minutes")
       expect(yield* Fiber.await(fiber)).toEqual(Exit.fail(killed))
       expect(yield* Ref.get(attempts)).toBe(11)
@@ -99,9 +100,11 @@ describe("retryingTransient", () => {
 
   it.effect("does not retry an error that a retry cannot fix", () =>
     Effect.gen(function*() {
-      const missing = mysqlError(1146, "ER_NO_SUCH_TABLE", "Table 'x.ticket' doesn't exist")
+      const missing = Db.databaseError("testing")(
+        mysqlError(1146, "ER_NO_SUCH_TABLE", "Table 'x.ticket' doesn't exist")
+      )
       const { attempts, effect } = yield* failingFirst(1, missing)
-      expect(yield* Effect.exit(Db.retryingTransient(effect))).toEqual(Exit.fail(missing))
+      expect(yield* Effect.exit(Db.retryingDatabase(effect))).toEqual(Exit.fail(missing))
       expect(yield* Ref.get(attempts)).toBe(1)
     }))
 })

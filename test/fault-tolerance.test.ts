@@ -340,6 +340,53 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     }
   })
 
+  it("a schema change queued behind a site's long transaction as the run starts: the schema check waits 10 s at most, says so, and is tried again", async () => {
+    const site = await adminConnection(db.name)
+    const migration = await adminConnection(db.name)
+    /** The sessions whose statement is the run's schema check, waiting for the table. */
+    const waitingForTable = async () =>
+      ((await admin.query(
+        "SELECT `ID` AS `id` FROM information_schema.`PROCESSLIST` " +
+          "WHERE `DB` = ? AND `STATE` = 'Waiting for table metadata lock' AND `INFO` LIKE '%FROM `ticket` WHERE 1 = 0%'",
+        [db.name]
+      ))[0] as Array<{ id: number }>).map((row) => Number(row.id))
+    try {
+      const before = await snapshot()
+      // The site's transaction has read the table; the change needs it alone, and every later statement on
+      // the table queues behind the change (MariaDB's lock_wait_timeout is a day by default).
+      await site.query("BEGIN")
+      await site.query("SELECT COUNT(*) FROM `ticket`")
+      const altered = migration.query("ALTER TABLE `ticket` COMMENT = 'changed while a run started'")
+      const run = spawnCli(["regenerate", "--json"], { env: env() })
+      let waiting: Array<number> = []
+      await until(
+        "the run's schema check waits for the table",
+        async () => (waiting = await waitingForTable()).length > 0,
+        {
+          everyMs: 200
+        }
+      )
+      await until("the run says it is trying again", () => run.output().stderr.includes("trying again"), {
+        timeoutMs: 20_000
+      })
+      expect(run.output().stderr).toContain(
+        "database error while checking table ticket: no answer within 10s (the server stopped answering, or the " +
+          "table is locked"
+      )
+      // The statement given up does not stay queued on the server: its session was ended.
+      expect(await waitingForTable()).not.toContain(waiting[0])
+      await site.query("COMMIT")
+      await altered
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(0)
+      expect(parseJsonSummary(result).status).toBe("completed")
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await site.end()
+      await migration.end()
+    }
+  })
+
   /** How many transactions wait for a row lock that the transaction `trx` holds. */
   const waitsOn = async (trx: string) =>
     Number(

@@ -10,26 +10,24 @@ import type { Store } from "../Checkpoint.js"
 import {
   affectedRows,
   describe,
-  type Dialect,
+  dialectOf,
   inOwnTransaction,
   isTransient,
   onOwnConnection,
+  probeTimeout,
   stateTable,
   toCount
 } from "../Db.js"
 import { CheckpointUnavailable } from "../Domain.js"
 
-/**
- * How long one call to the store may go unanswered: then it counts as a lost connection (retried like one),
- * its statement is killed and its connection closed. Well above the tool's lock wait (`Db.lockWaitSeconds`).
- */
-const answerWithin = Duration.seconds(10)
-
 export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect.Effect<Store> =>
   Effect.gen(function*() {
     const name = `table ${stateTable} in ${database}`
-    const dialect = sql.onDialectOrElse({ mysql: (): Dialect => "mysql", orElse: (): Dialect => "sqlite" })
-    /** One call, on a connection of its own (in one transaction when `transaction`), answered in time. */
+    const dialect = dialectOf(sql)
+    /**
+     * One call, on a connection of its own (in one transaction when `transaction`), answered within
+     * `probeTimeout` (else it counts as a lost connection, retried like one).
+     */
     const call = <A, E>(operation: string, effect: Effect.Effect<A, E, SqlClient.SqlClient>, transaction = false) => {
       const unavailable = (detail: string, transient: boolean) =>
         new CheckpointUnavailable({ store: name, operation, detail, transient })
@@ -37,8 +35,8 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
         Effect.provideService(SqlClient.SqlClient, sql),
         Effect.mapError((error) => unavailable(describe(error), isTransient(error))),
         Effect.timeoutFail({
-          duration: answerWithin,
-          onTimeout: () => unavailable(`no answer within ${Duration.format(answerWithin)}`, true)
+          duration: probeTimeout,
+          onTimeout: () => unavailable(`no answer within ${Duration.format(probeTimeout)}`, true)
         })
       )
     }
