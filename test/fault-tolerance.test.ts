@@ -783,10 +783,22 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       await refused(runEnv, `redis key ${lockKey} on `, /a run lock whose value is not a lock holder/)
       await redis.set(lockKey, leaseless)
       await refused(runEnv, `redis key ${lockKey} on `, /a run lock without a lease/)
+      // Another program's data under the key: not a string at all (GET would answer WRONGTYPE).
+      await redis.del(lockKey)
+      await redis.hset(lockKey, "a", "b")
+      await refused(runEnv, `redis key ${lockKey} on `, /a run lock whose value is not a lock holder/)
       // What the message says to do when no run is going: delete it, resume.
       await redis.del(lockKey)
       await resumeToEnd(runEnv)
       expectAllRotated(initial, await readTickets())
+      expect(await redis.exists(lockKey)).toBe(0)
+      // Or --restart, which replaces it, whatever its type.
+      const again = await stoppedRun(runEnv)
+      await redis.hset(lockKey, "a", "b")
+      const restarted = await runCli(["regenerate", "--restart", "--json"], { env: runEnv })
+      expect(restarted.code, restarted.stderr).toBe(0)
+      expect(parseJsonSummary(restarted).status).toBe("completed")
+      expectAllRotated(again, await readTickets())
       expect(await redis.exists(lockKey)).toBe(0)
     } finally {
       redis.disconnect()

@@ -12,6 +12,15 @@ import type { RedisTarget } from "../Config.js"
 import { describe } from "../Db.js"
 import { CheckpointCorrupt, CheckpointUnavailable, RedisRefused, RedisUnavailable } from "../Domain.js"
 
+/**
+ * Lua: the value of the lock key `KEYS[1]` as the lock scripts compare it — false when there is none, and
+ * for a key of another type (another program's data) a text that no holder is, which a restart's swap can
+ * name to replace it (`GET` would fail with WRONGTYPE, for a restart too).
+ */
+const lockValue = `local function held() local t = redis.call('TYPE', KEYS[1]).ok ` +
+  `if t == 'string' then return redis.call('GET', KEYS[1]) elseif t == 'none' then return false end ` +
+  `return 'a Redis ' .. t .. ', not a string' end `
+
 const scripts = {
   setFenced: {
     numberOfKeys: 2,
@@ -19,8 +28,8 @@ const scripts = {
   },
   swap: {
     numberOfKeys: 1,
-    lua:
-      `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end`
+    lua: lockValue +
+      `if held() == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end`
   },
   renew: {
     numberOfKeys: 1,
@@ -39,7 +48,7 @@ const scripts = {
   },
   inspect: {
     numberOfKeys: 1,
-    lua: `return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}`
+    lua: lockValue + `return {held(), redis.call('PTTL', KEYS[1])}`
   }
 } as const
 
