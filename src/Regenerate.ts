@@ -268,12 +268,18 @@ const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
 /** Applies the resume rules: the record to run, or (`done`) the completed run there is nothing to do for. */
 const startingRecord = (key: RunKey, options: RegenerateOptions) =>
   Effect.gen(function*() {
-    const supersedes = Option.none<RunRecord>() // only a new run replaces a completed one
+    const supersedes = Option.none<RunRecord>() // only a new run replaces one
     const checkpoint = yield* Checkpoint
     const now = yield* Clock.currentTimeMillis
     if (options.mode === "restart") {
-      // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced.
-      return { record: freshRecord(key, options, now), done: false, supersedes }
+      // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced; a readable run is named.
+      const abandoned = yield* checkpoint.load(key).pipe(
+        Effect.catchTags({
+          CheckpointCorrupt: () => Effect.succeed(Option.none()),
+          ForeignCheckpoint: () => Effect.succeed(Option.none())
+        })
+      )
+      return { record: freshRecord(key, options, now), done: false, supersedes: abandoned }
     }
     const existing = yield* checkpoint.load(key)
     // The latest run on the database when it is unfinished and of another scope: an operator who left out
@@ -343,11 +349,15 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
     const { done, record: starting, supersedes } = yield* settled(startingRecord(key, options), stopRequested)
     if (Option.isSome(supersedes)) {
-      // A plain rerun (from the shell's history, say) replaces every token just issued: say so before it does.
+      // A rerun (from the shell's history, say) replaces every token just issued, and a restart the progress
+      // of the run it abandons: say so before it does.
       const previous = supersedes.value
       yield* progress.emit(ProgressEvent.Notice({
-        text: `run ${previous.runId} on this scope completed at ${previous.updatedAt.toISOString()}; this new ` +
-          `run gives every ticket in scope a new token again (Ctrl-C stops it, resumably)`
+        text: previous.finished
+          ? `run ${previous.runId} on this scope completed at ${previous.updatedAt.toISOString()}; this new ` +
+            `run gives every ticket in scope a new token again (Ctrl-C stops it, resumably)`
+          : `run ${previous.runId} on this scope (${previous.status}, ${previous.rotated} rotated) is abandoned; ` +
+            `this new run starts over from the first ticket (Ctrl-C stops it, resumably)`
       }))
     }
     if (options.maxRowsPerSecond !== undefined && options.maxRowsPerSecond < options.batchSize) {
@@ -762,14 +772,8 @@ export const plan = (options: RegenerateOptions) =>
       if (refused !== undefined) return yield* refused
     }
     const starting = yield* startingRecord(key, options)
-    // The record as stored (a resume would mark it running); a restart replaces whatever is there,
-    // unreadable or foreign included.
-    const existing = options.mode === "start" ? starting.supersedes : yield* checkpoint.load(key).pipe(
-      Effect.catchTags({
-        CheckpointCorrupt: () => Effect.succeed(Option.none()),
-        ForeignCheckpoint: () => Effect.succeed(Option.none())
-      })
-    )
+    // The record as stored (a resume would mark it running), or the one the new run replaces.
+    const existing = options.mode === "resume" ? yield* checkpoint.load(key) : starting.supersedes
     const total = options.count ? Option.some(yield* repo.count(options.scope)) : Option.none<number>()
     const action = starting.done ? "nothing" : options.mode
     return { database: db.display, store: checkpoint.store, action, existing, holder, total } satisfies Plan

@@ -942,14 +942,30 @@ describe("resume rules", () => {
       expect(resumed).toMatchObject({ status: "completed", resumed: true })
     }))
 
-  it.effect("--restart abandons the unfinished run and starts a new one", () =>
+  it.effect("--restart abandons the unfinished run and starts a new one, saying which run it replaces", () =>
     Effect.gen(function*() {
+      const notices = (world: World) =>
+        world.progress.flatMap((e) => e._tag === "Notice" ? [e.text] : []).filter((t) => t.includes("on this scope"))
       const world = yield* interrupted()
-      const before = record(world).runId
+      const before = record(world)
       const summary = yield* runIn(world, { mode: "restart" })
-      expect(summary.runId).not.toBe(before)
+      expect(summary.runId).not.toBe(before.runId)
       expect(summary.rotated).toBe(60)
       expect(summary.resumed).toBe(false)
+      expect(notices(world)).toEqual([
+        `run ${before.runId} on this scope (interrupted, ${before.rotated} rotated) is abandoned; this new run ` +
+        "starts over from the first ticket (Ctrl-C stops it, resumably)"
+      ])
+      // Over a completed run, a restart gives every token again, as a plain rerun does: said the same way.
+      const completed = record(world)
+      expect(completed).toMatchObject({ runId: summary.runId, status: "completed" })
+      world.progress.length = 0
+      const again = yield* runIn(world, { mode: "restart" })
+      expect(notices(world)).toEqual([
+        `run ${completed.runId} on this scope completed at ${completed.updatedAt.toISOString()}; ` +
+        "this new run gives every ticket in scope a new token again (Ctrl-C stops it, resumably)"
+      ])
+      expect(again.rotated).toBe(60)
     }))
 
   it.effect("a corrupt checkpoint is an error, not 'no checkpoint'; --restart recovers", () =>
