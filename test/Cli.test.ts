@@ -111,11 +111,17 @@ describe("flags the argument parser would misreport", () => {
     )
   })
 
-  it("an unknown seed target and an unknown log level are named as such, not as an unknown top-level command", () => {
+  it("an unknown or misplaced seed target and an unknown log level are named as such, not as an unknown top-level command", () => {
     expect(argvProblem(argv("seed", "widgets"))).toBe(
       "there is no `seed widgets`: seed one of users, orders, tickets (see seed --help)"
     )
     expect(argvProblem(argv("seed", "tickets", "--count", "5"))).toBeUndefined()
+    expect(argvProblem(argv("seed", "--count", "5", "tickets"))).toBe(
+      "seed takes the table first, then its flags: seed users|orders|tickets --count N (see seed --help)"
+    )
+    for (const args of [["seed", "--help"], ["seed", "-h"], ["seed", "--log-level", "debug", "users"]]) {
+      expect(argvProblem(argv(...args)), args.join(" ")).toBeUndefined()
+    }
     for (const args of [["regenerate", "--log-level", "loud"], ["status", "--log-level=loud"]]) {
       expect(argvProblem(argv(...args))).toBe(
         "--log-level must be one of all, trace, debug, info, warning, error, fatal, none"
