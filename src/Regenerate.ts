@@ -440,6 +440,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 
     // Progress denominators, off the critical path: the count runs beside the first batches.
     const range = yield* Ref.make(Option.none<readonly [string, string]>())
+    const estimating = !options.count && starting.total === null
     if (options.count) {
       yield* settled(repo.count(options.scope)).pipe(
         Effect.tap((total) => amend(() => ({ total }))),
@@ -447,7 +448,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
         Effect.catchAll((error) => Effect.logWarning(`could not count the scope: ${error.message}`)),
         Effect.forkScoped
       )
-    } else if (starting.total === null) {
+    } else if (estimating) {
       // Without a count (a resumed run counted before has its total: progress is exact, no estimate).
       yield* settled(repo.idRange).pipe(
         Effect.tap((r) => Ref.set(range, r)),
@@ -656,14 +657,15 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           // Not a stall: a sparse scope can go a while between batches while its pages read on.
           yield* progress.emit(ProgressEvent.Advanced({ rows: 0 }))
         }
+        // Whether or not the id range has come back yet: the batches after the first may all be spans.
+        if (estimating && item._tag === "Batch" && !(yield* Ref.getAndSet(idsChecked, true)) && !uniformIds(item.ids)) {
+          yield* progress.emit(ProgressEvent.Notice({
+            text: "note: many ids here are not random (v4) uuids — time-ordered ids cluster in the key space, " +
+              "so the estimated % and ETA may be far off; without --no-count progress is exact"
+          }))
+        }
         const bounds = yield* Ref.get(range)
         if (Option.isSome(bounds)) {
-          if (item._tag === "Batch" && !(yield* Ref.getAndSet(idsChecked, true)) && !uniformIds(item.ids)) {
-            yield* progress.emit(ProgressEvent.Notice({
-              text: "note: many ids here are not random (v4) uuids — time-ordered ids cluster in the key space, " +
-                "so the estimated % and ETA may be far off; without --no-count progress is exact"
-            }))
-          }
           const fraction = keyFraction((yield* Ref.get(state)).cursor, bounds.value[0], bounds.value[1])
           if (fraction !== undefined) {
             yield* progress.emit(ProgressEvent.Estimate({ fraction }))

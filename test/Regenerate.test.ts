@@ -320,6 +320,12 @@ describe("regenerate", () => {
       expect(world.table.calls).toMatchObject({ span: 2, page: 4 })
       // The test ids are hashes, not v4 uuids: the first batch's ids were checked, and the estimate is doubted.
       expect(world.progress.some((e) => e._tag === "Notice" && e.text.includes("not random"))).toBe(true)
+      // So they are when the id range comes back only after the first batch, and spans alone follow.
+      const late = new World(makeTickets(50), { idRange: Effect.sleep("1 hour") })
+      late.table.spans = true
+      expect(yield* runIn(late, { batchSize: 10, concurrency: 2, count: false })).toMatchObject({ rotated: 50 })
+      expect(late.progress.some((e) => e._tag === "Estimate")).toBe(false)
+      expect(late.progress.some((e) => e._tag === "Notice" && e.text.includes("not random"))).toBe(true)
     }))
 
   it.effect("an empty scope completes at once", () =>

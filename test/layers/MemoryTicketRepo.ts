@@ -29,6 +29,8 @@ export interface Faults {
   readonly checkSchema?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly page?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly rotate?: (n: number, ids: ReadonlyArray<string>) => Fault | undefined
+  /** The read of the id range (under --no-count), before it answers. */
+  readonly idRange?: Effect.Effect<void, DatabaseError>
   /** `verify`'s reads: its pages, then its look for duplicate tokens, counted together. */
   readonly audit?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
 }
@@ -229,10 +231,13 @@ export class MemoryTable {
         ),
       spanIds: (span) => Effect.sync(() => this.idsIn(span)),
       count: (scope) => Effect.sync(() => ++this.calls.count && this.sorted.filter(inScope(scope)).length),
-      idRange: Effect.sync(() =>
-        this.sorted.length === 0
-          ? Option.none()
-          : Option.some([this.sorted[0]!.id, this.sorted[this.sorted.length - 1]!.id] as const)
+      idRange: Effect.zipRight(
+        Effect.suspend(() => this.faults.idRange ?? Effect.void),
+        Effect.sync(() =>
+          this.sorted.length === 0
+            ? Option.none()
+            : Option.some([this.sorted[0]!.id, this.sorted[this.sorted.length - 1]!.id] as const)
+        )
       ),
       audit: (scope, after, limit, since) =>
         Effect.zipRight(
