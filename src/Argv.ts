@@ -78,10 +78,9 @@ export const argvProblem = (argv: ReadonlyArray<string>, interactive = true): st
     return `there is no \`seed ${target}\`: seed one of ${seedTargets.join(", ")} (see seed --help)`
   }
   // A flag before the target (`seed --count 5 users`): the parser would list the top-level commands too.
-  if (target !== undefined && target.startsWith("-") && !["--help", "-h", "--wizard"].includes(target)) {
-    if (!target.startsWith("--log-level")) {
-      return `seed takes the table first, then its flags: seed ${seedTargets.join("|")} --count N (see seed --help)`
-    }
+  const allowedFirst = ["--help", "-h", "--wizard", "--log-level"]
+  if (target?.startsWith("-") === true && !allowedFirst.some((flag) => target.split("=")[0] === flag)) {
+    return `seed takes the table first, then its flags: seed ${seedTargets.join("|")} --count N (see seed --help)`
   }
   const level = args.findIndex((arg) => arg === "--log-level" || arg.startsWith("--log-level="))
   const levelValue = level === -1

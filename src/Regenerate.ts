@@ -268,7 +268,7 @@ const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
 /** Applies the resume rules: the record to run, or (`done`) the completed run there is nothing to do for. */
 const startingRecord = (key: RunKey, options: RegenerateOptions) =>
   Effect.gen(function*() {
-    const supersedes = Option.none<RunRecord>() // only a new run replaces one
+    const supersedes = Option.none<RunRecord>() // nothing replaced, unless the run is a new one
     const checkpoint = yield* Checkpoint
     const now = yield* Clock.currentTimeMillis
     if (options.mode === "restart") {
