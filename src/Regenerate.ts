@@ -36,7 +36,7 @@ import {
   UnfinishedRun
 } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
-import { type Span, TicketRepo } from "./TicketRepo.js"
+import { checkSchemaWithin, type Span, TicketRepo } from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
 
@@ -343,7 +343,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const db = yield* Db
     const startedAt = yield* Clock.currentTimeMillis
 
-    yield* settled(answeredWithin(options.statementTimeout, "checking the schema")(repo.checkSchema), stopRequested)
+    yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
@@ -764,7 +764,7 @@ export const plan = (options: RegenerateOptions) =>
     const repo = yield* TicketRepo
     const checkpoint = yield* Checkpoint
     const db = yield* Db
-    yield* settled(answeredWithin(options.statementTimeout, "checking the schema")(repo.checkSchema))
+    yield* settled(checkSchemaWithin(options.statementTimeout))
     const key: RunKey = { database: db.identity, scope: options.scope }
     // Refused first where the run would be: while another live process holds the lock, or the lock entry is
     // damaged (which only a restart replaces).

@@ -6,6 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -13,6 +14,7 @@ import * as Option from "effect/Option"
 import { randomBytes } from "node:crypto"
 import {
   affectedRows,
+  answeredWithin,
   databaseError,
   datetime,
   Db,
@@ -133,6 +135,13 @@ export interface TicketRepoService {
 }
 
 export class TicketRepo extends Context.Tag("TicketRepo")<TicketRepo, TicketRepoService>() {}
+
+/**
+ * The repository's schema check, answered within `timeout` as a whole (each of its statements gets
+ * `Db.probeTimeout` at most too): a run's or a verify's `--statement-timeout` bounds it when lower.
+ */
+export const checkSchemaWithin = (timeout: Duration.Duration) =>
+  Effect.flatMap(TicketRepo, (repo) => answeredWithin(timeout, "checking the schema")(repo.checkSchema))
 
 /** A validated integer for LIMIT: MySQL 8.0.22+ rejects a bound LIMIT in prepared statements, so it is spliced. */
 const limitOf = (limit: number): number => {

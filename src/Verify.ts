@@ -9,7 +9,7 @@ import { Checkpoint, runOf } from "./Checkpoint.js"
 import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn, retryingDatabase } from "./Db.js"
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
-import { TicketRepo } from "./TicketRepo.js"
+import { checkSchemaWithin, TicketRepo } from "./TicketRepo.js"
 
 const pageSize = 10_000
 const sampleSize = 5
@@ -38,7 +38,7 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
     const db = yield* Db
     // A read that meets a transient failure (a killed connection, a lost server) is tried again on a fresh
     // connection: on a live site, a long verify should not fail for a hiccup.
-    yield* retryingDatabase(answeredWithin(statementTimeout, "checking the schema")(repo.checkSchema))
+    yield* retryingDatabase(checkSchemaWithin(statementTimeout))
     const found = yield* runOf(checkpoint, db.identity, scope)
     if (Option.isNone(found)) {
       return yield* new NoRun({
