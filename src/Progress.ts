@@ -257,9 +257,9 @@ const barWidths = { min: 10, max: 30 } as const
  * The first of these layouts that fits beside a bar of at least 10 cells is drawn, its bar widened into
  * what is left (up to 30): label, counts, %, rate, ETA, elapsed, retries and batch size; then without the
  * batch size; then without the label and in short form (`34.6k/s`, single spaces); then without elapsed;
- * then without retries. The state note comes whole ("retrying (database)") if any layout fits it, else
- * without its reason. On the narrowest terminals the bar, then the counts give way to %, rate, ETA and
- * the state. Values are padded, so that the bar keeps its length from one redraw to the next.
+ * then without retries. The state note comes whole ("retrying (database)") while elapsed and retries
+ * still fit beside it, else without its reason; where the note says why there is no ETA, "ETA -" is left
+ * out. On the narrowest terminals the bar, then the counts give way to %, rate, ETA and the state. Values are padded, so that the bar keeps its length from one redraw to the next.
  */
 export const renderTty = (state: ProgressState, columns: number): string => {
   const fraction = fractionOf(state)
@@ -268,7 +268,11 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   const shown = percent(fraction, state.total === undefined)
   const width = columns - 1
   const rateText = formatRate(rate(state)).padStart(5)
-  const etaText = state.outcome === undefined ? `ETA ${(eta === undefined ? "-" : formatDuration(eta)).padEnd(5)}` : ""
+  const full = note(state)
+  // No ETA once the run is over; none, either, where the state note says why there is none (retrying…).
+  const etaText = state.outcome !== undefined || (eta === undefined && full !== "")
+    ? ""
+    : `ETA ${(eta === undefined ? "-" : formatDuration(eta)).padEnd(5)}`
   const elapsed = `elapsed ${formatDuration(state.now - state.startedAt).padEnd(5)}`
   const retries = `retries ${state.retries}`
   const batch = state.batchSize === undefined ? "" : `batch ${state.batchSize}`
@@ -283,9 +287,9 @@ export const renderTty = (state: ProgressState, columns: number): string => {
       [shortHead, join([`${rateText}/s`, etaText, retries, text], " ")],
       [shortHead, join([`${rateText}/s`, etaText, text], " ")]
     ] as const
-  const full = note(state)
   const withoutReason = full.replace(/ \(.*\)$/, "")
-  const candidates = [...layouts(full), ...layouts(withoutReason)]
+  // The note's reason ("(database)") gives way before elapsed and retries, which the line promises, do.
+  const candidates = [...layouts(full).slice(0, 3), ...layouts(withoutReason)]
   // Room left for a bar ("[", "] " and its cells) beside a layout; without a total there is no bar.
   const barRoom = ([head, tail]: readonly [string, string]) => width - head.length - tail.length - 3
   const needed = fraction === undefined ? -3 : barWidths.min

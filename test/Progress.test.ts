@@ -150,7 +150,7 @@ describe("rendering", () => {
     const running = play(steady(10, 5000))
     expect(renderTty(running, 42)).toMatch(/^50,000\/100,000 50\.0% 5000 rows\/s ETA \d+s$/)
     expect(renderTty(running, 40)).toMatch(/^50\.0% 5000 rows\/s ETA \d+s$/)
-    expect(renderTty(state, 40)).toBe("50.0% 5000 rows/s ETA - retrying")
+    expect(renderTty(state, 40)).toBe("50.0% 5000 rows/s retrying")
   })
 
   it("on an 80-column terminal keeps counts, %, a bar, rate, ETA, elapsed, retries and the state; the label and batch size give way", () => {
@@ -160,9 +160,15 @@ describe("rendering", () => {
     // A million tickets, a long run: still all of them.
     const million = renderTty(play(steady(100, 6000, 1_000_000)), 80)
     expect(million).toMatch(/^600,000\/1,000,000 60\.0% \[[█░]{10,}\] +6000\/s ETA \S+ +elapsed 1m40s retries 0$/)
-    // The state note is kept whole before the extras are.
-    const retrying = renderTty(play([...steady(10, 5000), [10_000, E.Retried({ reason: "database" })]]), 80)
-    expect(retrying).toMatch(/^50,000\/100,000 50\.0% \[[█░]{10,}\] +5000\/s ETA - +retrying \(database\)$/)
+    // While retrying there is no ETA, and the note says why (no "ETA -"); the note's reason gives way
+    // before elapsed and retries do.
+    const retryingState = play([...steady(10, 5000), [10_000, E.Retried({ reason: "database" })]])
+    expect(renderTty(retryingState, 80)).toMatch(
+      /^50,000\/100,000 50\.0% \[[█░]{10,}\] +5000\/s elapsed 10s +retries 1 retrying$/
+    )
+    expect(renderTty(retryingState, 100)).toMatch(
+      /^50,000\/100,000 50\.0% \[[█░]{10,}\] +5000\/s elapsed 10s +retries 1 retrying \(database\)$/
+    )
     const wide = renderTty(play(steady(10, 5000)), 200)
     expect(wide).toMatch(
       /^regenerate 50,000\/100,000 50\.0% \[[█░]{30}\] +5000 rows\/s {2}ETA \d+s +elapsed 10s +retries 0 {2}batch 1000$/
@@ -171,9 +177,9 @@ describe("rendering", () => {
     expect(renderTty(play(steady(10, 5000, null)), 100)).toMatch(
       /^regenerate 50,000 +5000 rows\/s {2}ETA - +elapsed 10s +retries 0 {2}batch 1000$/
     )
-    // A huge table on 76 columns: the reason goes before the bar would.
+    // A huge table on 76 columns: the reason goes before the bar or the retries count would.
     const huge = renderTty(play([...steady(10, 5000, 250_000_000), [10_000, E.Retried({ reason: "checkpoint" })]]), 76)
-    expect(huge).toMatch(/^50,000\/250,000,000 0\.0% \[░{10,}\] +5000\/s ETA - +retries 1 retrying$/)
+    expect(huge).toMatch(/^50,000\/250,000,000 0\.0% \[░{10,}\] +5000\/s retries 1 retrying$/)
     // The bar keeps its length from one redraw to the next while the layout does.
     const bars = [10, 11, 12, 13].map((seconds) =>
       renderTty(play(steady(seconds, 5000)), 80).match(/\[[█░]+\]/)?.[0].length
