@@ -156,20 +156,53 @@ export const withParserErrorsAsLines = <A, E, R>(effect: Effect.Effect<A, E, R>)
 
 const ansiEscape = /\x1b\[[0-9;?]*[A-Za-z]/g
 
+/** The widest usage a help page's command list shows whole; a longer one is the command and `[flags]`. */
+const usageShownWhole = 32
+
+/**
+ * A help page's command list, readable: @effect/cli pads every entry to its longest usage, and
+ * `regenerate`'s, every flag, is some 400 columns wide, so each line of the list wrapped across the
+ * terminal. A usage longer than 32 columns is cut to the command and `[flags]` (its own --help lists
+ * them), and the descriptions are aligned after the longest usage left.
+ */
+export const compactCommandList = (text: string): string => {
+  const lines = text.split("\n")
+  const heading = lines.findIndex((line) => line.replace(ansiEscape, "") === "COMMANDS")
+  if (heading === -1) return text
+  const end = lines.findIndex((line, i) => i > heading && /^\S/.test(line))
+  const list = lines.slice(heading + 1, end === -1 ? lines.length : end)
+  const entries = list.map((line) => /^ {2}- (\S.*?)(?: {2,}(\S.*?))?\s*$/.exec(line) ?? undefined)
+  const usages = entries.map((entry) => {
+    if (entry === undefined) return ""
+    const usage = entry[1]!
+    if (usage.length <= usageShownWhole) return usage
+    const words = usage.split(" ")
+    const flagsAt = words.findIndex((word) => /^[[<-]/.test(word))
+    return `${words.slice(0, flagsAt === -1 ? words.length : flagsAt).join(" ")} [flags]`
+  })
+  const width = Math.max(...usages.map((usage) => usage.length))
+  const compact = list.map((line, i) => {
+    const entry = entries[i]
+    return entry === undefined ? line : `  - ${usages[i]!.padEnd(width)}  ${entry[2] ?? ""}`.trimEnd()
+  })
+  return [...lines.slice(0, heading + 1), ...compact, ...(end === -1 ? [] : lines.slice(end))].join("\n")
+}
+
 /**
  * @effect/cli colours its help and completions whatever the output: plain text on a stream that is not a
  * terminal (a pipe, a file, CI's log) or under NO_COLOR. The program's own output carries no colour anyway.
+ * Its help pages' command lists are made compact (`compactCommandList`).
  */
 export const withPlainTextOffTerminal = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   terminal: { readonly stdout: boolean; readonly stderr: boolean }
 ) =>
   Console.consoleWith((base) => {
-    const plain = (args: ReadonlyArray<unknown>) =>
-      args.map((arg) => typeof arg === "string" ? arg.replace(ansiEscape, "") : arg)
+    const tidy = (args: ReadonlyArray<unknown>, colour: boolean) =>
+      args.map((arg) => typeof arg === "string" ? compactCommandList(colour ? arg : arg.replace(ansiEscape, "")) : arg)
     return Console.withConsole(effect, {
       ...base,
-      log: (...args: ReadonlyArray<unknown>) => terminal.stdout ? base.log(...args) : base.log(...plain(args)),
-      error: (...args: ReadonlyArray<unknown>) => terminal.stderr ? base.error(...args) : base.error(...plain(args))
+      log: (...args: ReadonlyArray<unknown>) => base.log(...tidy(args, terminal.stdout)),
+      error: (...args: ReadonlyArray<unknown>) => base.error(...tidy(args, terminal.stderr))
     })
   })

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
-import { argvProblem, helpFirst, hoistLogLevel, parserErrorLine } from "../src/Argv.js"
+import { argvProblem, compactCommandList, helpFirst, hoistLogLevel, parserErrorLine } from "../src/Argv.js"
 import { isDomainName, parseInstant, resumeCommand } from "../src/Cli.js"
 import { runCli } from "./support/cli.js"
 
@@ -213,5 +213,56 @@ describe("--help among other flags", () => {
     expect(r.code, r.stderr).toBe(0)
     expect(r.stdout).toMatch(/^\$ regenerate \[--live-only\]/m)
     expect(r.stdout).not.toContain("\x1b")
+  })
+})
+
+describe("a help page's command list", () => {
+  it("shows a long usage as the command and [flags], the descriptions aligned after the longest left", () => {
+    const pad = (usage: string) => usage.padEnd(60)
+    const page = [
+      "DESCRIPTION",
+      "",
+      "Does things.",
+      "",
+      "\x1b[0;1mCOMMANDS\x1b[0m",
+      "",
+      `  - ${pad("migrate")}  Create the schema.`,
+      "",
+      `  - ${pad("seed users [--count integer]")}  Insert users.`,
+      "",
+      `  - ${pad("regenerate [--live-only] [--email-domain text] [--batch-size integer]")}  Rotate the tokens.`,
+      `  - ${pad("status")}`,
+      ""
+    ].join("\n")
+    expect(compactCommandList(page)).toBe([
+      "DESCRIPTION",
+      "",
+      "Does things.",
+      "",
+      "\x1b[0;1mCOMMANDS\x1b[0m",
+      "",
+      "  - migrate                       Create the schema.",
+      "",
+      "  - seed users [--count integer]  Insert users.",
+      "",
+      "  - regenerate [flags]            Rotate the tokens.",
+      "  - status",
+      ""
+    ].join("\n"))
+    // Any other output passes as it is.
+    for (const text of ["regenerate: 5/10 rows", "{\"ok\":true}", "  - a  b"]) {
+      expect(compactCommandList(text)).toBe(text)
+    }
+  })
+
+  it("lists every command in the top-level help without padding each to the longest usage", async () => {
+    const r = await runCli(["--help"])
+    expect(r.code, r.stderr).toBe(0)
+    const list = r.stdout.slice(r.stdout.indexOf("COMMANDS"))
+    for (const command of ["migrate", "seed users", "regenerate [flags]", "status [flags]", "verify [flags]"]) {
+      expect(list).toMatch(new RegExp(`^  - ${command.replace(/[[\]]/g, "\\$&")} +\\S`, "m"))
+    }
+    // Each entry is its usage, two spaces or more, its description: no padding to a 400-column usage.
+    for (const line of list.split("\n").filter((l) => l.startsWith("  - "))) expect(line).not.toMatch(/ {40}/)
   })
 })
