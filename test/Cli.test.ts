@@ -219,13 +219,9 @@ describe("--help among other flags", () => {
 describe("a help page's command list", () => {
   it("shows a long usage as the command and [flags], the descriptions aligned after the longest left", () => {
     const pad = (usage: string) => usage.padEnd(60)
+    const top = ["DESCRIPTION", "", "Does things.", "", "\x1b[0;1mCOMMANDS\x1b[0m", ""]
     const page = [
-      "DESCRIPTION",
-      "",
-      "Does things.",
-      "",
-      "\x1b[0;1mCOMMANDS\x1b[0m",
-      "",
+      ...top,
       `  - ${pad("migrate")}  Create the schema.`,
       "",
       `  - ${pad("seed users [--count integer]")}  Insert users.`,
@@ -235,12 +231,7 @@ describe("a help page's command list", () => {
       ""
     ].join("\n")
     expect(compactCommandList(page)).toBe([
-      "DESCRIPTION",
-      "",
-      "Does things.",
-      "",
-      "\x1b[0;1mCOMMANDS\x1b[0m",
-      "",
+      ...top,
       "  - migrate                       Create the schema.",
       "",
       "  - seed users [--count integer]  Insert users.",
