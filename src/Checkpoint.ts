@@ -408,14 +408,15 @@ export const layerSql: Layer.Layer<
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const db = yield* Db
-    // The app's tables first: a database that is not the app's is that, whatever `migrate` would add.
-    yield* requireSchema
-    // Against the app's own database, never migrated by us: say so now, not as a store outage mid-run.
+    // Against the app's own database, never migrated by us: say so now, not as a store outage mid-run; and
+    // a database without the app's tables, or with tables that are not the app's, as that, whatever
+    // `migrate` would add. Otherwise the app's tables are the command's to check (in time, saying so when
+    // one is locked): not here, where nothing could be said.
     yield* requireTable(
       stateTable,
       stateColumns,
       `table ${stateTable} (where checkpoints live when REDIS_URL is unset) does not exist in ${db.display}`
-    )
+    ).pipe(Effect.catchTag("SchemaMissing", (missing) => Effect.zipRight(requireSchema, Effect.fail(missing))))
     return make(yield* makeSqlStore(sql, db.display))
   })
 )

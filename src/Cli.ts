@@ -455,8 +455,9 @@ const statusCommand = Command.make(
   { scope: scopeOptions, json: jsonFlag },
   ({ json, scope }) =>
     Effect.gen(function*() {
-      // A database without the app's tables has no runs to show: say to migrate, as every command does.
-      yield* Db.requireSchema
+      // A database without the app's tables has no runs to show: say to migrate, as every command does (from
+      // the catalogue: a locked ticket table must not hold up a look at the store).
+      yield* Db.requireAppTables
       const report = yield* Status.status(chosenScope(scope))
       yield* printReport(report, json, Status.toJson, Status.render)
     })

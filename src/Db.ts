@@ -573,6 +573,33 @@ export const requireSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch |
   retryingDatabase(schemaCheck)
 
 /**
+ * Fails with `SchemaMissing` (point to `migrate`) unless the app's tables exist, asking the server's
+ * catalogue (SQLite's schema table), not the tables: answered even while one is locked, by a schema change
+ * queued behind a long transaction, say, which holds every statement on the table. For what reads the
+ * checkpoint store alone (`status`). Bounded and retried like `requireSchema`.
+ */
+export const requireAppTables: Effect.Effect<void, SchemaMissing | DatabaseError, SqlClient.SqlClient> = Effect
+  .flatMap(SqlClient.SqlClient, (sql) => {
+    const names = Object.keys(appTables)
+    const listed = names.map((name) => `'${name}'`).join(", ")
+    return sql.unsafe<{ name: unknown }>(sql.onDialectOrElse({
+      mysql: () =>
+        "SELECT `TABLE_NAME` AS `name` FROM information_schema.`TABLES` " +
+        `WHERE \`TABLE_SCHEMA\` = DATABASE() AND \`TABLE_NAME\` IN (${listed})`,
+      orElse: () => `SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (${listed})`
+    })).pipe(
+      probe("checking the schema", databaseError("checking the schema")),
+      Effect.flatMap((rows) => {
+        const missing = names.find((name) => !rows.some((row) => String(row.name) === name))
+        return missing === undefined
+          ? Effect.void
+          : new SchemaMissing({ detail: `the database has no ticket schema (table ${missing} does not exist)` })
+      }),
+      retryingDatabase
+    )
+  })
+
+/**
  * Whether one of the tables `migrate` creates does not exist; fails with `SchemaMismatch` when one that
  * exists is not the app's (so that `migrate` writes nothing beside it).
  */

@@ -113,24 +113,35 @@ export const summaryJson = (summary: RunSummary) => ({
 const isRetryable = (error: { readonly _tag: string; readonly transient?: boolean }): boolean =>
   error._tag === "DuplicateToken" || error.transient === true
 
+/** Completes once a stop has been requested (a flag, looked at every 100 ms, first after 100 ms). */
+const stopSignalled = (stopRequested: Effect.Effect<boolean>) =>
+  Effect.repeat(Effect.delay(stopRequested, "100 millis"), { until: (stop) => stop })
+
 /**
- * A step before the batches (the schema check, the lock, reading the checkpoint, the count): a transient
- * failure — a killed connection, a Redis hiccup, no answer in time — is retried on the same schedule as a
- * batch, uncounted, each retry said in a notice (nothing else shows yet that the run is waiting).
+ * A step before the batches (the schema check, the lock, reading the checkpoint): a transient failure — a
+ * killed connection, a Redis hiccup, no answer in time — is retried on the same schedule as a batch,
+ * uncounted, each retry said in a notice (nothing else shows yet that the command is waiting). Given
+ * `stopRequested` (a run's graceful stop), a stop while the step waits interrupts it (its statement killed
+ * on the server) and the run within 100 ms: nothing is in flight yet (exit 130/143), and a step waiting on
+ * a locked table or an absent server does not hold the exit up.
  */
-const settled = <A, E extends { readonly _tag: string; readonly transient?: boolean; readonly message: string }, R>(
-  effect: Effect.Effect<A, E, R>,
-  stopRequested: Effect.Effect<boolean> = Effect.succeed(false)
-) =>
-  retryTransient(
-    // Ctrl-C while the server is away: the failure is the answer, not another 30 s of retries.
-    (error: E) => isRetryable(error) ? Effect.map(stopRequested, (stop) => !stop) : false,
+export const settled = <
+  A,
+  E extends { readonly _tag: string; readonly transient?: boolean; readonly message: string },
+  R
+>(effect: Effect.Effect<A, E, R>, stopRequested?: Effect.Effect<boolean>) => {
+  const retried = retryTransient(
+    (error: E) => isRetryable(error),
     (error: E) =>
       Effect.flatMap(
         Progress,
         (progress) => progress.emit(ProgressEvent.Notice({ text: `${error.message}; trying again` }))
       )
   )(effect)
+  return stopRequested === undefined
+    ? retried
+    : Effect.raceFirst(retried, Effect.zipRight(stopSignalled(stopRequested), Effect.interrupt))
+}
 
 /** Position of an id in the uniform hex key space between `min` and `max` (0..1), from its first 13 digits. */
 export const keyFraction = (cursor: string, min: string, max: string): number | undefined => {

@@ -9,6 +9,7 @@ import { Checkpoint, runOf } from "./Checkpoint.js"
 import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn, retryingDatabase } from "./Db.js"
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
+import { settled } from "./Regenerate.js"
 import { checkSchemaWithin, TicketRepo } from "./TicketRepo.js"
 
 const pageSize = 10_000
@@ -37,8 +38,8 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
     const progress = yield* Progress
     const db = yield* Db
     // A read that meets a transient failure (a killed connection, a lost server) is tried again on a fresh
-    // connection: on a live site, a long verify should not fail for a hiccup.
-    yield* retryingDatabase(checkSchemaWithin(statementTimeout))
+    // connection: on a live site, a long verify should not fail for a hiccup (the schema check says so).
+    yield* settled(checkSchemaWithin(statementTimeout))
     const found = yield* runOf(checkpoint, db.identity, scope)
     if (Option.isNone(found)) {
       return yield* new NoRun({

@@ -340,23 +340,41 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
     }
   })
 
-  it("a schema change queued behind a site's long transaction as the run starts: the schema check waits 10 s at most, says so, and is tried again", async () => {
+  /** The sessions whose statement is a schema check of the tool's, waiting for the table. */
+  const waitingForTable = async () =>
+    ((await admin.query(
+      "SELECT `ID` AS `id` FROM information_schema.`PROCESSLIST` " +
+        "WHERE `DB` = ? AND `STATE` = 'Waiting for table metadata lock' AND `INFO` LIKE '%FROM `ticket` WHERE 1 = 0%'",
+      [db.name]
+    ))[0] as Array<{ id: number }>).map((row) => Number(row.id))
+
+  /**
+   * Queues a schema change behind a site's transaction that has read the ticket table: the change needs the
+   * table alone, and every later statement on the table queues behind it (MariaDB's lock_wait_timeout is a
+   * day by default). `release` commits the site's transaction and waits for the change.
+   */
+  const queueSchemaChange = async () => {
     const site = await adminConnection(db.name)
     const migration = await adminConnection(db.name)
-    /** The sessions whose statement is the run's schema check, waiting for the table. */
-    const waitingForTable = async () =>
-      ((await admin.query(
-        "SELECT `ID` AS `id` FROM information_schema.`PROCESSLIST` " +
-          "WHERE `DB` = ? AND `STATE` = 'Waiting for table metadata lock' AND `INFO` LIKE '%FROM `ticket` WHERE 1 = 0%'",
-        [db.name]
-      ))[0] as Array<{ id: number }>).map((row) => Number(row.id))
+    await site.query("BEGIN")
+    await site.query("SELECT COUNT(*) FROM `ticket`")
+    const altered = migration.query("ALTER TABLE `ticket` COMMENT = 'changed while a command started'")
+    return {
+      release: async () => {
+        await site.query("COMMIT")
+        await altered
+      },
+      end: async () => {
+        await site.end()
+        await migration.end()
+      }
+    }
+  }
+
+  it("a schema change queued behind a site's long transaction as the run starts: the schema check waits 10 s at most, says so, and is tried again", async () => {
+    const change = await queueSchemaChange()
     try {
       const before = await snapshot()
-      // The site's transaction has read the table; the change needs it alone, and every later statement on
-      // the table queues behind the change (MariaDB's lock_wait_timeout is a day by default).
-      await site.query("BEGIN")
-      await site.query("SELECT COUNT(*) FROM `ticket`")
-      const altered = migration.query("ALTER TABLE `ticket` COMMENT = 'changed while a run started'")
       const run = spawnCli(["regenerate", "--json"], { env: env() })
       let waiting: Array<number> = []
       await until(
@@ -375,15 +393,48 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       )
       // The statement given up does not stay queued on the server: its session was ended.
       expect(await waitingForTable()).not.toContain(waiting[0])
-      await site.query("COMMIT")
-      await altered
+      await change.release()
       const result = await run.result
       expect(result.code, result.stderr).toBe(0)
       expect(parseJsonSummary(result).status).toBe("completed")
       expectAllRotated(before, await readTickets())
     } finally {
-      await site.end()
-      await migration.end()
+      await change.end()
+    }
+  })
+
+  it("the same with checkpoints in the table: the run says it waits, Ctrl-C ends it at once (130); status answers meanwhile", async () => {
+    const change = await queueSchemaChange()
+    try {
+      const before = await snapshot()
+      const tableEnv = { DATABASE_URL: db.url }
+      const run = spawnCli(["regenerate"], { env: tableEnv })
+      await until("the run's schema check waits for the table", async () => (await waitingForTable()).length > 0, {
+        everyMs: 200
+      })
+      // status reads the store alone: the locked table does not hold it up, with either store.
+      for (const statusEnv of [tableEnv, env()]) {
+        const started = Date.now()
+        const status = await runCli(["status", "--json"], { env: statusEnv })
+        // Whatever run it finds in the store (none, exit 2, or an earlier test's): an answer, not a wait.
+        expect([0, 2], status.stderr).toContain(status.code)
+        expect(JSON.parse(status.stdout)).toHaveProperty("database")
+        expect(Date.now() - started).toBeLessThan(5_000)
+      }
+      await until("the run says it is trying again", () => run.output().stderr.includes("trying again"), {
+        timeoutMs: 20_000
+      })
+      const stopped = Date.now()
+      run.child.kill("SIGINT")
+      const result = await run.result
+      expect(result.code, result.stderr).toBe(130)
+      expect(Date.now() - stopped, "not after the 10 s wait for an answer").toBeLessThan(3_000)
+      expect(result.stderr).not.toMatch(/^error:/m)
+      await until("its statement is not left queued", async () => (await waitingForTable()).length === 0)
+      await change.release()
+      await expectUnchanged(before)
+    } finally {
+      await change.end()
     }
   })
 
