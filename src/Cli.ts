@@ -127,24 +127,32 @@ export const isDomainName = (text: string): boolean =>
 
 /**
  * An ISO date (UTC midnight) or date-time with a zone, as an ISO instant. At most milliseconds: a finer
- * bound would be cut silently, and tickets between the two would fall on the wrong side.
+ * bound would be cut silently, and tickets between the two would fall on the wrong side. Within the years
+ * a datetime column holds (1000-9999, in UTC): past them the bound would compare as some other text.
  */
 export const parseInstant = (flag: string, text: string): Either.Either<string, string> => {
   const match = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d{1,3})?)?(Z|[+-]\d{2}:?\d{2}))?$/.exec(
     text
   )
   const [, y, mo, d, h = "00", mi = "00", sec = "00", fraction = "", zone = "Z"] = match ?? []
-  // Each field within its range (JavaScript would roll 2024-02-30 over to 1 March).
-  const wall = new Date(Date.UTC(Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(sec)))
+  // Each field within its range (JavaScript would roll 2024-02-30 over to 1 March; and Date.UTC reads a
+  // year below 100 as 19xx, which setUTCFullYear does not).
+  const wall = new Date(0)
+  wall.setUTCFullYear(Number(y), Number(mo) - 1, Number(d))
+  wall.setUTCHours(Number(h), Number(mi), Number(sec))
   const instant = new Date(`${y}-${mo}-${d}T${h}:${mi}:${sec}${fraction}${zone}`)
-  const valid = match !== null && wall.toISOString().slice(0, 19) === `${y}-${mo}-${d}T${h}:${mi}:${sec}` &&
-    !Number.isNaN(instant.getTime())
-  return valid
-    ? Either.right(instant.toISOString())
-    : Either.left(
+  const valid = match !== null && !Number.isNaN(wall.getTime()) && !Number.isNaN(instant.getTime()) &&
+    wall.toISOString().slice(0, 19) === `${y}-${mo}-${d}T${h}:${mi}:${sec}`
+  if (!valid) {
+    return Either.left(
       `--${flag} must be an ISO date (2024-01-31) or date-time with a zone (2024-01-31T12:00:00Z), ` +
         "to the millisecond at most"
     )
+  }
+  const year = instant.getUTCFullYear()
+  return year >= 1000 && year <= 9999
+    ? Either.right(instant.toISOString())
+    : Either.left(`--${flag} must fall within the years 1000 to 9999 (UTC), as a datetime column does`)
 }
 
 const scopeOptions = Options.all({

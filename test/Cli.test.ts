@@ -71,6 +71,15 @@ describe("--created-after / --created-before", () => {
       expect(Either.isLeft(parseInstant("created-before", text)), text).toBe(true)
     }
   })
+
+  it("refuses a bound outside the years a datetime column holds, which would compare as other text", () => {
+    const range = "--created-after must fall within the years 1000 to 9999 (UTC), as a datetime column does"
+    for (const text of ["9999-12-31T23:59:59.999-01:00", "0999-12-31", "0050-06-01", "0000-01-01T00:00Z"]) {
+      expect(parseInstant("created-after", text), text).toEqual(Either.left(range))
+    }
+    expect(parseInstant("created-after", "9999-12-31T23:59:59.999Z")).toEqual(Either.right("9999-12-31T23:59:59.999Z"))
+    expect(parseInstant("created-after", "1000-01-01T01:00+01:00")).toEqual(Either.right("1000-01-01T00:00:00.000Z"))
+  })
 })
 
 describe("--log-level", () => {
