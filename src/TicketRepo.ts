@@ -197,8 +197,9 @@ const scopeSql = (
     conditions.push("t.`deleted_at` IS NULL", "o.`deleted_at` IS NULL", "u.`deleted_at` IS NULL")
   }
   if (scope.emailDomain !== null) {
-    // The domain is validated (letters, digits, dots, hyphens), so it holds no LIKE wildcard.
-    conditions.push("u.`email` LIKE ?")
+    // The domain is validated (letters, digits, dots, hyphens), so it holds no LIKE wildcard; lowercased,
+    // as the email is here: a column of a binary collation compares case and all.
+    conditions.push("LOWER(u.`email`) LIKE ?")
     params.push(`%@${scope.emailDomain}`)
   }
   const createdAt = keyset === "sqlite" ? "+t.`created_at`" : "t.`created_at`"

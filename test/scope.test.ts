@@ -136,7 +136,9 @@ const inScope = (c: ScopeCase, t: Ticket, parents: Parents) => {
 
 const scopeSuite = (
   name: string,
-  setup: () => Promise<{ tables: Tables; cli: CliOptions; close: () => Promise<void> }>
+  setup: () => Promise<
+    { tables: Tables; cli: CliOptions; close: () => Promise<void>; seeded?: () => Promise<void> }
+  >
 ) =>
   describe(name, () => {
     let tables: Tables
@@ -144,8 +146,10 @@ const scopeSuite = (
     let close = async () => {}
 
     beforeAll(async () => {
-      ;({ cli, close, tables } = await setup())
+      const made = await setup()
+      ;({ cli, close, tables } = made)
       await seedFixture(cli, { users: 30, orders: 300, tickets: 3000 })
+      await made.seeded?.()
       await plantEdgeCases(tables)
     }, 120_000)
 
@@ -193,6 +197,9 @@ describe.skipIf(!servicesAvailable)("scopes on MariaDB", () => {
         rows: async (sql, params = []) => (await admin.query(sql, [...params]))[0] as Array<Record<string, unknown>>,
         exec: async (sql, params = []) => void (await admin.query(sql, [...params]))
       },
+      // Emails of a binary collation (some apps declare one), where the column itself compares case.
+      seeded: async () =>
+        void (await admin.query("ALTER TABLE `user` MODIFY `email` varchar(254) COLLATE utf8mb4_bin NOT NULL")),
       close: async () => {
         await admin.end()
         await db.drop()
