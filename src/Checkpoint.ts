@@ -58,6 +58,8 @@ export interface Store {
   /** `CheckpointCorrupt` when the key holds something that is not a string (another program's data). */
   readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable | CheckpointCorrupt>
   readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
+  /** The keys that start with `prefix` (records are never deleted by the tool: a handful per database). */
+  readonly list: (prefix: string) => Effect.Effect<ReadonlyArray<string>, CheckpointUnavailable>
   /** Sets `key` only while `lockKey` holds `holder`, atomically; false when it does not. */
   readonly setFenced: (
     key: string,
@@ -206,6 +208,8 @@ export interface CheckpointService {
   readonly latest: (
     database: string
   ) => Effect.Effect<Option.Option<RunRecord>, CheckpointUnavailable | CheckpointCorrupt>
+  /** The unfinished runs on `database`, of every scope, oldest first (a record that cannot be read is left out). */
+  readonly unfinished: (database: string) => Effect.Effect<ReadonlyArray<RunRecord>, CheckpointUnavailable>
   /**
    * Takes the slot's lock for the enclosing scope: renewed while held, released on close. A damaged lock
    * entry is `CheckpointCorrupt`, unless `replaceDamaged` (a restart, which abandons whatever is there).
@@ -277,6 +281,20 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       const text = yield* store.get(pointer.value)
       if (Option.isNone(text)) return yield* damaged(`the run it names, ${store.locate(pointer.value)}, is missing`)
       return Option.some(yield* decodeRecord(store.locate(pointer.value), text.value))
+    })
+
+  const unfinished = (database: string) =>
+    Effect.gen(function*() {
+      const records: Array<RunRecord> = []
+      for (const k of yield* store.list(recordPrefix(database))) {
+        const text = yield* store.get(k).pipe(Effect.catchTag("CheckpointCorrupt", () => Effect.succeed(Option.none())))
+        if (Option.isNone(text)) continue
+        const record = yield* Effect.option(decodeRecord(store.locate(k), text.value))
+        if (Option.isSome(record) && record.value.database === database && !record.value.finished) {
+          records.push(record.value)
+        }
+      }
+      return records.sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime())
     })
 
   const inspectHolder = (lockKey: string) =>
@@ -387,7 +405,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
 
   const holder = (key: RunKey) => Effect.map(inspectHolder(keys(key).lock), Option.map((h) => h.held))
 
-  return { store: store.name, load, latest, lock, holder }
+  return { store: store.name, load, latest, unfinished, lock, holder }
 }
 
 export const layerRedis = (

@@ -5,7 +5,7 @@
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { Checkpoint, type HeldLock, runOf } from "./Checkpoint.js"
+import { Checkpoint, type CheckpointService, type HeldLock, runOf } from "./Checkpoint.js"
 import { Db } from "./Db.js"
 import type { RunRecord, Scope } from "./Domain.js"
 import { formatDuration } from "./Progress.js"
@@ -17,8 +17,35 @@ export interface StatusReport {
   readonly scope: string | null
   readonly run: Option.Option<RunRecord>
   readonly lock: Option.Option<HeldLock>
+  /** Unfinished runs of the database besides `run` (of other scopes), oldest first. */
+  readonly others: ReadonlyArray<RunRecord>
   readonly now: Date
 }
+
+/** The unfinished runs on the database besides `run`: a scope left half done must not go unseen. */
+export const otherUnfinished = (checkpoint: CheckpointService, database: string, run: Option.Option<RunRecord>) =>
+  Effect.map(
+    checkpoint.unfinished(database),
+    (records) => records.filter((r) => Option.isNone(run) || r.fingerprint !== run.value.fingerprint)
+  )
+
+/** A line for each unfinished run of another scope, saying how to resume it. */
+export const otherLines = (others: ReadonlyArray<RunRecord>, indent = ""): ReadonlyArray<string> =>
+  others.map((r) =>
+    `${indent}also unfinished: run ${r.runId} (${r.scope.description}), ${r.status}, ${r.rotated}` +
+    `${r.total === null ? "" : `/${r.total}`} rotated: resume with \`${r.scope.resumeCommand}\``
+  )
+
+/** The JSON form of `otherLines`. */
+export const othersJson = (others: ReadonlyArray<RunRecord>) =>
+  others.map((r) => ({
+    runId: r.runId,
+    scope: r.scope,
+    status: r.status,
+    rotated: r.rotated,
+    total: r.total,
+    resume: r.scope.resumeCommand
+  }))
 
 /** The run of `scope`, or (without one) the run most recently started on this database. */
 export const status = (scope: Option.Option<Scope>) =>
@@ -29,9 +56,18 @@ export const status = (scope: Option.Option<Scope>) =>
     const lock = Option.isSome(run)
       ? yield* checkpoint.holder({ database: db.identity, scope: run.value.scope })
       : Option.none<HeldLock>()
+    const others = yield* otherUnfinished(checkpoint, db.identity, run)
     const now = new Date(yield* Clock.currentTimeMillis)
     const asked = Option.getOrNull(Option.map(scope, (s) => s.description))
-    return { database: db.display, store: checkpoint.store, scope: asked, run, lock, now } satisfies StatusReport
+    return {
+      database: db.display,
+      store: checkpoint.store,
+      scope: asked,
+      run,
+      lock,
+      others,
+      now
+    } satisfies StatusReport
   })
 
 const rateOf = (run: RunRecord) => (run.activeMillis > 0 ? (run.rotated * 1000) / run.activeMillis : 0)
@@ -62,7 +98,12 @@ const stateLine = (run: RunRecord, lock: Option.Option<HeldLock>): string => {
   }
 }
 
-export const render = (report: StatusReport): ReadonlyArray<string> =>
+export const render = (report: StatusReport): ReadonlyArray<string> => [
+  ...runLines(report),
+  ...otherLines(report.others)
+]
+
+const runLines = (report: StatusReport): ReadonlyArray<string> =>
   Option.match(report.run, {
     onNone: () => [
       `no run is recorded for ${report.database}${
@@ -115,5 +156,6 @@ export const toJson = (report: StatusReport) => ({
     expiresInSeconds: Math.ceil(held.expiresInMillis / 1000),
     stale: held.stale,
     damaged: held.damage
-  })))
+  }))),
+  otherUnfinished: othersJson(report.others)
 })

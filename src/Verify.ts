@@ -10,6 +10,7 @@ import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn, retrying
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { settled } from "./Regenerate.js"
+import { otherLines, othersJson, otherUnfinished } from "./Status.js"
 import { checkSchemaWithin, TicketRepo } from "./TicketRepo.js"
 
 const pageSize = 10_000
@@ -23,6 +24,8 @@ export interface VerifyReport {
   readonly notRotatedSample: ReadonlyArray<string>
   readonly duplicateTokens: number
   readonly duplicateSample: ReadonlyArray<string>
+  /** Unfinished runs of other scopes: their tickets may still hold the leaked tokens. */
+  readonly others: ReadonlyArray<RunRecord>
 }
 
 export const isClean = (report: VerifyReport): boolean => report.notRotated === 0 && report.duplicateTokens === 0
@@ -71,6 +74,7 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
       yield* letEventLoopTurn(db.dialect)
     }
     const duplicates = yield* retryingDatabase(repo.duplicateTokens)
+    const others = yield* otherUnfinished(checkpoint, db.identity, found)
     yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
     return {
       database: db.display,
@@ -79,7 +83,8 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
       notRotated,
       notRotatedSample,
       duplicateTokens: duplicates.values,
-      duplicateSample: duplicates.sample
+      duplicateSample: duplicates.sample,
+      others
     } satisfies VerifyReport
   })
 
@@ -95,6 +100,8 @@ export const render = (report: VerifyReport): ReadonlyArray<string> => [
     : [`  note: run ${report.run.runId} is ${report.run.status}, not completed`]),
   ...(report.notRotatedSample.length === 0 ? [] : [`  not rotated, e.g.: ${report.notRotatedSample.join(", ")}`]),
   ...(report.duplicateSample.length === 0 ? [] : [`  sharing a token, e.g.: ${report.duplicateSample.join(", ")}`]),
+  // Not this run's to answer for, but its tickets may still hold the leaked tokens.
+  ...otherLines(report.others, "  note: "),
   isClean(report) ? "  OK" : "  FAILED"
 ]
 
@@ -109,5 +116,6 @@ export const toJson = (report: VerifyReport) => ({
   notRotatedSample: report.notRotatedSample,
   duplicateTokens: report.duplicateTokens,
   duplicateSample: report.duplicateSample,
+  otherUnfinished: othersJson(report.others),
   ok: isClean(report)
 })

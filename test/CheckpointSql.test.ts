@@ -48,6 +48,17 @@ const lockTests = (name: string, client: () => Layer.Layer<SqlClient.SqlClient, 
         })
       ))
 
+    it.effect("list: the keys that start with a prefix, its LIKE characters taken as they are", () =>
+      withStore((store) =>
+        Effect.gen(function*() {
+          for (const key of ["run:d_1:a", "run:d_1:b", "run:dx1:c", "run:d%1:d", "lock:d_1:e", "run:d_10:f"]) {
+            yield* store.set(key, "{}")
+          }
+          expect([...(yield* store.list("run:d_1:"))].sort()).toEqual(["run:d_1:a", "run:d_1:b"])
+          expect(yield* store.list("run:none:")).toEqual([])
+        })
+      ))
+
     it.effect("an expired lease can be taken; renewing belongs to the holder only", () =>
       withStore((store) =>
         Effect.gen(function*() {

@@ -137,6 +137,41 @@ describe("status", () => {
     }))
 })
 
+describe("an unfinished run of another scope", () => {
+  it.effect("is named, with its resume command, by status and verify (any scope asked), oldest first", () =>
+    Effect.gen(function*() {
+      // The run of all tickets stopped halfway; then one of live tickets only, restarted and completed.
+      const world = yield* afterRun(2)
+      const liveOnly = new Scope({ liveOnly: true, emailDomain: null, createdAfter: null, createdBefore: null })
+      yield* TestClock.adjust("1 minute")
+      yield* regenerate(options({ scope: liveOnly, mode: "restart" }), Effect.succeed(false)).pipe(
+        Effect.provide(world.layer())
+      )
+      const also =
+        /^also unfinished: run [0-9a-f]{12} \(all tickets\), interrupted, 20\/40 rotated: resume with `regenerate --resume`$/
+      const lines = yield* statusLines(world)
+      expect(lines[0]).toMatch(/\(--live-only\)$/)
+      expect(lines[1]).toBe("  state:    completed")
+      expect(lines.at(-1)).toMatch(also)
+      // Asked for that scope: nothing else unfinished.
+      expect((yield* statusLines(world, Option.some(Scope.all))).filter((l) => l.startsWith("also"))).toEqual([])
+      const status = Status.toJson(yield* Status.status(Option.none()).pipe(Effect.provide(world.layer())))
+      expect(status.otherUnfinished).toMatchObject([{ status: "interrupted", rotated: 20, total: 40 }])
+
+      // verify answers for the run it verifies (clean), and names the other.
+      const report = yield* Verify.verify(Option.none()).pipe(Effect.provide(world.layer()))
+      expect(Verify.isClean(report)).toBe(true)
+      const rendered = Verify.render(report)
+      expect(rendered.at(-2)).toMatch(new RegExp(`^ {2}note: ${also.source.slice(1)}`))
+      expect(rendered.at(-1)).toBe("  OK")
+      expect(Verify.toJson(report).otherUnfinished).toMatchObject([{ resume: "regenerate --resume" }])
+
+      // Once resumed to the end, neither says more.
+      yield* regenerate(options({ mode: "resume" }), Effect.succeed(false)).pipe(Effect.provide(world.layer()))
+      expect((yield* statusLines(world)).filter((l) => l.startsWith("also"))).toEqual([])
+    }))
+})
+
 describe("verify", () => {
   const verifyIn = (world: World) => Verify.verify(Option.none()).pipe(Effect.provide(world.layer()))
 

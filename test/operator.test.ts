@@ -186,4 +186,29 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     expect(restart.stdout).toContain(`would rotate ${ticketCount} tickets`)
     expect(await prefix.keys()).toEqual(keys)
   })
+
+  it("a run of all tickets left half done, then one of live tickets completed: status and verify name the first, with either store", async () => {
+    for (const storeEnv of [env(), { DATABASE_URL: db.url }]) {
+      const before = await snapshotOn(admin)
+      const halfDone = spawnCli(["regenerate", "--restart", "--batch-size", "500", "--max-rows-per-second", "2000"], {
+        env: storeEnv
+      })
+      await untilRotating(admin, before)
+      halfDone.child.kill("SIGINT")
+      expect((await halfDone.result).code).toBe(130)
+      await expectExit(runCli(["regenerate", "--live-only", "--restart"], { env: storeEnv }), 0)
+      const status = JSON.parse((await expectExit(runCli(["status", "--json"], { env: storeEnv }), 0)).stdout)
+      expect(status.run).toMatchObject({ scope: { liveOnly: true }, status: "completed" })
+      expect(status.otherUnfinished).toMatchObject([
+        { scope: { liveOnly: false }, status: "interrupted", resume: "regenerate --resume" }
+      ])
+      const verify = await expectExit(runCli(["verify"], { env: storeEnv }), 0)
+      expect(verify.stdout).toMatch(
+        /^ {2}note: also unfinished: run \w+ \(all tickets\), interrupted, \d+\/30000 rotated: resume with `regenerate --resume`$/m
+      )
+      await expectExit(runCli(["regenerate", "--resume"], { env: storeEnv }), 0)
+      const after = JSON.parse((await expectExit(runCli(["status", "--json"], { env: storeEnv }), 0)).stdout)
+      expect(after.otherUnfinished).toEqual([])
+    }
+  })
 })

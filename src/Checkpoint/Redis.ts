@@ -137,6 +137,20 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
         )
       ),
     set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
+    list: (start) =>
+      call("listing runs", async () => {
+        // SCAN, not KEYS: it does not hold the server while it walks the keys. The prefix's glob characters
+        // (the operator's REDIS_PREFIX may have some) are escaped.
+        const match = `${k(start).replace(/[*?[\]\\]/g, "\\$&")}*`
+        const found = new Set<string>()
+        let cursor = "0"
+        do {
+          const [next, batch] = await client.scan(cursor, "MATCH", match, "COUNT", 1000)
+          for (const key of batch) found.add(key.slice(prefix.length + 1))
+          cursor = next
+        } while (cursor !== "0")
+        return [...found]
+      }),
     setFenced: (key, value, lockKey, holder) =>
       call("writing the checkpoint", () => client.setFenced(k(key), k(lockKey), value, holder)).pipe(
         Effect.map((n) => n === 1)

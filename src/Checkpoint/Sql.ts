@@ -89,6 +89,12 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
       locate: (key) => `key '${key}' of ${name}`,
       get: (key) => call("reading", Effect.map(read(key), Option.map((row) => String(row[0])))),
       set: (key, value) => call("writing", Effect.asVoid(sql.unsafe(upsert, [key, value]).raw)),
+      list: (prefix) =>
+        call(
+          "listing runs",
+          sql.unsafe("SELECT `key` FROM `ticket_tokens_state` WHERE SUBSTR(`key`, 1, ?) = ?", [prefix.length, prefix])
+            .values.pipe(Effect.map((rows) => rows.map((row) => String(row[0]))))
+        ),
       setFenced: (key, value, lockKey, holder) =>
         call(
           "writing the checkpoint",

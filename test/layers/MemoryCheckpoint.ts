@@ -54,6 +54,8 @@ export class MemoryStore {
       locate: (key) => `memory key ${key}`,
       get: (key) => withNow((now) => Option.fromNullable(this.live(key, now)?.value)),
       set: (key, value) => withNow(() => void this.data.set(key, { value, expiresAt: undefined })),
+      list: (prefix) =>
+        withNow((now) => [...this.data.keys()].filter((k) => k.startsWith(prefix) && this.live(k, now))),
       setFenced: (key, value, lockKey, holder) =>
         Effect.flatMap(
           Effect.suspend(() => this.faults.latency?.(this.saves + 1) ?? Effect.void),
