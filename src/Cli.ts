@@ -165,11 +165,15 @@ const scopeOptions = Options.all({
   ),
   createdAfter: Options.text("created-after").pipe(
     Options.optional,
-    Options.withDescription("Only tickets created at or after this ISO date (2024-01-31) or date-time with a zone.")
+    Options.withDescription(
+      "Only tickets created at or after this ISO date (2024-01-31: midnight UTC) or date-time with a zone."
+    )
   ),
   createdBefore: Options.text("created-before").pipe(
     Options.optional,
-    Options.withDescription("Only tickets created before this ISO date (2024-01-31) or date-time with a zone.")
+    Options.withDescription(
+      "Only tickets created before this ISO date (2024-01-31: midnight UTC) or date-time with a zone."
+    )
   )
 }).pipe(Options.mapEffect((flags) =>
   Effect.gen(function*() {

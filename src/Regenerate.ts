@@ -757,7 +757,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 export interface Plan {
   readonly database: string
   readonly store: string
-  /** What the run would do: start a new run, resume or restart one, or nothing (it completed). */
+  /**
+   * What the run would do: start a new run, resume one, restart (abandon an unfinished one for a new one),
+   * or nothing (it completed).
+   */
   readonly action: "start" | "resume" | "restart" | "nothing"
   /** The run it would resume (or find completed), the one a restart would abandon, or the completed run a new one replaces. */
   readonly existing: Option.Option<RunRecord>
@@ -788,6 +791,8 @@ export const plan = (options: RegenerateOptions) =>
     // The record as stored (a resume would mark it running), or the one the new run replaces.
     const existing = options.mode === "resume" ? yield* checkpoint.load(key) : starting.supersedes
     const total = options.count ? Option.some(yield* repo.count(options.scope)) : Option.none<number>()
-    const action = starting.done ? "nothing" : options.mode
+    // A restart with no unfinished run to abandon starts a run like any other (and says so).
+    const abandons = Option.exists(starting.supersedes, (run) => !run.finished)
+    const action = starting.done ? "nothing" : options.mode === "restart" && !abandons ? "start" : options.mode
     return { database: db.display, store: checkpoint.store, action, existing, holder, total } satisfies Plan
   })

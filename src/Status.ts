@@ -111,13 +111,14 @@ const runLines = (report: StatusReport): ReadonlyArray<string> =>
       } (checkpoints: ${report.store})`
     ],
     onSome: (run) => {
-      // The total is counted as the run starts: tickets the site adds meanwhile can take `rotated` past it.
+      // The total is counted as the run starts (and again as it resumes): tickets the site adds meanwhile, or
+      // that leave the scope before a resume (soft-deleted, say), can take `rotated` past it.
       const total = run.total === null
         ? ""
         : run.total === 0 && run.rotated === 0
         ? " / 0 (no ticket in scope)"
         : ` / ${run.total} (${Math.min(100, (run.rotated / run.total) * 100).toFixed(1)}%` +
-          `${run.rotated > run.total ? "; counted at the start, the site has added tickets since" : ""})`
+          `${run.rotated > run.total ? "; counted at the start, the scope has changed since" : ""})`
       const ago = formatDuration(report.now.getTime() - run.updatedAt.getTime())
       return [
         `run ${run.runId} on ${report.database} (${run.scope.description})`,

@@ -990,6 +990,18 @@ describe("resume rules", () => {
       expect(summary.rotated).toBe(20)
     }))
 
+  it.effect("the dry run's action: restart only where an unfinished run would be abandoned", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      const action = Effect.map(planIn(world, { mode: "restart" }), (p) => p.action)
+      expect(yield* action, "no run at all").toBe("start")
+      yield* runIn(world, { batchSize: 5 }, Effect.sync(() => world.table.calls.rotate >= 1))
+      expect(record(world).status).toBe("interrupted")
+      expect(yield* action).toBe("restart")
+      yield* runIn(world, { mode: "resume" })
+      expect(yield* action, "over a completed run").toBe("start")
+    }))
+
   it.effect("a checkpoint of another database or scope is refused; --restart replaces it", () =>
     Effect.gen(function*() {
       const other = new World(makeTickets(20))

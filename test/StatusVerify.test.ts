@@ -86,7 +86,7 @@ describe("status", () => {
       world.store.data.set(keys.record, { ...entry, value: entry.value.replace(`"total":40`, `"total":30`) })
       const lines = yield* statusLines(world)
       expect(lines[2]).toMatch(
-        /^ {2}rotated: {2}40 \/ 30 \(100\.0%; counted at the start, the site has added tickets since\), cursor /
+        /^ {2}rotated: {2}40 \/ 30 \(100\.0%; counted at the start, the scope has changed since\), cursor /
       )
     }))
 
