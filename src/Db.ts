@@ -18,6 +18,7 @@ import {
   BadDatabaseUrl,
   DatabaseError,
   DatabaseMissing,
+  DatabaseRefused,
   DatabaseUnreachable,
   DuplicateToken,
   retryTransient,
@@ -96,17 +97,22 @@ const transientCodes = new Set([
   "SQLITE_LOCKED"
 ])
 
+/** Refusals of the connection's user: no retry mends them, the URL or the grants must change. */
+const refusedErrnos = new Set([
+  1044, // access denied to the database
+  1045, // access denied (user or password)
+  1130, // host not allowed to connect
+  1698 // access denied (authentication plugin)
+])
+
 /**
  * Refusals a fresh connection can meet mid-run (the password changed, the database was dropped) that the
  * driver marks fatal like a lost connection, but that no retry will mend.
  */
 const permanentMysqlErrnos = new Set([
-  1044, // access denied to the database
-  1045, // access denied (user or password)
+  ...refusedErrnos,
   1049, // unknown database
-  1129, // host blocked after too many connection errors
-  1130, // host not allowed to connect
-  1698 // access denied (authentication plugin)
+  1129 // host blocked after too many connection errors
 ])
 
 /** Whether a driver error is worth retrying: lock conflicts, lost connections, a busy file. */
@@ -229,10 +235,15 @@ const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, optio
     )
   })
 
-const unreachable = (target: DatabaseTarget) => (error: unknown): DatabaseUnreachable | DatabaseMissing =>
-  target._tag === "mysql" && driverError(error).errno === 1049 // ER_BAD_DB_ERROR
-    ? new DatabaseMissing({ target: target.display.replace(/\/[^/]*$/, ""), database: target.database })
-    : new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
+const unreachable =
+  (target: DatabaseTarget) => (error: unknown): DatabaseUnreachable | DatabaseRefused | DatabaseMissing => {
+    const errno = target._tag === "mysql" ? driverError(error).errno : undefined
+    return target._tag === "mysql" && errno === 1049 // ER_BAD_DB_ERROR
+      ? new DatabaseMissing({ target: target.display.replace(/\/[^/]*$/, ""), database: target.database })
+      : refusedErrnos.has(errno as number)
+      ? new DatabaseRefused({ target: target.display, reason: describe(error), cause: error })
+      : new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
+  }
 
 const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
   target._tag === "sqlite"
@@ -275,7 +286,7 @@ export const layer = (
   options: DbOptions
 ): Layer.Layer<
   Db | SqlClient.SqlClient,
-  BadDatabaseUrl | DatabaseUnreachable | DatabaseMissing | UnsuitableServer | SchemaMissing
+  BadDatabaseUrl | DatabaseUnreachable | DatabaseRefused | DatabaseMissing | UnsuitableServer | SchemaMissing
 > => Layer.scopedContext(make(options)).pipe(Layer.provide(Reactivity.layer))
 
 /**

@@ -135,10 +135,21 @@ export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")
   override get message() {
     const advice = this.target.startsWith("sqlite:")
       ? "Check the file path in DATABASE_URL, and that the file and its folder may be read and written."
-      : /access denied/i.test(this.reason)
-      ? "Check the user name and password in DATABASE_URL, and that this user may connect from this host."
       : "Check DATABASE_URL and that the server is up."
     return `cannot connect to the database at ${this.target}: ${this.reason}. ${advice}`
+  }
+}
+
+/** The server answered, but refused the user of DATABASE_URL: the password, the user, the host it comes from. */
+export class DatabaseRefused extends Data.TaggedError("DatabaseRefused")<{
+  readonly target: string
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `the database at ${this.target} refused the connection: ${this.reason}. Check the user name and ` +
+      "password in DATABASE_URL, and that this user may connect from this host and use the database; nothing " +
+      "was changed."
   }
 }
 
@@ -442,6 +453,7 @@ export type AppError =
   | BadDatabaseUrl
   | BadRedisUrl
   | DatabaseUnreachable
+  | DatabaseRefused
   | DatabaseMissing
   | UnsuitableServer
   | RedisUnavailable
@@ -479,6 +491,7 @@ const exitCodes: Record<AppError["_tag"], 1 | 2> = {
   ForeignCheckpoint: 2,
   NoRun: 2,
   DatabaseUnreachable: 1,
+  DatabaseRefused: 2,
   DatabaseMissing: 2,
   UnsuitableServer: 2,
   RedisUnavailable: 1,

@@ -649,6 +649,23 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     }
   })
 
+  it("a password the server refuses: exit 2 (bad input, as for Redis), one line, no password, nothing written", async () => {
+    const before = await ticketsDigest()
+    const url = seeded.url.replace("mysql://root@", "mysql://root:Wr0ngPassw0rd@")
+    expect(url).toContain("Wr0ngPassw0rd")
+    for (const args of [["regenerate"], ["migrate"], ["status"], ["seed", "users", "--count", "5"]]) {
+      const r = await runCli(args, { env: { DATABASE_URL: url } })
+      expect(r.code, describeResult(r)).toBe(2)
+      expect(linesOf(r)).toEqual([
+        expect.stringMatching(
+          /^error: the database at mysql:\/\/[^@]+ refused the connection: Access denied .*DATABASE_URL/
+        )
+      ])
+      expect(`${r.stdout}${r.stderr}`).not.toContain("Wr0ngPassw0rd")
+    }
+    expect(await ticketsDigest()).toBe(before)
+  })
+
   it("a database the server does not have: exit 2, one line naming it, nothing created", async () => {
     const name = `tt_missing_${Date.now().toString(36)}`
     const url = seeded.url.replace(/\/[^/]*$/, `/${name}`)
