@@ -240,8 +240,13 @@ const unreachable =
     const errno = target._tag === "mysql" ? driverError(error).errno : undefined
     return target._tag === "mysql" && errno === 1049 // ER_BAD_DB_ERROR
       ? new DatabaseMissing({ target: target.display.replace(/\/[^/]*$/, ""), database: target.database })
-      : refusedErrnos.has(errno as number)
-      ? new DatabaseRefused({ target: target.display, reason: describe(error), cause: error })
+      : target._tag === "mysql" && refusedErrnos.has(errno as number)
+      ? new DatabaseRefused({
+        target: target.display,
+        reason: describe(error),
+        plaintext: target.tls.mode === "disabled",
+        cause: error
+      })
       : new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
   }
 

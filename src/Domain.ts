@@ -144,12 +144,15 @@ export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")
 export class DatabaseRefused extends Data.TaggedError("DatabaseRefused")<{
   readonly target: string
   readonly reason: string
+  /** Whether the connection was in plaintext: a user that requires TLS is refused so too. */
+  readonly plaintext: boolean
   readonly cause?: unknown
 }> {
   override get message() {
+    const tls = this.plaintext ? " (over TLS, `?ssl-mode=REQUIRED`, if the user requires it)" : ""
     return `the database at ${this.target} refused the connection: ${this.reason}. Check the user name and ` +
-      "password in DATABASE_URL, and that this user may connect from this host and use the database; nothing " +
-      "was changed."
+      `password in DATABASE_URL, and that this user may connect from this host${tls} and use the database; ` +
+      "nothing was changed."
   }
 }
 
