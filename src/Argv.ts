@@ -58,6 +58,9 @@ const valueFlags = new Set([
 ])
 
 const seedTargets = ["users", "orders", "tickets"]
+const commands = ["migrate", "seed", "regenerate", "status", "verify"]
+/** The flags that come before a command (@effect/cli's own). */
+const topLevelFlags = ["--help", "-h", "--version", "--completions", "--wizard", "--log-level"]
 const logLevels = ["all", "trace", "debug", "info", "warning", "error", "fatal", "none"]
 
 /**
@@ -81,6 +84,12 @@ export const argvProblem = (argv: ReadonlyArray<string>, interactive = true): st
   const allowedFirst = ["--help", "-h", "--wizard", "--log-level"]
   if (target?.startsWith("-") === true && !allowedFirst.some((flag) => target.split("=")[0] === flag)) {
     return `seed takes the table first, then its flags: seed ${seedTargets.join("|")} --count N (see seed --help)`
+  }
+  // A command's flag before the command (`--json regenerate`): the parser would call the command invalid.
+  const first = args[0]?.split("=")[0]
+  const command = args.slice(0, end).find((arg) => commands.includes(arg))
+  if (first?.startsWith("-") === true && !topLevelFlags.includes(first) && command !== undefined) {
+    return `${first} belongs to the command: put it after \`${command}\` (see ${command} --help)`
   }
   const level = args.findIndex((arg) => arg === "--log-level" || arg.startsWith("--log-level="))
   const levelValue = level === -1

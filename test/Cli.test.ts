@@ -120,6 +120,19 @@ describe("flags the argument parser would misreport", () => {
     )
   })
 
+  it("a command's flag before the command is named as such, not as an invalid command", () => {
+    expect(argvProblem(argv("--json", "regenerate"))).toBe(
+      "--json belongs to the command: put it after `regenerate` (see regenerate --help)"
+    )
+    expect(argvProblem(argv("--batch-size=5", "regenerate", "--resume"))).toBe(
+      "--batch-size belongs to the command: put it after `regenerate` (see regenerate --help)"
+    )
+    // @effect/cli's own flags come first.
+    for (const first of [["--log-level", "debug"], ["--version"], ["--completions", "bash"], ["-h"], ["--wizard"]]) {
+      expect(argvProblem(argv(...first, "status")), first.join(" ")).toBeUndefined()
+    }
+  })
+
   it("an unknown or misplaced seed target and an unknown log level are named as such, not as an unknown top-level command", () => {
     expect(argvProblem(argv("seed", "widgets"))).toBe(
       "there is no `seed widgets`: seed one of users, orders, tickets (see seed --help)"
