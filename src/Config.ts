@@ -53,6 +53,12 @@ const parseUrl = (raw: string): URL | undefined => {
   }
 }
 
+/**
+ * A `#` ends a URL: whatever follows is a fragment, which no server has a use for. Most likely it was meant
+ * in the password, where the parser would have cut it short and taken the rest for the host or port.
+ */
+const hashReason = "it holds a #, which ends a URL there (write a # in the password as %23)"
+
 /** Why `raw` does not parse: a port out of range (the parser's most common refusal), else not a URL at all. */
 const notAUrl = (raw: string): string => {
   const parts = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)(.*)$/i.exec(raw)
@@ -142,6 +148,7 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
       ? Either.left(new BadDatabaseUrl({ reason: "sqlite: needs a file path, as in sqlite:./data/tickets.sqlite" }))
       : Either.right({ _tag: "sqlite", filename, display: `sqlite:${filename}` })
   }
+  if (value.includes("#")) return Either.left(new BadDatabaseUrl({ reason: hashReason }))
   const url = parseUrl(value)
   if (url === undefined) return Either.left(new BadDatabaseUrl({ reason: notAUrl(value) }))
   if (url.protocol !== "mysql:" && url.protocol !== "mariadb:") {
@@ -174,6 +181,7 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
 }
 
 export const parseRedisUrl = (raw: string): Either.Either<RedisTarget, BadRedisUrl> => {
+  if (raw.includes("#")) return Either.left(new BadRedisUrl({ reason: hashReason }))
   const url = parseUrl(raw.trim())
   if (url === undefined) return Either.left(new BadRedisUrl({ reason: notAUrl(raw.trim()) }))
   if (url.protocol !== "redis:" && url.protocol !== "rediss:") {

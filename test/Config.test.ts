@@ -75,6 +75,8 @@ describe("DATABASE_URL", () => {
     ["mysql://root:hunter2@host:3306/db/extra", "the path holds more than a database name: \"db/extra\""],
     ["mysql://root:hunter2%zz@host/db", "the password has a malformed %-escape (write a literal % as %25)"],
     ["mysql://ro%Xot:hunter2@host/db", "the user name has a malformed %-escape"],
+    ["mysql://root:hunter2#x@host/db", "it holds a #, which ends a URL there (write a # in the password as %23)"],
+    ["mysql://root:hunter2@host/db#x", "it holds a #"],
     ["sqlite:", "file path"],
     ["mysql://root:hunter2@host/db?sslmode=require", "unknown parameter \"sslmode\""],
     ["mysql://root:hunter2@host/db?ssl-mode=PREFERRED", "ssl-mode \"PREFERRED\" is not one of"],
@@ -125,6 +127,7 @@ describe("REDIS_URL", () => {
     ["redis://:s3cret@h:70000", "the port is not a number in 1-65535"],
     ["redis://h/abc", "the database is not a number"],
     ["redis://:s3cret%PW@h:6379/5", "the password has a malformed %-escape (write a literal % as %25)"],
+    ["redis://:s3cret#2@h:6379/5", "it holds a #, which ends a URL there (write a # in the password as %23)"],
     ["nonsense", "not a URL"]
   ])("rejects %s with a reason and never the password", (url, reason) => {
     expectRefused(parseRedisUrl(url), reason, "s3cret")
