@@ -49,6 +49,7 @@ const valueFlags = new Set([
   "--max-rows-per-second",
   "--target-batch-ms",
   "--statement-timeout",
+  "--max-replica-lag",
   "--email-domain",
   "--created-after",
   "--created-before",

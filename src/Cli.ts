@@ -30,6 +30,7 @@ import * as Memory from "./Memory.js"
 import { migrate } from "./migrations/index.js"
 import * as Progress from "./Progress.js"
 import * as Regenerate from "./Regenerate.js"
+import * as Replicas from "./Replicas.js"
 import * as Seed from "./Seed.js"
 import * as Shutdown from "./Shutdown.js"
 import * as Status from "./Status.js"
@@ -239,6 +240,13 @@ const regenerateOptions = {
     Options.withDescription("Adaptive batches: let the batch size (100-10000) follow this time per batch.")
   ),
   statementTimeout: statementTimeoutFlag,
+  maxReplicaLag: integerBetween("max-replica-lag", 1, Replicas.maxReplicaLag.max).pipe(
+    Options.optional,
+    Options.withDescription(
+      "Hold the batches while a replica of REPLICA_URLS is more than this many seconds behind, not " +
+        `replicating, or not answering (1-${Replicas.maxReplicaLag.max}, default ${Replicas.maxReplicaLag.default}).`
+    )
+  ),
   dryRun: Options.boolean("dry-run").pipe(
     Options.withDescription("Check everything and show the plan; change nothing.")
   ),
@@ -353,6 +361,14 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
       )
     }
     yield* out(`checkpoint store: ${plan.store}`)
+    const replicas = yield* Replicas.Replicas
+    const holding = yield* replicas.holding
+    if (replicas.watched.length > 0) {
+      yield* out(
+        `replicas watched: ${replicas.watched.join(", ")} (batches wait while one is more than ${replicas.maxLag} s ` +
+          `behind); ${holding === undefined ? "none is behind now" : `now: ${holding}`}`
+      )
+    }
     yield* Option.match(plan.holder, {
       onNone: () => Effect.void,
       onSome: (held) =>
@@ -378,7 +394,9 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         store: plan.store,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
         staleLock: Option.isSome(plan.holder) && plan.holder.value.damage === null,
-        damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage))
+        damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage)),
+        replicas: replicas.watched,
+        replicasHolding: holding ?? null
       }))
     }
   })
@@ -418,7 +436,12 @@ const regenerate = Command.make(
 ).pipe(
   Command.withDescription("Give every ticket in scope a new random token, in batches, resumably."),
   // Progress is human output: on stderr like the rest of it under --json.
-  Command.provide(({ flags }) => appLayer(flags.concurrency, flags.dryRun ? "silent" : Progress.detectMode())),
+  Command.provide(({ flags }) =>
+    Layer.merge(
+      appLayer(flags.concurrency, flags.dryRun ? "silent" : Progress.detectMode()),
+      Replicas.layer(Option.getOrUndefined(flags.maxReplicaLag))
+    )
+  ),
   // Under --json a failure is a JSON object on stdout too (the one-line error still goes to stderr): the
   // run's summary with status "failed" when it had started, else only the error.
   Command.transformHandler((effect, { flags }) =>

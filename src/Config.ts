@@ -209,6 +209,32 @@ export const databaseTarget: Effect.Effect<DatabaseTarget, BadDatabaseUrl> = opt
   Effect.flatMap((raw) => parseDatabaseUrl(Option.getOrUndefined(raw)))
 )
 
+export type MysqlTarget = Extract<DatabaseTarget, { readonly _tag: "mysql" }>
+
+/**
+ * The replicas REPLICA_URLS lists (comma-separated, each as DATABASE_URL gives a MySQL server), whose lag a
+ * run waits on; none when unset. Set but empty is refused, as DATABASE_URL is.
+ */
+export const replicaTargets: Effect.Effect<ReadonlyArray<MysqlTarget>, BadUsage> = optionalString("REPLICA_URLS").pipe(
+  Effect.orElseSucceed(() => Option.none<string>()),
+  Effect.flatMap(Option.match({
+    onNone: () => Effect.succeed([]),
+    onSome: (raw) =>
+      Effect.forEach(raw.split(","), (item, i) => {
+        const bad = (reason: string) =>
+          new BadUsage({
+            message: `REPLICA_URLS is malformed: ${raw.trim() === "" ? reason : `replica ${i + 1}: ${reason}`}. ` +
+              "List the replicas as mysql://user:password@host:3306/database, separated by commas."
+          })
+        if (item.trim() === "") return Effect.fail(bad(raw.trim() === "" ? "it is set but empty" : "it is empty"))
+        return Either.match(parseDatabaseUrl(item), {
+          onLeft: (error) => Effect.fail(bad(error.reason)),
+          onRight: (target) => target._tag === "mysql" ? Effect.succeed(target) : Effect.fail(bad("not a MySQL URL"))
+        })
+      })
+  }))
+)
+
 /** The Redis server REDIS_URL points to, if any. */
 export const redisTarget: Effect.Effect<Option.Option<RedisTarget>, BadRedisUrl> = optionalString("REDIS_URL").pipe(
   Effect.orElseSucceed(() => Option.none<string>()),

@@ -13,7 +13,7 @@ import * as Layer from "effect/Layer"
 import * as Predicate from "effect/Predicate"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { type DatabaseTarget, databaseTarget, type Tls } from "./Config.js"
+import { type DatabaseTarget, databaseTarget, type MysqlTarget, type Tls } from "./Config.js"
 import {
   BadDatabaseUrl,
   DatabaseError,
@@ -183,7 +183,7 @@ const sslOptions = (tls: Tls) =>
 // Drivers load on demand: a MySQL run never loads better-sqlite3, and the embedded default never loads mysql2.
 type SslOptions = Effect.Effect.Success<ReturnType<typeof sslOptions>>
 
-const mysqlClient = (target: Extract<DatabaseTarget, { _tag: "mysql" }>, options: DbOptions, ssl: SslOptions) =>
+const mysqlClient = (target: MysqlTarget, options: DbOptions, ssl: SslOptions) =>
   Effect.flatMap(Effect.promise(() => import("@effect/sql-mysql2/MysqlClient")), (MysqlClient) =>
     MysqlClient.make({
       host: target.host,
@@ -285,6 +285,18 @@ const make = (options: DbOptions) =>
     const info: DbInfo = { dialect: target._tag, identity, display: target.display }
     return Context.make(Db, info).pipe(Context.add(SqlClient.SqlClient, client))
   })
+
+/**
+ * A client of one connection to another MySQL server (a replica whose lag a run watches), closed with the
+ * enclosing scope; failing to connect as connecting to DATABASE_URL does.
+ */
+export const connectTo = (target: MysqlTarget) =>
+  Effect.flatMap(sslOptions(target.tls), (ssl) =>
+    mysqlClient(target, { maxConnections: 1 }, ssl).pipe(
+      retryTransient(connectionLost),
+      Effect.mapError(unreachable(target)),
+      Effect.provide(Reactivity.layer)
+    ))
 
 /** The SqlClient for DATABASE_URL (embedded SQLite when unset) and its `Db` description. */
 export const layer = (

@@ -27,6 +27,8 @@ export type ProgressEvent = Data.TaggedEnum<{
   Advanced: { readonly rows: number; readonly batchSize?: number }
   Retried: { readonly reason: string }
   Phase: { readonly phase: Phase }
+  /** Batches wait (for the replicas): why, or undefined once they go on. */
+  Waiting: { readonly reason: string | undefined }
   /** A line for the operator, printed once above the live line. */
   Notice: { readonly text: string }
   Finished: { readonly outcome: string }
@@ -56,6 +58,8 @@ export interface ProgressState {
   /** When the throttle last held a batch back (or is holding one: `throttling`). */
   readonly throttledAt: number | undefined
   readonly throttling: boolean
+  /** Why the batches wait (a replica behind), while they do: a pause, like a retry's back-off. */
+  readonly waiting: string | undefined
   /** Milliseconds spent working: time backing off between retries does not count toward the rate. */
   readonly active: number
   readonly samples: ReadonlyArray<Sample>
@@ -85,6 +89,7 @@ export const initial = (label: string, now: number): ProgressState => ({
   phase: "running",
   throttledAt: undefined,
   throttling: false,
+  waiting: undefined,
   active: 0,
   samples: [{ at: now, done: 0, active: 0 }],
   outcome: undefined
@@ -93,8 +98,10 @@ export const initial = (label: string, now: number): ProgressState => ({
 /** Moves the clock of a state to `now`, accruing active time. */
 const tick = (state: ProgressState, now: number): ProgressState => {
   const elapsed = Math.max(0, now - state.now)
-  // A throttle sets the real pace, so throttled time counts; a retry's back-off is a pause, so it does not.
-  return { ...state, now, active: state.active + (state.phase === "retrying" ? 0 : elapsed) }
+  // A throttle sets the real pace, so throttled time counts; a retry's back-off or a wait for the replicas
+  // is a pause, so it does not.
+  const paused = state.phase === "retrying" || state.waiting !== undefined
+  return { ...state, now, active: state.active + (paused ? 0 : elapsed) }
 }
 
 const sampled = (state: ProgressState): ProgressState => {
@@ -135,6 +142,8 @@ export const step = (state: ProgressState, event: ProgressEvent, now: number): P
       return event.phase === "throttled" || (event.phase === "running" && s.throttling)
         ? { ...s, throttling: event.phase === "throttled", throttledAt: now }
         : { ...s, phase: s.phase === "stopping" ? "stopping" : event.phase }
+    case "Waiting":
+      return { ...s, waiting: event.reason }
     case "Finished":
       return sampled({ ...s, outcome: event.outcome })
     case "Notice":
@@ -158,10 +167,13 @@ export const rate = (state: ProgressState): number | undefined => {
   return state.outcome !== undefined && state.active > 0 ? (state.done * 1000) / state.active : undefined
 }
 
-/** How long the run has gone without a commit while running (not throttled, retrying or stopping). */
+/** How long the run has gone without a commit while running (not throttled, retrying, waiting or stopping). */
 const stalledMillis = (state: ProgressState): number | undefined => {
   const last = state.samples[state.samples.length - 1]
-  if (last === undefined || state.outcome !== undefined || state.phase !== "running" || isThrottled(state)) {
+  if (
+    last === undefined || state.outcome !== undefined || state.phase !== "running" || isThrottled(state) ||
+    state.waiting !== undefined
+  ) {
     return undefined
   }
   const quiet = state.now - last.at
@@ -177,10 +189,11 @@ const fractionOf = (state: ProgressState): number | undefined =>
     ? (state.total === 0 ? 1 : Math.min(1, doneOf(state) / state.total))
     : state.fraction
 
-/** Time left at the recent rate; none while warming up, retrying, stopping or stalled, or once ended. */
+/** Time left at the recent rate; none while warming up, retrying, waiting, stopping or stalled, or once ended. */
 export const etaMillis = (state: ProgressState): number | undefined => {
   const r = rate(state)
-  const steady = state.phase === "running" && state.outcome === undefined && stalledMillis(state) === undefined
+  const steady = state.phase === "running" && state.outcome === undefined && state.waiting === undefined &&
+    stalledMillis(state) === undefined
   if (r === undefined || r <= 0 || !steady || state.samples.length < 3) return undefined
   if (state.now - state.startedAt < warmupMillis) return undefined
   const effective = state.throttle === undefined ? r : Math.min(r, state.throttle)
@@ -220,6 +233,8 @@ const note = (state: ProgressState): string => {
     ? "stopping"
     : state.phase === "retrying"
     ? `retrying (${state.lastRetry ?? ""})`
+    : state.waiting !== undefined
+    ? `waiting (${state.waiting})`
     : isThrottled(state)
     ? "throttled"
     : stalled !== undefined

@@ -36,6 +36,7 @@ import {
   UnfinishedRun
 } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
+import { Replicas } from "./Replicas.js"
 import { checkSchemaWithin, type Span, TicketRepo } from "./TicketRepo.js"
 import { TokenGen } from "./TokenGen.js"
 import * as Uuid from "./Uuid.js"
@@ -255,6 +256,26 @@ const makeThrottle = (rowsPerSecond: number | undefined, burst: number, stopRequ
       })
   })
 
+/**
+ * Waits while a replica holds the batches back (see `Replicas`), saying why in progress, until it no
+ * longer does or a stop is requested; batches in flight go on meanwhile.
+ */
+const waitForReplicas = (stopRequested: Effect.Effect<boolean>) =>
+  Effect.gen(function*() {
+    const progress = yield* Progress
+    const replicas = yield* Replicas
+    return Effect.gen(function*() {
+      let reason = yield* replicas.holding
+      if (reason === undefined) return
+      while (reason !== undefined && !(yield* stopRequested)) {
+        yield* progress.emit(ProgressEvent.Waiting({ reason }))
+        yield* Effect.sleep("200 millis")
+        reason = yield* replicas.holding
+      }
+      yield* progress.emit(ProgressEvent.Waiting({ reason: undefined }))
+    })
+  })
+
 const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
   new RunRecord({
     version: 1,
@@ -472,6 +493,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const idsChecked = yield* Ref.make(false)
     const batchSize = yield* Ref.make(options.batchSize)
     const throttle = yield* makeThrottle(options.maxRowsPerSecond, options.batchSize, stopRequested)
+    const replicasCaughtUp = yield* waitForReplicas(stopRequested)
     const window = yield* Effect.makeSemaphore(options.concurrency * windowPerConcurrency)
     const recording = yield* Effect.makeSemaphore(1)
     const halted = yield* Ref.make(false)
@@ -519,6 +541,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       Effect.gen(function*() {
         if (yield* stopRequested) return yield* halt
         if (Option.isSome(yield* Ref.get(failure))) return Option.none()
+        yield* replicasCaughtUp
+        if (yield* stopRequested) return yield* halt
         const limit = yield* Ref.get(batchSize)
         // Spans once past the ranges an earlier process committed (a page stops a batch short of one), and
         // after the first batch under --no-count, whose ids tell whether the key-space estimate holds.

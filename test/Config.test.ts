@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Option, Redacted } from "effect"
-import { parseDatabaseUrl, parseRedisUrl, redisPrefix, redisTarget } from "../src/Config.js"
+import { parseDatabaseUrl, parseRedisUrl, redisPrefix, redisTarget, replicaTargets } from "../src/Config.js"
 
 /** The URL is refused with an error whose line gives `reason` and never shows `secret`. */
 const expectRefused = (
@@ -132,4 +132,33 @@ describe("REDIS_URL", () => {
   ])("rejects %s with a reason and never the password", (url, reason) => {
     expectRefused(parseRedisUrl(url), reason, "s3cret")
   })
+})
+
+describe("REPLICA_URLS", () => {
+  const targets = (value?: string) =>
+    replicaTargets.pipe(
+      Effect.withConfigProvider(
+        ConfigProvider.fromMap(new Map(value === undefined ? [] : [["REPLICA_URLS", value]]))
+      ),
+      Effect.either
+    )
+
+  it.effect("unset: no replica; a comma-separated list of MySQL URLs, each parsed as DATABASE_URL is", () =>
+    Effect.gen(function*() {
+      expect(yield* targets()).toEqual(Either.right([]))
+      const two = Either.getOrThrow(yield* targets("mysql://ro:s3cret@db2:3306/app, mysql://db3/app?ssl-mode=REQUIRED"))
+      expect(two.map((t) => t.display)).toEqual(["mysql://db2:3306/app", "mysql://db3:3306/app"])
+      expect(two[1]!.tls.mode).toBe("required")
+    }))
+
+  it.effect("refuses, naming the entry and never the password: empty, an empty entry, not MySQL, malformed", () =>
+    Effect.gen(function*() {
+      const cases: Array<[string, string]> = [
+        [" ", "REPLICA_URLS is malformed: it is set but empty."],
+        ["mysql://ro:s3cret@db2/app,", "REPLICA_URLS is malformed: replica 2: it is empty."],
+        ["sqlite:./x.sqlite", "replica 1: not a MySQL URL"],
+        ["mysql://db2/app,mysql://ro:s3cret@db3:99999/app", "replica 2: the port is not a number in 1-65535"]
+      ]
+      for (const [value, reason] of cases) expectRefused(yield* targets(value), reason, "s3cret")
+    }))
 })

@@ -189,6 +189,26 @@ describe("rendering", () => {
     expect(renderTty(play(steady(10, 5000)), 30)).not.toContain("[]")
   })
 
+  it("a wait for the replicas: said with its reason, no ETA, and its time left out of the rate", () => {
+    const waiting = play([
+      ...steady(10, 5000),
+      [10_000, E.Waiting({ reason: "replica db2:3306 is 14s behind" })],
+      [40_000, E.Waiting({ reason: "replica db2:3306 is 11s behind" })]
+    ])
+    expect(renderPlain(waiting)).toMatch(/, 5000 rows\/s, elapsed 40s, .*, waiting \(replica db2:3306 is 11s behind\)$/)
+    expect(etaMillis(waiting)).toBeUndefined()
+    expect(renderTty(waiting, 80)).toMatch(/ 5000\/s elapsed 40s +retries 0 waiting$/)
+    // Going on again: the rate is the running pace, the 30 s wait not counted.
+    const after = play([
+      ...steady(10, 5000),
+      [10_000, E.Waiting({ reason: "replica db2:3306 is 14s behind" })],
+      [40_000, E.Waiting({ reason: undefined })],
+      ...steady(2, 5000).slice(2).map(([at, event]) => [40_000 + at, event] as const)
+    ])
+    expect(rate(after)).toBeCloseTo(5000, -1)
+    expect(etaMillis(after)).toBeDefined()
+  })
+
   it("shows throttled and finished states", () => {
     const throttled = play([...steady(5, 1000), [5000, E.Phase({ phase: "throttled" })]])
     expect(renderTty(throttled, 150)).toContain("throttled")

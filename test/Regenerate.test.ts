@@ -34,6 +34,7 @@ import {
   type EventLog,
   fatalError,
   type Fault,
+  type Faults,
   inScope,
   makeTickets,
   testHost,
@@ -1244,6 +1245,69 @@ describe("locks", () => {
     const holder = new LockHolder({ host: "db1", pid: 7, token: "t", since: new Date(0) })
     expect(holder.description).toBe("pid 7 on db1 since 1970-01-01T00:00:00.000Z")
   })
+})
+
+describe("waiting for the replicas", () => {
+  /** A world whose replicas hold the batches while `behind` is set. */
+  const withReplicas = (tickets: number, faults: (behind: Ref.Ref<string | undefined>) => Faults = () => ({})) =>
+    Effect.gen(function*() {
+      const behind = yield* Ref.make<string | undefined>(undefined)
+      const world = new World(makeTickets(tickets), faults(behind))
+      world.replicas = { watched: ["db2:3306"], maxLag: 10, holding: Ref.get(behind) }
+      return { world, behind }
+    })
+
+  it.effect("no batch begins while a replica is behind; the run goes on once it has caught up", () =>
+    Effect.gen(function*() {
+      // Behind at first, caught up after 3 s; then from the 5th batch on, not replicating for 2 s.
+      const { behind, world } = yield* withReplicas(100, (behind) => ({
+        rotate: (n) =>
+          n === 5
+            ? Effect.zipRight(
+              Ref.set(behind, "replica db2:3306 does not replicate"),
+              Effect.forkDaemon(Effect.delay(Ref.set(behind, undefined), "2 seconds"))
+            ).pipe(Effect.asVoid)
+            : undefined
+      }))
+      yield* Ref.set(behind, "replica db2:3306 is 12s behind")
+      yield* Effect.fork(Effect.delay(Ref.set(behind, undefined), "3 seconds"))
+      const started = yield* TestClock.currentTimeMillis
+      const summary = yield* Effect.flatten(withClock(runIn(world, { batchSize: 10, concurrency: 1 }), "100 millis"))
+      expect(summary).toMatchObject({ status: "completed", rotated: 100 })
+      expect((yield* TestClock.currentTimeMillis) - started).toBeGreaterThanOrEqual(5000)
+      // Nothing committed while a replica held the batches: each hold (said in progress, with why) ends
+      // before the next commit.
+      const events = world.progress.map((e) =>
+        e._tag === "Waiting" ? (e.reason === undefined ? "go" : e.reason) : e._tag === "Advanced" ? "commit" : ""
+      ).filter((e) => e !== "").filter((e, i, all) => e !== all[i - 1] || e === "commit")
+      expect(events.slice(0, 3)).toEqual(["replica db2:3306 is 12s behind", "go", "commit"])
+      const second = events.indexOf("replica db2:3306 does not replicate")
+      expect(events.slice(second - 5, second + 3)).toEqual([
+        "commit",
+        "commit",
+        "commit",
+        "commit",
+        "commit",
+        "replica db2:3306 does not replicate",
+        "go",
+        "commit"
+      ])
+    }))
+
+  it.effect("a stop request ends the wait at once: nothing rotated, the run resumable", () =>
+    Effect.gen(function*() {
+      const { behind, world } = yield* withReplicas(50)
+      yield* Ref.set(behind, "replica db2:3306 is 40s behind")
+      const stop = yield* Ref.make(false)
+      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "2 seconds"))
+      const started = yield* TestClock.currentTimeMillis
+      const summary = yield* Effect.flatten(withClock(runIn(world, { batchSize: 10 }, Ref.get(stop)), "100 millis"))
+      expect(summary).toMatchObject({ status: "interrupted", rotated: 0 })
+      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThan(2500)
+      expect(world.table.rotations).toEqual([])
+      yield* Ref.set(behind, undefined)
+      expect(yield* runIn(world, { mode: "resume" })).toMatchObject({ status: "completed", rotated: 50 })
+    }))
 })
 
 describe("throttle and adaptive batches", () => {

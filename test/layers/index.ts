@@ -6,6 +6,7 @@ import { Effect, Layer } from "effect"
 import type { Host } from "../../src/Checkpoint.js"
 import { Db } from "../../src/Db.js"
 import { Progress, type ProgressEvent } from "../../src/Progress.js"
+import * as Replicas from "../../src/Replicas.js"
 import type { TokenGen } from "../../src/TokenGen.js"
 import { EventLog } from "./EventLog.js"
 import { fixedTokenGen } from "./FixedTokenGen.js"
@@ -28,6 +29,8 @@ export class World {
   readonly table: MemoryTable
   readonly store: MemoryStore
   readonly progress: Array<ProgressEvent> = []
+  /** The replicas a run waits on: none unless a test sets some. */
+  replicas: Replicas.ReplicasService = Replicas.none
 
   /**
    * `host` is the process that runs in this world; `tokens` its token generator, one counter for every run
@@ -73,7 +76,8 @@ export class World {
       this.store.layer(host),
       this.tokens,
       recordingProgress(this.progress),
-      memoryDb
+      memoryDb,
+      Layer.succeed(Replicas.Replicas, this.replicas)
     )
   }
 }
