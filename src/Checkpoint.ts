@@ -356,7 +356,14 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
             transient: true
           })
         })
-      yield* Effect.acquireRelease(take(1), () => Effect.ignore(store.release(k.lock, value)))
+      // The release first, then the taking, interruptible: a lock store that does not answer (a locked
+      // checkpoint table) must not hold up a timeout or a Ctrl-C. A release deletes only this run's own
+      // entry (`value` is new to this run), so it is harmless when the lock was never taken; it gets 3 s
+      // (a lock left behind is stale at once on this host, and lapses with its lease elsewhere).
+      yield* Effect.addFinalizer(() =>
+        store.release(k.lock, value).pipe(Effect.interruptible, Effect.timeout("3 seconds"), Effect.ignore)
+      )
+      yield* take(1)
       const pointed = yield* Ref.make(false)
       // What the record may hold from this run: its last acknowledged save, and every save since whose answer
       // was lost (a timed-out write may still have been applied).

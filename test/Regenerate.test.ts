@@ -568,6 +568,21 @@ describe("failures", () => {
       }
     }))
 
+  it.effect("Ctrl-C while the lock is being taken (its store waits on a locked table): at once, no lock left", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(30))
+      // The lock's INSERT waits 20 s, then lands.
+      world.store.faults = { acquire: Effect.sleep("20 seconds") }
+      const stop = yield* Ref.make(false)
+      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
+      const started = yield* TestClock.currentTimeMillis
+      const exit = yield* stepping(runIn(world, { batchSize: 10 }, Ref.get(stop)))
+      expect(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause), String(exit)).toBe(true)
+      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThanOrEqual(1100)
+      expect(world.table.rotations).toEqual([])
+      expect([...world.store.data.keys()]).toEqual([])
+    }))
+
   it.effect("a page query or batch that never answers times out and is retried", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(50), {

@@ -16,6 +16,8 @@ export interface StoreFaults {
   readonly refused?: (n: number) => Effect.Effect<void>
   /** Run before write `n` reaches the store: the time a write takes on its way. */
   readonly latency?: (n: number) => Effect.Effect<void>
+  /** Run before a lock is taken, after which it is taken (an INSERT that waits on a locked table, say). */
+  readonly acquire?: Effect.Effect<void>
 }
 
 export const unavailable = (operation: string) =>
@@ -75,11 +77,14 @@ export class MemoryStore {
             })
         ),
       acquire: (lockKey, holder, ttl) =>
-        withNow((now) => {
-          if (this.live(lockKey, now) !== undefined) return false
-          this.data.set(lockKey, { value: holder, expiresAt: now + ttl })
-          return true
-        }),
+        Effect.zipRight(
+          Effect.suspend(() => this.faults.acquire ?? Effect.void),
+          withNow((now) => {
+            if (this.live(lockKey, now) !== undefined) return false
+            this.data.set(lockKey, { value: holder, expiresAt: now + ttl })
+            return true
+          })
+        ),
       swap: (lockKey, expected, holder, ttl) =>
         withNow((now) => {
           if (this.live(lockKey, now)?.value !== expected) return false
