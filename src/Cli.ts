@@ -318,6 +318,17 @@ const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
     if (json) yield* Console.log(JSON.stringify(Regenerate.summaryJson(summary)))
   })
 
+/** What a run stopped before its first batch says (under --json, its one object too). */
+const stoppedBeforeBatches = (json: boolean) => {
+  const message = "stopped before any batch began: nothing was changed"
+  return json
+    ? Effect.zipRight(
+      Console.error(message),
+      Console.log(JSON.stringify({ status: "interrupted", rotated: 0, message }))
+    )
+    : Console.log(message)
+}
+
 const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions, json: boolean) =>
   Effect.gen(function*() {
     const out = json ? Console.error : Console.log
@@ -416,7 +427,11 @@ const runRegenerate = (flags: RegenerateFlags) =>
     if (flags.dryRun) return yield* printPlan(yield* Regenerate.plan(options), options, flags.json)
     const onStop = yield* stopping("the batches in flight commit")
     yield* Shutdown.graceful(
-      (stopRequested) => Effect.tap(Regenerate.regenerate(options, stopRequested), (s) => printSummary(s, flags.json)),
+      (stopRequested) =>
+        Effect.tap(Regenerate.regenerate(options, stopRequested), (s) => printSummary(s, flags.json)).pipe(
+          // A stop while a step before the batches waited (a locked table, say) ends the run at once.
+          Effect.onInterrupt(() => stoppedBeforeBatches(flags.json))
+        ),
       (summary) => summary.status === "interrupted",
       onStop
     )
