@@ -4,6 +4,7 @@
  */
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import { Checkpoint, type CheckpointService, type HeldLock, runOf } from "./Checkpoint.js"
 import { Db } from "./Db.js"
@@ -17,35 +18,72 @@ export interface StatusReport {
   readonly scope: string | null
   readonly run: Option.Option<RunRecord>
   readonly lock: Option.Option<HeldLock>
-  /** Unfinished runs of the database besides `run` (of other scopes), oldest first. */
-  readonly others: ReadonlyArray<RunRecord>
+  readonly others: OtherRuns
   readonly now: Date
 }
 
-/** The unfinished runs on the database besides `run`: a scope left half done must not go unseen. */
-export const otherUnfinished = (checkpoint: CheckpointService, database: string, run: Option.Option<RunRecord>) =>
-  Effect.map(
-    checkpoint.unfinished(database),
-    (records) => records.filter((r) => Option.isNone(run) || r.fingerprint !== run.value.fingerprint)
+/** An unfinished run of another scope, and the process that holds its lock if one does. */
+export interface OtherRun {
+  readonly run: RunRecord
+  readonly holder: Option.Option<HeldLock>
+}
+
+/** The unfinished runs of other scopes, oldest first; or why they could not be listed. */
+export type OtherRuns = Either.Either<ReadonlyArray<OtherRun>, string>
+
+/**
+ * The unfinished runs on the database besides `run`: a scope left half done must not go unseen. Best
+ * effort: a store that cannot list its keys (a Redis user without SCAN, a hiccup) leaves a note instead.
+ */
+export const otherUnfinished = (
+  checkpoint: CheckpointService,
+  database: string,
+  run: Option.Option<RunRecord>
+): Effect.Effect<OtherRuns> =>
+  checkpoint.unfinished(database).pipe(
+    Effect.flatMap((records) =>
+      Effect.forEach(
+        records.filter((r) => Option.isNone(run) || r.fingerprint !== run.value.fingerprint),
+        (r) => Effect.map(checkpoint.holder({ database, scope: r.scope }), (holder) => ({ run: r, holder }))
+      )
+    ),
+    Effect.mapError((error) => `${error.store}: ${error.detail}`),
+    Effect.either
   )
 
-/** A line for each unfinished run of another scope, saying how to resume it. */
-export const otherLines = (others: ReadonlyArray<RunRecord>, indent = ""): ReadonlyArray<string> =>
-  others.map((r) =>
-    `${indent}also unfinished: run ${r.runId} (${r.scope.description}), ${r.status}, ${r.rotated}` +
-    `${r.total === null ? "" : `/${r.total}`} rotated: resume with \`${r.scope.resumeCommand}\``
-  )
+/** Whether a live process holds the run's lock: it is going, not to be resumed. */
+const going = (other: OtherRun) => Option.exists(other.holder, (held) => !held.stale && held.damage === null)
 
-/** The JSON form of `otherLines`. */
-export const othersJson = (others: ReadonlyArray<RunRecord>) =>
-  others.map((r) => ({
-    runId: r.runId,
-    scope: r.scope,
-    status: r.status,
-    rotated: r.rotated,
-    total: r.total,
-    resume: r.scope.resumeCommand
-  }))
+/** A line for each unfinished run of another scope: going (and where), or how to resume it. */
+export const otherLines = (others: OtherRuns, indent = ""): ReadonlyArray<string> =>
+  Either.match(others, {
+    onLeft: (reason) => [`${indent}could not list the runs of other scopes: ${reason}`],
+    onRight: (runs) =>
+      runs.map((other) => {
+        const r = other.run
+        const state = going(other)
+          ? `in progress, lock held by ${Option.getOrThrow(other.holder).holder.description}`
+          : `resume with \`${r.scope.resumeCommand}\``
+        return `${indent}also unfinished: run ${r.runId} (${r.scope.description}), ${r.status}, ${r.rotated}` +
+          `${r.total === null ? "" : `/${r.total}`} rotated: ${state}`
+      })
+  })
+
+/** The JSON form of `otherLines` (null when they could not be listed). */
+export const othersJson = (others: OtherRuns) =>
+  Either.match(others, {
+    onLeft: () => null,
+    onRight: (runs) =>
+      runs.map((other) => ({
+        runId: other.run.runId,
+        scope: other.run.scope,
+        status: other.run.status,
+        rotated: other.run.rotated,
+        total: other.run.total,
+        inProgress: going(other),
+        resume: going(other) ? null : other.run.scope.resumeCommand
+      }))
+  })
 
 /** The run of `scope`, or (without one) the run most recently started on this database. */
 export const status = (scope: Option.Option<Scope>) =>

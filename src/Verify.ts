@@ -10,7 +10,7 @@ import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn, retrying
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { settled } from "./Regenerate.js"
-import { otherLines, othersJson, otherUnfinished } from "./Status.js"
+import { otherLines, type OtherRuns, othersJson, otherUnfinished } from "./Status.js"
 import { checkSchemaWithin, TicketRepo } from "./TicketRepo.js"
 
 const pageSize = 10_000
@@ -25,7 +25,7 @@ export interface VerifyReport {
   readonly duplicateTokens: number
   readonly duplicateSample: ReadonlyArray<string>
   /** Unfinished runs of other scopes: their tickets may still hold the leaked tokens. */
-  readonly others: ReadonlyArray<RunRecord>
+  readonly others: OtherRuns
 }
 
 export const isClean = (report: VerifyReport): boolean => report.notRotated === 0 && report.duplicateTokens === 0
@@ -51,6 +51,8 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
       })
     }
     const run = found.value
+    // Before the long part: the store is at hand now.
+    const others = yield* otherUnfinished(checkpoint, db.identity, found)
     yield* progress.emit(ProgressEvent.Started({ label: "verify", base: 0, throttle: undefined }))
     if (run.total !== null) yield* progress.emit(ProgressEvent.Total({ total: run.total }))
     let cursor = ""
@@ -74,7 +76,6 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
       yield* letEventLoopTurn(db.dialect)
     }
     const duplicates = yield* retryingDatabase(repo.duplicateTokens)
-    const others = yield* otherUnfinished(checkpoint, db.identity, found)
     yield* progress.emit(ProgressEvent.Finished({ outcome: "done" }))
     return {
       database: db.display,

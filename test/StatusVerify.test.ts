@@ -166,6 +166,22 @@ describe("an unfinished run of another scope", () => {
       expect(rendered.at(-1)).toBe("  OK")
       expect(Verify.toJson(report).otherUnfinished).toMatchObject([{ resume: "regenerate --resume" }])
 
+      // Going on in another process: said so, not to be resumed.
+      const otherLock = Checkpoint.keys({ database: "memory:test", scope: Scope.all }).lock
+      const now = yield* TestClock.currentTimeMillis
+      world.store.data.set(otherLock, { value: holder("other-host", 4242), expiresAt: now + 20_000 })
+      expect((yield* statusLines(world)).at(-1)).toMatch(
+        /^also unfinished: run \w+ \(all tickets\), interrupted, 20\/40 rotated: in progress, lock held by pid 4242 on other-host/
+      )
+      world.store.data.delete(otherLock)
+      // A store that cannot list its keys: a note, not a failed status or verify.
+      world.store.faults = { list: true }
+      expect((yield* statusLines(world)).at(-1)).toMatch(/^could not list the runs of other scopes: .*NOPERM/)
+      const unlisted = yield* Verify.verify(Option.none()).pipe(Effect.provide(world.layer()))
+      expect(Verify.render(unlisted).at(-2)).toMatch(/^ {2}note: could not list the runs of other scopes: /)
+      expect(Verify.toJson(unlisted)).toMatchObject({ otherUnfinished: null, ok: true })
+      world.store.faults = {}
+
       // Once resumed to the end, neither says more.
       yield* regenerate(options({ mode: "resume" }), Effect.succeed(false)).pipe(Effect.provide(world.layer()))
       expect((yield* statusLines(world)).filter((l) => l.startsWith("also"))).toEqual([])

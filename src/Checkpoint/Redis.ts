@@ -145,7 +145,9 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
         const found = new Set<string>()
         let cursor = "0"
         do {
-          const [next, batch] = await client.scan(cursor, "MATCH", match, "COUNT", 1000)
+          // SCAN walks the whole keyspace (a Redis shared with the site's cache holds many keys): in large
+          // steps, so that a few round trips do.
+          const [next, batch] = await client.scan(cursor, "MATCH", match, "COUNT", 10_000)
           for (const key of batch) found.add(key.slice(prefix.length + 1))
           cursor = next
         } while (cursor !== "0")

@@ -18,6 +18,8 @@ export interface StoreFaults {
   readonly latency?: (n: number) => Effect.Effect<void>
   /** Run before a lock is taken, after which it is taken (an INSERT that waits on a locked table, say). */
   readonly acquire?: Effect.Effect<void>
+  /** True: listing keys is refused (a Redis user without SCAN). */
+  readonly list?: boolean
 }
 
 export const unavailable = (operation: string) =>
@@ -57,7 +59,16 @@ export class MemoryStore {
       get: (key) => withNow((now) => Option.fromNullable(this.live(key, now)?.value)),
       set: (key, value) => withNow(() => void this.data.set(key, { value, expiresAt: undefined })),
       list: (prefix) =>
-        withNow((now) => [...this.data.keys()].filter((k) => k.startsWith(prefix) && this.live(k, now))),
+        this.faults.list === true
+          ? Effect.fail(
+            new CheckpointUnavailable({
+              store: "memory",
+              operation: "listing runs",
+              detail: "NOPERM this user has no permissions to run the 'scan' command",
+              transient: false
+            })
+          )
+          : withNow((now) => [...this.data.keys()].filter((k) => k.startsWith(prefix) && this.live(k, now))),
       setFenced: (key, value, lockKey, holder) =>
         Effect.flatMap(
           Effect.suspend(() => this.faults.latency?.(this.saves + 1) ?? Effect.void),
