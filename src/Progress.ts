@@ -274,7 +274,8 @@ const barWidths = { min: 10, max: 30 } as const
  * batch size; then without the label and in short form (`34.6k/s`, single spaces); then without elapsed;
  * then without retries. The state note comes whole ("retrying (database)") while elapsed and retries
  * still fit beside it, else without its reason; where the note says why there is no ETA, "ETA -" is left
- * out. On the narrowest terminals the bar, then the counts give way to %, rate, ETA and the state. Values are padded, so that the bar keeps its length from one redraw to the next.
+ * out. On the narrowest terminals the bar, then the counts give way to %, rate, ETA and the state. Values
+ * are padded, so that the bar keeps its length from one redraw to the next.
  */
 export const renderTty = (state: ProgressState, columns: number): string => {
   const fraction = fractionOf(state)
@@ -284,8 +285,10 @@ export const renderTty = (state: ProgressState, columns: number): string => {
   const width = columns - 1
   const rateText = formatRate(rate(state)).padStart(5)
   const full = note(state)
-  // No ETA once the run is over; none, either, where the state note says why there is none (retrying…).
-  const etaText = state.outcome !== undefined || (eta === undefined && full !== "")
+  // No ETA once the run is over; none, either, where the state note says why there is none: retrying,
+  // stopping, waiting, stalled (not throttled: the throttle's pace makes the ETA).
+  const noteSaysWhy = state.phase !== "running" || state.waiting !== undefined || stalledMillis(state) !== undefined
+  const etaText = state.outcome !== undefined || (eta === undefined && noteSaysWhy)
     ? ""
     : `ETA ${(eta === undefined ? "-" : formatDuration(eta)).padEnd(5)}`
   const elapsed = `elapsed ${formatDuration(state.now - state.startedAt).padEnd(5)}`

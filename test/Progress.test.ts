@@ -212,6 +212,9 @@ describe("rendering", () => {
   it("shows throttled and finished states", () => {
     const throttled = play([...steady(5, 1000), [5000, E.Phase({ phase: "throttled" })]])
     expect(renderTty(throttled, 150)).toContain("throttled")
+    // Throttled is no reason for no ETA: without a total, "ETA -" stays, as it does running.
+    const counting = play([...steady(5, 1000, null), [5000, E.Phase({ phase: "throttled" })]])
+    expect(renderTty(counting, 150)).toMatch(/ETA - .*throttled$/)
     const finished = play([...steady(5, 1000), [5000, E.Finished({ outcome: "stopped" })]])
     expect(renderPlain(finished)).toMatch(/, stopped$/)
   })
