@@ -102,7 +102,11 @@ const refusedErrnos = new Set([
   1044, // access denied to the database
   1045, // access denied (user or password)
   1130, // host not allowed to connect
-  1698 // access denied (authentication plugin)
+  1698, // access denied (authentication plugin)
+  1820, // the password has expired: change it before anything else
+  1862, // the password has expired, and the client may not change it
+  3118, // the account is locked (MySQL)
+  4151 // the account is locked (MariaDB)
 ])
 
 /**

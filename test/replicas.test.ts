@@ -2,7 +2,8 @@
  * Waiting for the replicas (REPLICA_URLS), through the built CLI against a private MariaDB primary and a
  * replica of it: a run holds its batches while the replica does not replicate and goes on once it does;
  * a server that is not a replica, one that cannot be reached, or a lag limit with no replica to watch are
- * refused before anything is written.
+ * refused before anything is written. (The private servers also hold a locked account, refused as a wrong
+ * password is.)
  */
 import type * as mysql from "mysql2/promise"
 import * as Path from "node:path"
@@ -91,6 +92,20 @@ describe.skipIf(missing.length > 0)("waiting for the replicas (a private primary
       }
     }
     expect(await snapshotOn(primaryAdmin)).toEqual(before)
+  })
+
+  it("a locked account is refused as a wrong password is (exit 2, one line), not as a server out of reach", async () => {
+    await replicaAdmin.query("CREATE USER IF NOT EXISTS 'locked'@'%' IDENTIFIED BY 'l0ckedPw' ACCOUNT LOCK")
+    await replicaAdmin.query("GRANT SELECT ON `own`.* TO 'locked'@'%'")
+    const r = await runCli(["status"], {
+      env: { DATABASE_URL: `mysql://locked:l0ckedPw@127.0.0.1:${replica.port}/own` }
+    })
+    expect(r.code, describeResult(r)).toBe(2)
+    expect(r.stderr.trim().split("\n")).toHaveLength(1)
+    expect(r.stderr).toMatch(
+      /^error: the database at mysql:\/\/127\.0\.0\.1:\d+\/own refused the connection: .*locked/i
+    )
+    expect(r.stderr).not.toContain("l0ckedPw")
   })
 
   it("holds every batch while the replica does not replicate, says so, and goes on once it does", async () => {
