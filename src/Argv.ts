@@ -82,15 +82,17 @@ export const argvProblem = (argv: ReadonlyArray<string>, interactive = true): st
     return `there is no \`seed ${target}\`: seed one of ${seedTargets.join(", ")} (see seed --help)`
   }
   // A flag before the target (`seed --count 5 users`): the parser would list the top-level commands too.
-  const allowedFirst = ["--help", "-h", "--wizard", "--log-level"]
-  if (target?.startsWith("-") === true && !allowedFirst.some((flag) => target.split("=")[0] === flag)) {
+  if (target?.startsWith("-") === true && !topLevelFlags.includes(target.split("=")[0]!)) {
     return `seed takes the table first, then its flags: seed ${seedTargets.join("|")} --count N (see seed --help)`
   }
   // A command's flag before the command (`--json regenerate`): the parser would call the command invalid.
-  const first = args[0]?.split("=")[0]
-  const command = args.slice(0, end).find((arg) => commands.includes(arg))
-  if (first?.startsWith("-") === true && !topLevelFlags.includes(first) && command !== undefined) {
-    return `${first} belongs to the command: put it after \`${command}\` (see ${command} --help)`
+  const command = args.slice(0, end).findIndex((arg) => commands.includes(arg))
+  const early = args.slice(0, Math.max(0, command)).find((arg) =>
+    arg.startsWith("-") && !topLevelFlags.includes(arg.split("=")[0]!)
+  )
+  if (early !== undefined) {
+    const name = args[command]!
+    return `${early.split("=")[0]} goes after the command: put it after \`${name}\` (see ${name} --help)`
   }
   const level = args.findIndex((arg) => arg === "--log-level" || arg.startsWith("--log-level="))
   const levelValue = level === -1

@@ -119,8 +119,9 @@ const stopSignalled = (stopRequested: Effect.Effect<boolean>) =>
   Effect.repeat(Effect.delay(stopRequested, "100 millis"), { until: (stop) => stop })
 
 /**
- * A step before the batches (the schema check, the lock, reading the checkpoint): a transient failure — a
- * killed connection, a Redis hiccup, no answer in time — is retried on the same schedule as a batch,
+ * A step before the batches (the schema check, the lock, reading the checkpoint) or beside them (the count,
+ * the id range), of a run, a dry run or a verify: a transient failure — a killed connection, a Redis
+ * hiccup, no answer in time — is retried on the same schedule as a batch,
  * uncounted, each retry said in a notice (nothing else shows yet that the command is waiting). Given
  * `stopRequested` (a run's graceful stop), a stop while the step waits interrupts it (its statement killed
  * on the server) and the run within 100 ms: nothing is in flight yet (exit 130/143), and a step waiting on
@@ -317,7 +318,7 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
     // The latest run on the database when it is unfinished and of another scope: an operator who left out
     // its scope flags must not start another run unawares (it would also become the one `status` and
     // `verify` show), nor be told that there is nothing to resume.
-    const otherUnfinished = Effect.map(
+    const latestOtherUnfinished = Effect.map(
       checkpoint.latest(key.database),
       Option.filter((latest) => !latest.finished && latest.fingerprint !== fingerprint(key))
     )
@@ -325,12 +326,12 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
       if (Option.isSome(existing) && !existing.value.finished) {
         return yield* new UnfinishedRun({ run: existing.value, asked: key.scope })
       }
-      const other = yield* otherUnfinished
+      const other = yield* latestOtherUnfinished
       if (Option.isSome(other)) return yield* new UnfinishedRun({ run: other.value, asked: key.scope })
       return { record: freshRecord(key, options, now), done: false, supersedes: existing }
     }
     if (Option.isNone(existing) || existing.value.finished) {
-      const other = yield* otherUnfinished
+      const other = yield* latestOtherUnfinished
       if (Option.isSome(other)) return yield* new ScopeMismatch({ run: other.value, asked: key.scope })
       if (Option.isNone(existing)) return yield* new NoRunToResume({ scope: key.scope })
       return { record: existing.value, done: true, supersedes }

@@ -122,10 +122,13 @@ describe("flags the argument parser would misreport", () => {
 
   it("a command's flag before the command is named as such, not as an invalid command", () => {
     expect(argvProblem(argv("--json", "regenerate"))).toBe(
-      "--json belongs to the command: put it after `regenerate` (see regenerate --help)"
+      "--json goes after the command: put it after `regenerate` (see regenerate --help)"
     )
     expect(argvProblem(argv("--batch-size=5", "regenerate", "--resume"))).toBe(
-      "--batch-size belongs to the command: put it after `regenerate` (see regenerate --help)"
+      "--batch-size goes after the command: put it after `regenerate` (see regenerate --help)"
+    )
+    expect(argvProblem(argv("--log-level", "debug", "--json", "status"))).toBe(
+      "--json goes after the command: put it after `status` (see status --help)"
     )
     // @effect/cli's own flags come first.
     for (const first of [["--log-level", "debug"], ["--version"], ["--completions", "bash"], ["-h"], ["--wizard"]]) {
