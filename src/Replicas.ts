@@ -66,13 +66,13 @@ const readLag = (sql: SqlClient.SqlClient): Effect.Effect<Option.Option<number |
 /** Why a replica holds the batches, from its last reading; undefined when it is within `maxLag`. */
 const holdReason = (
   replica: string,
-  reading: Either.Either<Option.Option<number | null>, { readonly message: string }>,
+  reading: Either.Either<Option.Option<number | null>, { readonly detail: string }>,
   maxLag: number
 ): string | undefined =>
   Either.match(reading, {
-    onLeft: (error) => `replica ${replica} does not answer (${error.message})`,
+    onLeft: (error) => `replica ${replica} cannot say how far behind it is (${error.detail})`,
     onRight: Option.match({
-      onNone: () => `${replica} is no longer a replica`,
+      onNone: () => `${replica} is no longer a replica (SHOW REPLICA STATUS says nothing)`,
       onSome: (lag) =>
         lag === null
           ? `replica ${replica} does not replicate`
