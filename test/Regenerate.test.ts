@@ -550,18 +550,26 @@ describe("failures", () => {
       expect(broken.table.calls).toMatchObject({ checkSchema: 1, rotate: 0 })
     }))
 
+  /**
+   * Runs in `world` and asks it to stop after 1 s; expects it interrupted (exit 130), not failed, within
+   * 100 ms of the stop.
+   */
+  const expectInterruptedAtOnce = (world: World) =>
+    Effect.gen(function*() {
+      const stop = yield* Ref.make(false)
+      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
+      const started = yield* TestClock.currentTimeMillis
+      const exit = yield* stepping(runIn(world, { batchSize: 10 }, Ref.get(stop)))
+      expect(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause), String(exit)).toBe(true)
+      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThanOrEqual(1100)
+    })
+
   it.effect("Ctrl-C while the schema check is being retried, or waits for its answer, interrupts the run at once", () =>
     Effect.gen(function*() {
       for (const checkSchema of [() => transientError("checking the schema"), () => Effect.never]) {
         const world = new World(makeTickets(30), { checkSchema })
-        const stop = yield* Ref.make(false)
-        yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
-        const started = yield* TestClock.currentTimeMillis
-        const exit = yield* stepping(runIn(world, { batchSize: 10 }, Ref.get(stop)))
-        // Interrupted (exit 130), not failed: nothing was in flight, nothing is lost.
-        expect(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause), String(exit)).toBe(true)
-        // Within 100 ms of the stop, not after ~26 s of retries or a 10 s wait for an answer.
-        expect((yield* TestClock.currentTimeMillis) - started).toBeLessThanOrEqual(1100)
+        // Nothing was in flight, nothing is lost; not after ~26 s of retries or a 10 s wait for an answer.
+        yield* expectInterruptedAtOnce(world)
         expect(world.table.calls.checkSchema).toBeLessThanOrEqual(4)
         expect(world.table.rotations).toEqual([])
         expect(world.store.records()).toEqual([])
@@ -573,12 +581,7 @@ describe("failures", () => {
       const world = new World(makeTickets(30))
       // The lock's INSERT waits 20 s, then lands.
       world.store.faults = { acquire: Effect.sleep("20 seconds") }
-      const stop = yield* Ref.make(false)
-      yield* Effect.fork(Effect.delay(Ref.set(stop, true), "1 second"))
-      const started = yield* TestClock.currentTimeMillis
-      const exit = yield* stepping(runIn(world, { batchSize: 10 }, Ref.get(stop)))
-      expect(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause), String(exit)).toBe(true)
-      expect((yield* TestClock.currentTimeMillis) - started).toBeLessThanOrEqual(1100)
+      yield* expectInterruptedAtOnce(world)
       expect(world.table.rotations).toEqual([])
       expect([...world.store.data.keys()]).toEqual([])
     }))
