@@ -121,8 +121,8 @@ const stopSignalled = (stopRequested: Effect.Effect<boolean>) =>
 /**
  * A step before the batches (the schema check, the lock, reading the checkpoint) or beside them (the count,
  * the id range), of a run, a dry run or a verify: a transient failure — a killed connection, a Redis
- * hiccup, no answer in time — is retried on the same schedule as a batch,
- * uncounted, each retry said in a notice (nothing else shows yet that the command is waiting). Given
+ * hiccup, no answer in time — is retried on the same schedule as a batch, uncounted, each retry said in a
+ * notice (nothing else shows yet that the command is waiting). Given
  * `stopRequested` (a run's graceful stop), a stop while the step waits interrupts it (its statement killed
  * on the server) and the run within 100 ms: nothing is in flight yet (exit 130/143), and a step waiting on
  * a locked table or an absent server does not hold the exit up.
