@@ -200,12 +200,15 @@ export const parseRedisUrl = (raw: string): Either.Either<RedisTarget, BadRedisU
   })
 }
 
-const optionalString = (name: string) =>
-  Config.option(Config.redacted(name)).pipe(Config.map(Option.map(Redacted.value)))
+/** An environment variable's text, if set (redacted while read: it may hold a password). */
+const optionalVariable = (name: string): Effect.Effect<Option.Option<string>> =>
+  Config.option(Config.redacted(name)).pipe(
+    Config.map(Option.map(Redacted.value)),
+    Effect.orElseSucceed(() => Option.none<string>())
+  )
 
 /** The database DATABASE_URL points to (the embedded SQLite file when unset). */
-export const databaseTarget: Effect.Effect<DatabaseTarget, BadDatabaseUrl> = optionalString("DATABASE_URL").pipe(
-  Effect.orElseSucceed(() => Option.none<string>()),
+export const databaseTarget: Effect.Effect<DatabaseTarget, BadDatabaseUrl> = optionalVariable("DATABASE_URL").pipe(
   Effect.flatMap((raw) => parseDatabaseUrl(Option.getOrUndefined(raw)))
 )
 
@@ -215,29 +218,28 @@ export type MysqlTarget = Extract<DatabaseTarget, { readonly _tag: "mysql" }>
  * The replicas REPLICA_URLS lists (comma-separated, each as DATABASE_URL gives a MySQL server), whose lag a
  * run waits on; none when unset. Set but empty is refused, as DATABASE_URL is.
  */
-export const replicaTargets: Effect.Effect<ReadonlyArray<MysqlTarget>, BadUsage> = optionalString("REPLICA_URLS").pipe(
-  Effect.orElseSucceed(() => Option.none<string>()),
-  Effect.flatMap(Option.match({
-    onNone: () => Effect.succeed([]),
-    onSome: (raw) =>
-      Effect.forEach(raw.split(","), (item, i) => {
-        const bad = (reason: string) =>
-          new BadUsage({
-            message: `REPLICA_URLS is malformed: ${raw.trim() === "" ? reason : `replica ${i + 1}: ${reason}`}. ` +
-              "List the replicas as mysql://user:password@host:3306/database, separated by commas."
+export const replicaTargets: Effect.Effect<ReadonlyArray<MysqlTarget>, BadUsage> = optionalVariable("REPLICA_URLS")
+  .pipe(
+    Effect.flatMap(Option.match({
+      onNone: () => Effect.succeed([]),
+      onSome: (raw) =>
+        Effect.forEach(raw.split(","), (item, i) => {
+          const bad = (reason: string) =>
+            new BadUsage({
+              message: `REPLICA_URLS is malformed: ${raw.trim() === "" ? reason : `replica ${i + 1}: ${reason}`}. ` +
+                "List the replicas as mysql://user:password@host:3306/database, separated by commas."
+            })
+          if (item.trim() === "") return Effect.fail(bad(raw.trim() === "" ? "it is set but empty" : "it is empty"))
+          return Either.match(parseDatabaseUrl(item), {
+            onLeft: (error) => Effect.fail(bad(error.reason)),
+            onRight: (target) => target._tag === "mysql" ? Effect.succeed(target) : Effect.fail(bad("not a MySQL URL"))
           })
-        if (item.trim() === "") return Effect.fail(bad(raw.trim() === "" ? "it is set but empty" : "it is empty"))
-        return Either.match(parseDatabaseUrl(item), {
-          onLeft: (error) => Effect.fail(bad(error.reason)),
-          onRight: (target) => target._tag === "mysql" ? Effect.succeed(target) : Effect.fail(bad("not a MySQL URL"))
         })
-      })
-  }))
-)
+    }))
+  )
 
 /** The Redis server REDIS_URL points to, if any. */
-export const redisTarget: Effect.Effect<Option.Option<RedisTarget>, BadRedisUrl> = optionalString("REDIS_URL").pipe(
-  Effect.orElseSucceed(() => Option.none<string>()),
+export const redisTarget: Effect.Effect<Option.Option<RedisTarget>, BadRedisUrl> = optionalVariable("REDIS_URL").pipe(
   Effect.flatMap(Option.match({
     onNone: () => Effect.succeedNone,
     // Set to nothing is not taken for unset: a runner with checkpoints in the database would not see the
@@ -255,8 +257,7 @@ export const redisTarget: Effect.Effect<Option.Option<RedisTarget>, BadRedisUrl>
  * Namespace of every Redis key this tool writes (REDIS_PREFIX, default "ticket-tokens"). Set to nothing is
  * refused, as REDIS_URL is: runners with different prefixes do not see each other's lock or runs.
  */
-export const redisPrefix: Effect.Effect<string, BadUsage> = optionalString("REDIS_PREFIX").pipe(
-  Effect.orElseSucceed(() => Option.none<string>()),
+export const redisPrefix: Effect.Effect<string, BadUsage> = optionalVariable("REDIS_PREFIX").pipe(
   Effect.flatMap(Option.match({
     onNone: () => Effect.succeed("ticket-tokens"),
     onSome: (prefix) =>

@@ -241,17 +241,17 @@ const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, optio
 
 const unreachable =
   (target: DatabaseTarget) => (error: unknown): DatabaseUnreachable | DatabaseRefused | DatabaseMissing => {
-    const errno = target._tag === "mysql" ? driverError(error).errno : undefined
-    return target._tag === "mysql" && errno === 1049 // ER_BAD_DB_ERROR
-      ? new DatabaseMissing({ target: target.display.replace(/\/[^/]*$/, ""), database: target.database })
-      : target._tag === "mysql" && refusedErrnos.has(errno as number)
-      ? new DatabaseRefused({
-        target: target.display,
-        reason: describe(error),
-        plaintext: target.tls.mode === "disabled",
-        cause: error
-      })
-      : new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
+    if (target._tag === "mysql") {
+      const errno = driverError(error).errno as number
+      if (errno === 1049) { // ER_BAD_DB_ERROR
+        return new DatabaseMissing({ target: target.display.replace(/\/[^/]*$/, ""), database: target.database })
+      }
+      if (refusedErrnos.has(errno)) {
+        const plaintext = target.tls.mode === "disabled"
+        return new DatabaseRefused({ target: target.display, reason: describe(error), plaintext, cause: error })
+      }
+    }
+    return new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
   }
 
 const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
@@ -520,6 +520,9 @@ export const stateColumns = ["key", "value", "expires_at"] as const
 /** Every table `migrate` creates: the app's, and the checkpoint table. */
 const migratedTables = { ...appTables, [stateTable]: stateColumns }
 
+/** What a missing app table means for a command. */
+const noSchema = (table: string) => `the database has no ticket schema (table ${table} does not exist)`
+
 /** Whether a statement failed because its table does not exist (MySQL/MariaDB and SQLite wording). */
 export const missingTable = (error: unknown) => /doesn't exist|no such table/i.test(describe(error))
 const missingColumn = (error: unknown) => /unknown column|no such column|has no column/i.test(describe(error))
@@ -593,8 +596,7 @@ export const schemaCheck: Effect.Effect<void, SchemaMissing | SchemaMismatch | D
   Effect.zipRight(
     Effect.forEach(
       Object.entries(appTables),
-      ([table, columns]) =>
-        checkTable(table, columns, `the database has no ticket schema (table ${table} does not exist)`),
+      ([table, columns]) => checkTable(table, columns, noSchema(table)),
       { discard: true }
     ),
     tokenFits
@@ -625,7 +627,7 @@ export const requireAppTables: Effect.Effect<void, SchemaMissing | DatabaseError
         const missing = names.find((name) => !rows.some((row) => String(row.name) === name))
         return missing === undefined
           ? Effect.void
-          : new SchemaMissing({ detail: `the database has no ticket schema (table ${missing} does not exist)` })
+          : new SchemaMissing({ detail: noSchema(missing) })
       }),
       retryingDatabase
     )

@@ -127,17 +127,20 @@ export const layer = (maxLag: number | undefined) =>
                 "whose lag a run waits on"
             })
           }
-          return { target, sql }
+          return { target, sql, lag }
         }))
+      /** Why the replicas hold the batches, from one reading of each; undefined when none does. */
+      const reasons = (readings: ReadonlyArray<Either.Either<Option.Option<number | null>, { detail: string }>>) =>
+        readings
+          .map((reading, i) => holdReason(replicas[i]!.target.display, reading, limit))
+          .filter((reason) => reason !== undefined)
+          .join("; ") || undefined
       const check = Effect.map(
         Effect.forEach(replicas, ({ sql, target }) => Effect.either(lagOf(target, sql)), { concurrency: "unbounded" }),
-        (readings) =>
-          readings
-            .map((reading, i) => holdReason(replicas[i]!.target.display, reading, limit))
-            .filter((reason) => reason !== undefined)
-            .join("; ") || undefined
+        reasons
       )
-      const state = yield* Ref.make(yield* check)
+      // The readings that found each to be a replica are the first state.
+      const state = yield* Ref.make(reasons(replicas.map(({ lag }) => Either.right(lag))))
       yield* check.pipe(
         Effect.flatMap((reason) => Ref.set(state, reason)),
         Effect.delay(pollEvery),

@@ -139,14 +139,13 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
     set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
     list: (start) =>
       call("listing runs", async () => {
-        // SCAN, not KEYS: it does not hold the server while it walks the keys. The prefix's glob characters
-        // (the operator's REDIS_PREFIX may have some) are escaped.
+        // SCAN, not KEYS: it does not hold the server while it walks the keys; it walks them all (a Redis
+        // shared with the site's cache holds many), so in large steps. The prefix's glob characters (the
+        // operator's REDIS_PREFIX may have some) are escaped.
         const match = `${k(start).replace(/[*?[\]\\]/g, "\\$&")}*`
         const found = new Set<string>()
         let cursor = "0"
         do {
-          // SCAN walks the whole keyspace (a Redis shared with the site's cache holds many keys): in large
-          // steps, so that a few round trips do.
           const [next, batch] = await client.scan(cursor, "MATCH", match, "COUNT", 10_000)
           for (const key of batch) found.add(key.slice(prefix.length + 1))
           cursor = next
