@@ -58,7 +58,10 @@ export interface Store {
   /** `CheckpointCorrupt` when the key holds something that is not a string (another program's data). */
   readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable | CheckpointCorrupt>
   readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
-  /** The keys that start with `prefix` (records are never deleted by the tool: a handful per database). */
+  /**
+   * The keys `set` and `setFenced` wrote that start with `prefix` (records are never deleted by the tool: a
+   * handful per database).
+   */
   readonly list: (prefix: string) => Effect.Effect<ReadonlyArray<string>, CheckpointUnavailable>
   /** Sets `key` only while `lockKey` holds `holder`, atomically; false when it does not. */
   readonly setFenced: (
