@@ -393,7 +393,7 @@ export class LockLost extends Data.TaggedError("LockLost")<{ readonly detail: st
 const maybeGoing = (run: RunRecord) =>
   run.status === "running" ? " once it is no longer going (`status` shows whether it is)" : ""
 
-/** A plain start while a run is unfinished: of the same scope, or (`asked` differs) the latest run, of another. */
+/** A plain start while a run is unfinished: of the same scope, or (`asked` differs) of another scope. */
 export class UnfinishedRun
   extends Data.TaggedError("UnfinishedRun")<{ readonly run: RunRecord; readonly asked: Scope }>
 {

@@ -10,6 +10,7 @@
  * - a stop request, or a failure retries cannot fix, ends the page source, and no batch begins after it
  *   (pages read ahead are left for a resume); batches in flight still commit and are checkpointed.
  */
+import * as Arr from "effect/Array"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -315,23 +316,23 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
       return { record: freshRecord(key, options, now), done: false, supersedes: abandoned }
     }
     const existing = yield* checkpoint.load(key)
-    // The latest run on the database when it is unfinished and of another scope: an operator who left out
-    // its scope flags must not start another run unawares (it would also become the one `status` and
-    // `verify` show), nor be told that there is nothing to resume.
-    const latestOtherUnfinished = Effect.map(
-      checkpoint.latest(key.database),
-      Option.filter((latest) => !latest.finished && latest.fingerprint !== fingerprint(key))
+    // The most recently started unfinished run of another scope, the latest run or an older one: an operator
+    // who left out its scope flags must not start another run unawares (it would also become the one
+    // `status` and `verify` show), nor be told that there is nothing to resume.
+    const otherUnfinished = Effect.map(
+      checkpoint.unfinished(key.database),
+      Arr.findLast((run) => run.fingerprint !== fingerprint(key))
     )
     if (options.mode === "start") {
       if (Option.isSome(existing) && !existing.value.finished) {
         return yield* new UnfinishedRun({ run: existing.value, asked: key.scope })
       }
-      const other = yield* latestOtherUnfinished
+      const other = yield* otherUnfinished
       if (Option.isSome(other)) return yield* new UnfinishedRun({ run: other.value, asked: key.scope })
       return { record: freshRecord(key, options, now), done: false, supersedes: existing }
     }
     if (Option.isNone(existing) || existing.value.finished) {
-      const other = yield* latestOtherUnfinished
+      const other = yield* otherUnfinished
       if (Option.isSome(other)) return yield* new ScopeMismatch({ run: other.value, asked: key.scope })
       if (Option.isNone(existing)) return yield* new NoRunToResume({ scope: key.scope })
       return { record: existing.value, done: true, supersedes }

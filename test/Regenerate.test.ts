@@ -937,7 +937,7 @@ describe("resume rules", () => {
       expect((yield* runIn(world, { mode: "resume" })).note).toContain("already completed")
     }))
 
-  it.effect("a plain run of another scope refuses while the latest run is unfinished, naming its flags; --restart starts it and leaves that run resumable", () =>
+  it.effect("a plain run of another scope refuses while a run is unfinished (the latest or an older one), naming its flags; --restart starts it and leaves that run resumable", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(60))
       const scope = new Scope({ liveOnly: true, emailDomain: "example.com", createdAfter: null, createdBefore: null })
@@ -964,6 +964,15 @@ describe("resume rules", () => {
       expect(world.table.rotations.length).toBe(2)
       const all = yield* runIn(world, { mode: "restart" })
       expect(all).toMatchObject({ status: "completed", rotated: 60 })
+      // No longer the latest run, the unfinished one still stops a plain start and a --resume of a third scope.
+      const before = world.table.rotations.length
+      const third = new Scope({ liveOnly: false, emailDomain: "example.com", createdAfter: null, createdBefore: null })
+      for (const mode of ["start", "resume"] as const) {
+        const error = yield* Effect.flip(runIn(world, { mode, scope: third }))
+        expect(error._tag).toBe(mode === "start" ? "UnfinishedRun" : "ScopeMismatch")
+        expect(error.message).toContain("`regenerate --resume --live-only --email-domain example.com`")
+      }
+      expect(world.table.rotations.length).toBe(before)
       const resumed = yield* runIn(world, { mode: "resume", scope })
       expect(resumed).toMatchObject({ status: "completed", resumed: true })
     }))
