@@ -20,7 +20,7 @@ import type { Scope as EffectScope } from "effect/Scope"
 import { createHash, randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
-import { makeRedisStore, redisClient } from "./Checkpoint/Redis.js"
+import { evictionWarning, makeRedisStore, redisClient } from "./Checkpoint/Redis.js"
 import { makeSqlStore } from "./Checkpoint/Sql.js"
 import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
 import { Db, requireSchema, requireTable, stateColumns, stateTable } from "./Db.js"
@@ -53,6 +53,8 @@ export interface LockValue {
 /** Atomic operations a checkpoint backend provides. Keys are plain strings; values are JSON text. */
 export interface Store {
   readonly name: string
+  /** What an operator should know before a run keeps its checkpoint here (a Redis that evicts keys). */
+  readonly warning?: string
   /** Where `key` is, as an operator would look it up (the Redis key with its prefix, the table row). */
   readonly locate: (key: string) => string
   /** `CheckpointCorrupt` when the key holds something that is not a string (another program's data). */
@@ -203,6 +205,8 @@ export const refusal = (
 export interface CheckpointService {
   /** Where checkpoints live, for messages. */
   readonly store: string
+  /** The store's warning for a run, if it has one (`Store.warning`). */
+  readonly storeWarning: Option.Option<string>
   /** The run record of a slot; `CheckpointCorrupt` when unreadable, `ForeignCheckpoint` when not this slot's. */
   readonly load: (
     key: RunKey
@@ -415,7 +419,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
 
   const holder = (key: RunKey) => Effect.map(inspectHolder(keys(key).lock), Option.map((h) => h.held))
 
-  return { store: store.name, load, latest, unfinished, lock, holder }
+  return { store: store.name, storeWarning: Option.fromNullable(store.warning), load, latest, unfinished, lock, holder }
 }
 
 export const layerRedis = (
@@ -424,7 +428,10 @@ export const layerRedis = (
 ): Layer.Layer<Checkpoint, RedisUnavailable | RedisRefused> =>
   Layer.scoped(
     Checkpoint,
-    Effect.map(redisClient(target), (client) => make(makeRedisStore(client, target, prefix)))
+    Effect.gen(function*() {
+      const client = yield* redisClient(target)
+      return make(makeRedisStore(client, target, prefix, yield* evictionWarning(client, target)))
+    })
   )
 
 export const layerSql: Layer.Layer<

@@ -394,6 +394,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
             `this new run starts over from the first ticket (Ctrl-C stops it, resumably)`
       }))
     }
+    if (Option.isSome(checkpoint.storeWarning)) {
+      yield* progress.emit(ProgressEvent.Notice({ text: `warning: ${checkpoint.storeWarning.value}` }))
+    }
     if (options.maxRowsPerSecond !== undefined && options.maxRowsPerSecond < options.batchSize) {
       // A whole batch at a time: the throttle lets one through every batchSize / rate seconds.
       const every = Math.round(options.batchSize / options.maxRowsPerSecond)
@@ -783,6 +786,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 export interface Plan {
   readonly database: string
   readonly store: string
+  readonly storeWarning: Option.Option<string>
   /**
    * What the run would do: start a new run, resume one, restart (abandon an unfinished one for a new one),
    * or nothing (it completed).
@@ -820,5 +824,6 @@ export const plan = (options: RegenerateOptions) =>
     // A restart with no unfinished run to abandon starts a run like any other (and says so).
     const abandons = Option.exists(starting.supersedes, (run) => !run.finished)
     const action = starting.done ? "nothing" : options.mode === "restart" && !abandons ? "start" : options.mode
-    return { database: db.display, store: checkpoint.store, action, existing, holder, total } satisfies Plan
+    const { store, storeWarning } = checkpoint
+    return { database: db.display, store, storeWarning, action, existing, holder, total } satisfies Plan
   })

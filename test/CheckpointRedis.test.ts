@@ -1,13 +1,20 @@
 /**
- * The Redis store's listing of run records (for `status` and `verify`, which name the unfinished runs of
- * other scopes), on the real Redis: the store indexes each key it writes, so the listing reads one set
- * instead of walking a keyspace that the site's cache may fill.
+ * The Redis store on real Redis servers. Its listing of run records (for `status` and `verify`, which name
+ * the unfinished runs of other scopes): the store indexes each key it writes, so the listing reads one set
+ * instead of walking a keyspace that the site's cache may fill. Its warning for a Redis that evicts keys.
  */
 import { Effect, Redacted } from "effect"
 import { Redis } from "ioredis"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { makeRedisStore, redisClient } from "../src/Checkpoint/Redis.js"
+import { evictionWarning, makeRedisStore, redisClient } from "../src/Checkpoint/Redis.js"
+import { runCli } from "./support/cli.js"
+import { privateRedis, removePrivateRedisDirs } from "./support/privateRedis.js"
 import { createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
+
+afterAll(removePrivateRedisDirs)
 
 describe.skipIf(!servicesAvailable)("the Redis store's list", () => {
   const prefix = createRedisPrefix("tt-list")
@@ -50,6 +57,61 @@ describe.skipIf(!servicesAvailable)("the Redis store's list", () => {
       expect(await plain.exists(`${name}:run:db1:a`)).toBe(0)
     } finally {
       await plain.del(`${name}:index`)
+    }
+  })
+})
+
+describe.skipIf(!servicesAvailable)("a Redis that evicts keys when full", () => {
+  const warningOf = (url: string) => {
+    const target = { url: Redacted.make(url), display: url }
+    return Effect.runPromise(
+      Effect.scoped(Effect.flatMap(redisClient(target), (client) => evictionWarning(client, target)))
+    )
+  }
+
+  it("is named by the store, and a run and a dry run say so; a Redis that keeps its keys is not", async () => {
+    const evicting = privateRedis({
+      persist: false,
+      args: ["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]
+    })
+    const volatile = privateRedis({
+      persist: false,
+      args: ["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]
+    })
+    // allkeys-lru without a memory limit never evicts.
+    const unlimited = privateRedis({ persist: false, args: ["--maxmemory-policy", "allkeys-lru"] })
+    const servers = [evicting, volatile, unlimited]
+    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-evict-"))
+    try {
+      await Promise.all(servers.map((server) => server.start()))
+      expect(await warningOf(evicting.url)).toMatch(
+        /evicts any key when its memory is full \(maxmemory-policy allkeys-lru\)/
+      )
+      for (const url of [volatile.url, unlimited.url, redisUrl]) expect(await warningOf(url)).toBeUndefined()
+
+      const env = { DATABASE_URL: `sqlite:${Path.join(dir, "t.db")}`, REDIS_URL: evicting.url }
+      for (
+        const args of [["migrate"], ["seed", "users", "--count", "5"], ["seed", "orders", "--count", "5"], [
+          "seed",
+          "tickets",
+          "--count",
+          "50"
+        ]]
+      ) {
+        expect((await runCli(args, { env })).code).toBe(0)
+      }
+      const plan = await runCli(["regenerate", "--dry-run", "--json"], { env })
+      expect(plan.code).toBe(0)
+      expect(JSON.parse(plan.stdout).storeWarning).toMatch(/^Redis at redis:\/\/127\.0\.0\.1:\d+ evicts any key/)
+      expect(plan.stderr).toMatch(/^warning: Redis at .* evicts any key .*leave REDIS_URL unset/m)
+      const run = await runCli(["regenerate", "--json"], { env })
+      expect(run.code).toBe(0)
+      expect(JSON.parse(run.stdout)).toMatchObject({ status: "completed", rotated: 50 })
+      expect(run.stderr).toMatch(/^warning: Redis at .* evicts any key/m)
+      expect(`${plan.stdout}${plan.stderr}${run.stderr}`).not.toContain(evicting.password)
+    } finally {
+      await Promise.all(servers.map((server) => server.stop()))
+      Fs.rmSync(dir, { recursive: true, force: true })
     }
   })
 })

@@ -6,15 +6,13 @@
  */
 import { Redis } from "ioredis"
 import type * as mysql from "mysql2/promise"
-import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import * as Fs from "node:fs"
 import * as Os from "node:os"
-import * as Path from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { lockWaitSeconds } from "../src/Db.js"
 import { type CliResult, runCli, spawnCli } from "./support/cli.js"
+import { privateRedis, removePrivateRedisDirs } from "./support/privateRedis.js"
 import {
   adminConnection,
   createDatabase,
@@ -23,8 +21,7 @@ import {
   mysqlHost,
   mysqlPort,
   redisUrl,
-  servicesAvailable,
-  spareTcpPort
+  servicesAvailable
 } from "./support/services.js"
 import {
   expectAllRotated,
@@ -42,63 +39,7 @@ const ticketCount = 40_000
 /** Slow enough that a fault can land in the middle of a run (about 4 s for the whole table). */
 const throttle = ["--max-rows-per-second", "10000", "--batch-size", "500"]
 
-/** The private servers' data directories, removed once the file's tests are done. */
-const redisDirs: Array<string> = []
-afterAll(() => {
-  for (const dir of redisDirs) Fs.rmSync(dir, { recursive: true, force: true })
-})
-
-/**
- * A private redis-server on a spare port (with a password), to stop and restart; with an append-only file
- * unless `persist` is false (then a restart loses every key, as the machine's own Redis would).
- */
-const privateRedis = (persist = true) => {
-  const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-redis-"))
-  redisDirs.push(dir)
-  const port = spareTcpPort()
-  const password = `rp-${randomBytes(6).toString("hex")}`
-  let process: ChildProcess | undefined
-  const client = () => {
-    const c = new Redis({ port, password, maxRetriesPerRequest: 1, lazyConnect: true })
-    c.on("error", () => {})
-    return c
-  }
-  const start = async () => {
-    process = spawn("redis-server", [
-      "--port",
-      String(port),
-      "--bind",
-      "127.0.0.1",
-      "--requirepass",
-      password,
-      "--dir",
-      dir,
-      ...(persist ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
-      "--save",
-      ""
-    ], { stdio: "ignore" })
-    for (let i = 0; i < 100 && process.exitCode === null; i++) {
-      const c = client()
-      try {
-        await c.connect()
-        await c.ping()
-        return
-      } catch {
-        await sleep(50)
-      } finally {
-        c.disconnect()
-      }
-    }
-    throw new Error("the private redis-server did not start")
-  }
-  const stop = async () => {
-    if (process === undefined || process.exitCode !== null || process.signalCode !== null) return
-    const exited = new Promise((resolve) => process?.once("exit", resolve))
-    process.kill("SIGTERM") // redis-server shuts down cleanly on SIGTERM, flushing its append-only file
-    await exited
-  }
-  return { url: `redis://:${password}@127.0.0.1:${port}`, password, port, start, stop, client, dir }
-}
+afterAll(removePrivateRedisDirs)
 
 describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => {
   let db: Awaited<ReturnType<typeof createDatabase>>
@@ -212,7 +153,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
   })
 
   it("Redis restarted without its data mid-run: the run puts its lock and checkpoint back and completes", async () => {
-    const redis = privateRedis(false)
+    const redis = privateRedis({ persist: false })
     await redis.start()
     const watcher = redis.client()
     try {

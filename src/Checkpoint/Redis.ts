@@ -121,7 +121,28 @@ const isTransientRedis = (error: unknown): boolean =>
   !(error instanceof Error && error.name === "ReplyError") ||
   /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b/.test(error.message)
 
-export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix: string): Store => {
+/**
+ * A warning for a Redis that evicts any key once its memory is full (a cache's `allkeys-*` policy with a
+ * `maxmemory`): it may drop a run's record, and with it the resume. Best effort: none where INFO is refused.
+ */
+export const evictionWarning = (client: Redis, target: RedisTarget): Effect.Effect<string | undefined> =>
+  Effect.promise(() =>
+    client.info("memory").then((info) => {
+      const field = (name: string) => new RegExp(`^${name}:(\\S*)`, "m").exec(info)?.[1]
+      const policy = field("maxmemory_policy")
+      if (policy === undefined || !policy.startsWith("allkeys-") || !(Number(field("maxmemory")) > 0)) return undefined
+      return `Redis at ${target.display} evicts any key when its memory is full (maxmemory-policy ${policy}): ` +
+        `the checkpoint could be evicted and the run's resume lost; use a Redis that keeps its keys ` +
+        `(noeviction or a volatile-* policy), or leave REDIS_URL unset to keep the checkpoint in the database`
+    }, () => undefined)
+  )
+
+export const makeRedisStore = (
+  client: ScriptClient,
+  target: RedisTarget,
+  prefix: string,
+  warning?: string
+): Store => {
   const name = `redis ${target.display}`
   const k = (key: string) => `${prefix}:${key}`
   const call = <A>(operation: string, f: () => Promise<A>) =>
@@ -140,6 +161,7 @@ export const makeRedisStore = (client: ScriptClient, target: RedisTarget, prefix
   const locate = (key: string) => `redis key ${k(key)} on ${target.display}`
   return {
     name,
+    ...(warning === undefined ? {} : { warning }),
     locate,
     get: (key) =>
       call("reading", () => client.get(k(key))).pipe(
