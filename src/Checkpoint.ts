@@ -20,7 +20,7 @@ import type { Scope as EffectScope } from "effect/Scope"
 import { createHash, randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
-import { evictionWarning, makeRedisStore, redisClient } from "./Checkpoint/Redis.js"
+import { makeRedisStore, redisClient, storeWarnings } from "./Checkpoint/Redis.js"
 import { makeSqlStore } from "./Checkpoint/Sql.js"
 import { redisPrefix, type RedisTarget, redisTarget } from "./Config.js"
 import { Db, requireSchema, requireTable, stateColumns, stateTable } from "./Db.js"
@@ -54,7 +54,7 @@ export interface LockValue {
 export interface Store {
   readonly name: string
   /** What an operator should know before a run keeps its checkpoint here (a Redis that evicts keys). */
-  readonly warning?: string
+  readonly warnings?: ReadonlyArray<string>
   /** Where `key` is, as an operator would look it up (the Redis key with its prefix, the table row). */
   readonly locate: (key: string) => string
   /** `CheckpointCorrupt` when the key holds something that is not a string (another program's data). */
@@ -205,8 +205,8 @@ export const refusal = (
 export interface CheckpointService {
   /** Where checkpoints live, for messages. */
   readonly store: string
-  /** The store's warning for a run, if it has one (`Store.warning`). */
-  readonly storeWarning: Option.Option<string>
+  /** What an operator should know before a run keeps its checkpoint here (`Store.warnings`). */
+  readonly storeWarnings: ReadonlyArray<string>
   /** The run record of a slot; `CheckpointCorrupt` when unreadable, `ForeignCheckpoint` when not this slot's. */
   readonly load: (
     key: RunKey
@@ -419,7 +419,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
 
   const holder = (key: RunKey) => Effect.map(inspectHolder(keys(key).lock), Option.map((h) => h.held))
 
-  return { store: store.name, storeWarning: Option.fromNullable(store.warning), load, latest, unfinished, lock, holder }
+  return { store: store.name, storeWarnings: store.warnings ?? [], load, latest, unfinished, lock, holder }
 }
 
 export const layerRedis = (
@@ -430,7 +430,7 @@ export const layerRedis = (
     Checkpoint,
     Effect.gen(function*() {
       const client = yield* redisClient(target)
-      return make(makeRedisStore(client, target, prefix, yield* evictionWarning(client, target)))
+      return make(makeRedisStore(client, target, prefix, yield* storeWarnings(client, target)))
     })
   )
 

@@ -372,7 +372,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
       )
     }
     yield* out(`checkpoint store: ${plan.store}`)
-    if (Option.isSome(plan.storeWarning)) yield* out(`warning: ${plan.storeWarning.value}`)
+    for (const warning of plan.storeWarnings) yield* out(`warning: ${warning}`)
     const replicas = yield* Replicas.Replicas
     const holding = yield* replicas.holding
     if (replicas.watched.length > 0) {
@@ -404,7 +404,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         concurrency: options.concurrency,
         maxRowsPerSecond: options.maxRowsPerSecond ?? null,
         store: plan.store,
-        storeWarning: Option.getOrNull(plan.storeWarning),
+        storeWarnings: plan.storeWarnings,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
         staleLock: Option.isSome(plan.holder) && plan.holder.value.damage === null,
         damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage)),

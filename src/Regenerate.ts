@@ -394,8 +394,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
             `this new run starts over from the first ticket (Ctrl-C stops it, resumably)`
       }))
     }
-    if (Option.isSome(checkpoint.storeWarning)) {
-      yield* progress.emit(ProgressEvent.Notice({ text: `warning: ${checkpoint.storeWarning.value}` }))
+    for (const warning of checkpoint.storeWarnings) {
+      yield* progress.emit(ProgressEvent.Notice({ text: `warning: ${warning}` }))
     }
     if (options.maxRowsPerSecond !== undefined && options.maxRowsPerSecond < options.batchSize) {
       // A whole batch at a time: the throttle lets one through every batchSize / rate seconds.
@@ -786,7 +786,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 export interface Plan {
   readonly database: string
   readonly store: string
-  readonly storeWarning: Option.Option<string>
+  readonly storeWarnings: ReadonlyArray<string>
   /**
    * What the run would do: start a new run, resume one, restart (abandon an unfinished one for a new one),
    * or nothing (it completed).
@@ -824,6 +824,6 @@ export const plan = (options: RegenerateOptions) =>
     // A restart with no unfinished run to abandon starts a run like any other (and says so).
     const abandons = Option.exists(starting.supersedes, (run) => !run.finished)
     const action = starting.done ? "nothing" : options.mode === "restart" && !abandons ? "start" : options.mode
-    const { store, storeWarning } = checkpoint
-    return { database: db.display, store, storeWarning, action, existing, holder, total } satisfies Plan
+    const { store, storeWarnings } = checkpoint
+    return { database: db.display, store, storeWarnings, action, existing, holder, total } satisfies Plan
   })

@@ -9,7 +9,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { evictionWarning, makeRedisStore, redisClient } from "../src/Checkpoint/Redis.js"
+import { makeRedisStore, redisClient, storeWarnings } from "../src/Checkpoint/Redis.js"
 import { runCli } from "./support/cli.js"
 import { privateRedis, removePrivateRedisDirs } from "./support/privateRedis.js"
 import { createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
@@ -61,15 +61,36 @@ describe.skipIf(!servicesAvailable)("the Redis store's list", () => {
   })
 })
 
-describe.skipIf(!servicesAvailable)("a Redis that evicts keys when full", () => {
-  const warningOf = (url: string) => {
+describe.skipIf(!servicesAvailable)("the Redis store's warnings", () => {
+  const warningsOf = (url: string) => {
     const target = { url: Redacted.make(url), display: url }
     return Effect.runPromise(
-      Effect.scoped(Effect.flatMap(redisClient(target), (client) => evictionWarning(client, target)))
+      Effect.scoped(Effect.flatMap(redisClient(target), (client) => storeWarnings(client, target)))
     )
   }
+  const withSeededSqlite = async <A>(redis: string, f: (env: Record<string, string>) => Promise<A>) => {
+    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-warn-"))
+    try {
+      const env = { DATABASE_URL: `sqlite:${Path.join(dir, "t.db")}`, REDIS_URL: redis, REDIS_PREFIX: prefix.name }
+      for (
+        const args of [["migrate"], ["seed", "users", "--count", "5"], ["seed", "orders", "--count", "5"], [
+          "seed",
+          "tickets",
+          "--count",
+          "50"
+        ]]
+      ) {
+        expect((await runCli(args, { env })).code).toBe(0)
+      }
+      return await f(env)
+    } finally {
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }
+  const prefix = createRedisPrefix("tt-warn")
+  afterAll(() => prefix.drop())
 
-  it("is named by the store, and a run and a dry run say so; a Redis that keeps its keys is not", async () => {
+  it("a Redis that evicts any key when full is named; a run and a dry run say so; one that keeps its keys is not", async () => {
     const evicting = privateRedis({
       persist: false,
       args: ["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]
@@ -81,37 +102,46 @@ describe.skipIf(!servicesAvailable)("a Redis that evicts keys when full", () => 
     // allkeys-lru without a memory limit never evicts.
     const unlimited = privateRedis({ persist: false, args: ["--maxmemory-policy", "allkeys-lru"] })
     const servers = [evicting, volatile, unlimited]
-    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-evict-"))
     try {
       await Promise.all(servers.map((server) => server.start()))
-      expect(await warningOf(evicting.url)).toMatch(
-        /evicts any key when its memory is full \(maxmemory-policy allkeys-lru\)/
-      )
-      for (const url of [volatile.url, unlimited.url, redisUrl]) expect(await warningOf(url)).toBeUndefined()
-
-      const env = { DATABASE_URL: `sqlite:${Path.join(dir, "t.db")}`, REDIS_URL: evicting.url }
-      for (
-        const args of [["migrate"], ["seed", "users", "--count", "5"], ["seed", "orders", "--count", "5"], [
-          "seed",
-          "tickets",
-          "--count",
-          "50"
-        ]]
-      ) {
-        expect((await runCli(args, { env })).code).toBe(0)
-      }
-      const plan = await runCli(["regenerate", "--dry-run", "--json"], { env })
-      expect(plan.code).toBe(0)
-      expect(JSON.parse(plan.stdout).storeWarning).toMatch(/^Redis at redis:\/\/127\.0\.0\.1:\d+ evicts any key/)
-      expect(plan.stderr).toMatch(/^warning: Redis at .* evicts any key .*leave REDIS_URL unset/m)
-      const run = await runCli(["regenerate", "--json"], { env })
-      expect(run.code).toBe(0)
-      expect(JSON.parse(run.stdout)).toMatchObject({ status: "completed", rotated: 50 })
-      expect(run.stderr).toMatch(/^warning: Redis at .* evicts any key/m)
-      expect(`${plan.stdout}${plan.stderr}${run.stderr}`).not.toContain(evicting.password)
+      expect(await warningsOf(evicting.url)).toEqual([
+        expect.stringMatching(/evicts any key when its memory is full \(maxmemory-policy allkeys-lru\)/)
+      ])
+      for (const url of [volatile.url, unlimited.url, redisUrl]) expect(await warningsOf(url)).toEqual([])
+      await withSeededSqlite(evicting.url, async (env) => {
+        const plan = await runCli(["regenerate", "--dry-run", "--json"], { env })
+        expect(plan.code).toBe(0)
+        expect(JSON.parse(plan.stdout).storeWarnings).toEqual([
+          expect.stringMatching(/^Redis at redis:\/\/127\.0\.0\.1:\d+ evicts any key/)
+        ])
+        expect(plan.stderr).toMatch(/^warning: Redis at .* evicts any key .*leave REDIS_URL unset/m)
+        const run = await runCli(["regenerate", "--json"], { env })
+        expect(run.code).toBe(0)
+        expect(JSON.parse(run.stdout)).toMatchObject({ status: "completed", rotated: 50 })
+        expect(run.stderr).toMatch(/^warning: Redis at .* evicts any key/m)
+        expect(`${plan.stdout}${plan.stderr}${run.stderr}`).not.toContain(evicting.password)
+      })
     } finally {
       await Promise.all(servers.map((server) => server.stop()))
-      Fs.rmSync(dir, { recursive: true, force: true })
     }
+  })
+
+  it("a password the server does not need is said once, in the tool's words (not ioredis's console line)", async () => {
+    const url = redisUrl.replace("redis://", "redis://:not-needed-pw@")
+    expect(url).not.toBe(redisUrl)
+    expect(await warningsOf(url)).toEqual([
+      expect.stringMatching(/needs no password: the one REDIS_URL gives is not used/)
+    ])
+    expect(await warningsOf(redisUrl)).toEqual([])
+    await withSeededSqlite(url, async (env) => {
+      const plan = await runCli(["regenerate", "--dry-run"], { env })
+      expect(plan.code).toBe(0)
+      expect(plan.stdout).toMatch(/^warning: Redis at redis:\/\/127\.0\.0\.1:6379 needs no password/m)
+      const outputs = [plan, await runCli(["status"], { env })]
+      for (const result of outputs) {
+        expect(result.stdout + result.stderr).not.toContain("[WARN]")
+        expect(result.stdout + result.stderr).not.toContain("not-needed-pw")
+      }
+    })
   })
 })

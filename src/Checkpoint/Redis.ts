@@ -66,6 +66,30 @@ const scripts = {
 
 type ScriptClient = Redis & { [K in keyof typeof scripts]: (...args: Array<string | number>) => Promise<unknown> }
 
+/**
+ * ioredis tells of a password the server does not need on the console, a `[WARN]` line at each connect
+ * (again at each reconnect while Redis comes and goes). Those lines are held back; the number seen tells a
+ * connect that had one, for `storeWarnings` to say once, in the tool's words.
+ */
+let unneededPasswords = 0
+const passwordNotNeeded = new WeakSet<Redis>()
+let holdingBack = false
+const holdBackPasswordWarnings = () => {
+  if (holdingBack) return
+  holdingBack = true
+  const warn = console.warn
+  console.warn = (...args: Array<unknown>) => {
+    if (
+      typeof args[0] === "string" &&
+      /^\[WARN\] .*does not require a password, but a password was supplied/.test(args[0])
+    ) {
+      unneededPasswords++
+    } else {
+      warn(...args)
+    }
+  }
+}
+
 /** A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). */
 export const redisClient = (
   target: RedisTarget
@@ -89,9 +113,13 @@ export const redisClient = (
         for (const [name, script] of Object.entries(scripts)) {
           client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua })
         }
+        holdBackPasswordWarnings()
+        const unneededBefore = unneededPasswords
         try {
           await client.connect()
           await client.ping()
+          // The AUTH's answer came before the PING's.
+          if (unneededPasswords > unneededBefore) passwordNotNeeded.add(client)
           // ioredis reports a database index the server refuses only as an event and stays on 0: ask again,
           // so that the refusal fails the command instead of the checkpoints going to another database.
           if (client.options.db !== undefined && client.options.db !== 0) await client.select(client.options.db)
@@ -122,26 +150,38 @@ const isTransientRedis = (error: unknown): boolean =>
   /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b/.test(error.message)
 
 /**
- * A warning for a Redis that evicts any key once its memory is full (a cache's `allkeys-*` policy with a
- * `maxmemory`): it may drop a run's record, and with it the resume. Best effort: none where INFO is refused.
+ * What an operator should know about a connected Redis before a run keeps its checkpoint there:
+ * - that it needs no password although REDIS_URL gives one (anyone who reaches it may move the checkpoints);
+ * - that it evicts any key once its memory is full (a cache's `allkeys-*` policy with a `maxmemory`): it may
+ *   drop a run's record, and with it the resume. Best effort: not said where INFO is refused.
  */
-export const evictionWarning = (client: Redis, target: RedisTarget): Effect.Effect<string | undefined> =>
-  Effect.promise(() =>
-    client.info("memory").then((info) => {
-      const field = (name: string) => new RegExp(`^${name}:(\\S*)`, "m").exec(info)?.[1]
-      const policy = field("maxmemory_policy")
-      if (policy === undefined || !policy.startsWith("allkeys-") || !(Number(field("maxmemory")) > 0)) return undefined
-      return `Redis at ${target.display} evicts any key when its memory is full (maxmemory-policy ${policy}): ` +
-        `the checkpoint could be evicted and the run's resume lost; use a Redis that keeps its keys ` +
-        `(noeviction or a volatile-* policy), or leave REDIS_URL unset to keep the checkpoint in the database`
-    }, () => undefined)
-  )
+export const storeWarnings = (client: Redis, target: RedisTarget): Effect.Effect<ReadonlyArray<string>> =>
+  Effect.promise(async () => {
+    const warnings: Array<string> = []
+    if (passwordNotNeeded.has(client)) {
+      warnings.push(
+        `Redis at ${target.display} needs no password: the one REDIS_URL gives is not used (set one on the ` +
+          `server with requirepass or an ACL user, or leave it out of REDIS_URL)`
+      )
+    }
+    const info = await client.info("memory").catch(() => "")
+    const field = (name: string) => new RegExp(`^${name}:(\\S*)`, "m").exec(info)?.[1]
+    const policy = field("maxmemory_policy")
+    if (policy !== undefined && policy.startsWith("allkeys-") && Number(field("maxmemory")) > 0) {
+      warnings.push(
+        `Redis at ${target.display} evicts any key when its memory is full (maxmemory-policy ${policy}): ` +
+          `the checkpoint could be evicted and the run's resume lost; use a Redis that keeps its keys ` +
+          `(noeviction or a volatile-* policy), or leave REDIS_URL unset to keep the checkpoint in the database`
+      )
+    }
+    return warnings
+  })
 
 export const makeRedisStore = (
   client: ScriptClient,
   target: RedisTarget,
   prefix: string,
-  warning?: string
+  warnings: ReadonlyArray<string> = []
 ): Store => {
   const name = `redis ${target.display}`
   const k = (key: string) => `${prefix}:${key}`
@@ -161,7 +201,7 @@ export const makeRedisStore = (
   const locate = (key: string) => `redis key ${k(key)} on ${target.display}`
   return {
     name,
-    ...(warning === undefined ? {} : { warning }),
+    warnings,
     locate,
     get: (key) =>
       call("reading", () => client.get(k(key))).pipe(
