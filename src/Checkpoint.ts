@@ -39,7 +39,7 @@ import {
   RunRecord,
   type SchemaMismatch,
   type SchemaMissing,
-  type Scope
+  Scope
 } from "./Domain.js"
 
 // Store primitives
@@ -198,7 +198,8 @@ export const refusal = (
   if (replaceDamaged) return undefined
   return new CheckpointCorrupt({
     key: held.location,
-    detail: `${held.damage}, which no run of this tool leaves; if no run is going, delete it and rerun with --resume`
+    detail: `${held.damage}, which no run of this tool leaves; if no run is going, delete it and rerun with --resume`,
+    scope
   })
 }
 
@@ -244,20 +245,33 @@ const encodeRecord = Schema.encodeSync(RecordJson)
 const encodeHolder = Schema.encodeSync(HolderJson)
 const decodeHolder = Schema.decodeUnknownOption(HolderJson)
 
-const decodeRecord = (key: string, text: string) =>
-  Schema.decodeUnknown(RecordJson)(text).pipe(
+const decodeScope = Schema.decodeUnknownOption(Schema.parseJson(Schema.Struct({ scope: Scope })))
+
+/**
+ * The run record stored at `key` (found at `location`). When it cannot be read, the error names its scope
+ * where that is certain (the one asked for, `known`, or one it still names that hashes to its key), so that
+ * the restart it suggests is the command to type.
+ */
+const decodeRecord = (key: string, location: string, text: string, known?: Scope) => {
+  const corrupt = (detail: string) => {
+    const named = Option.map(decodeScope(text), (record) => record.scope)
+    const scope = known ?? Option.getOrUndefined(Option.filter(named, (s) => key.endsWith(`:${scopeHash(s)}`)))
+    return new CheckpointCorrupt({ key: location, detail, scope })
+  }
+  return Schema.decodeUnknown(RecordJson)(text).pipe(
     Effect.mapError((error) => {
       const [first] = ParseResult.ArrayFormatter.formatErrorSync(error)
       const where = first === undefined || first.path.length === 0 ? "" : `${first.path.join(".")}: `
-      return new CheckpointCorrupt({ key, detail: `${where}${first?.message ?? "unreadable"}` })
+      return corrupt(`${where}${first?.message ?? "unreadable"}`)
     }),
     // The scope and database it says it covers must be those it was written for: a resume would otherwise
     // work on one scope while the record, `status` and `verify` speak of another.
     Effect.filterOrFail(
       (record) => record.fingerprint === fingerprint({ database: record.database, scope: record.scope }),
-      () => new CheckpointCorrupt({ key, detail: "its scope or database does not match its fingerprint" })
+      () => corrupt("its scope or database does not match its fingerprint")
     )
   )
+}
 
 const unknownHolder = (value: string) =>
   new LockHolder({ host: "unknown", pid: 0, token: hash(value, 8), since: new Date(0) })
@@ -266,9 +280,14 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
   const load = (key: RunKey) =>
     Effect.gen(function*() {
       const k = keys(key).record
-      const text = yield* store.get(k)
-      if (Option.isNone(text)) return Option.none()
-      const record = yield* decodeRecord(store.locate(k), text.value)
+      const text = yield* store.get(k).pipe(
+        Effect.catchTag("CheckpointCorrupt", (error) =>
+          new CheckpointCorrupt({ key: error.key, detail: error.detail, scope: key.scope }))
+      )
+      if (Option.isNone(text)) {
+        return Option.none()
+      }
+      const record = yield* decodeRecord(k, store.locate(k), text.value, key.scope)
       if (record.fingerprint !== fingerprint(key)) {
         return yield* new ForeignCheckpoint({ key: store.locate(k), run: record })
       }
@@ -287,7 +306,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       }
       const text = yield* store.get(pointer.value)
       if (Option.isNone(text)) return yield* damaged(`the run it names, ${store.locate(pointer.value)}, is missing`)
-      return Option.some(yield* decodeRecord(store.locate(pointer.value), text.value))
+      return Option.some(yield* decodeRecord(pointer.value, store.locate(pointer.value), text.value))
     })
 
   const unfinished = (database: string) =>
@@ -296,7 +315,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       for (const k of yield* store.list(recordPrefix(database))) {
         const text = yield* store.get(k).pipe(Effect.catchTag("CheckpointCorrupt", () => Effect.succeed(Option.none())))
         if (Option.isNone(text)) continue
-        const record = yield* Effect.option(decodeRecord(store.locate(k), text.value))
+        const record = yield* Effect.option(decodeRecord(k, store.locate(k), text.value))
         if (Option.isSome(record) && record.value.database === database && !record.value.finished) {
           records.push(record.value)
         }

@@ -42,6 +42,11 @@ export class Scope extends Schema.Class<Scope>("Scope")({
   get resumeCommand(): string {
     return ["regenerate --resume", this.flags].filter((part) => part !== "").join(" ")
   }
+
+  /** The command that abandons whatever run this scope has and starts a new one. */
+  get restartCommand(): string {
+    return ["regenerate --restart", this.flags].filter((part) => part !== "").join(" ")
+  }
 }
 
 export const RunStatus = Schema.Literal("running", "interrupted", "failed", "completed")
@@ -361,10 +366,15 @@ export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailab
 export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
   readonly key: string
   readonly detail: string
+  /** The scope whose checkpoint it is, where that is known for certain. */
+  readonly scope?: Scope | undefined
 }> {
   override get message() {
+    const restart = this.scope === undefined
+      ? "`regenerate --restart` (with the same scope flags)"
+      : `\`${this.scope.restartCommand}\``
     return `the checkpoint at ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
-      `inspect it, or run \`regenerate --restart\` (with the same scope flags) to abandon it and start a new run.`
+      `inspect it, or run ${restart} to abandon it and start a new run.`
   }
 }
 

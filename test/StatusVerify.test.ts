@@ -137,6 +137,40 @@ describe("status", () => {
     }))
 })
 
+describe("a damaged run record", () => {
+  it.effect("status names the restart of its scope where that is certain, else says to use the same flags", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(40))
+      const liveOnly = new Scope({
+        liveOnly: true,
+        emailDomain: "example.com",
+        createdAfter: null,
+        createdBefore: null
+      })
+      yield* regenerate(options({ scope: liveOnly }), Effect.sync(() => world.table.calls.rotate >= 1)).pipe(
+        Effect.provide(world.layer())
+      )
+      const key = Checkpoint.keys({ database: "memory:test", scope: liveOnly }).record
+      const intact = JSON.parse(world.store.data.get(key)!.value) as Record<string, unknown>
+      const damaged = (value: string, scope = Option.none<Scope>()) =>
+        Effect.gen(function*() {
+          world.store.data.set(key, { value, expiresAt: undefined })
+          const error = yield* Effect.flip(Status.status(scope).pipe(Effect.provide(world.layer())))
+          expect(error._tag).toBe("CheckpointCorrupt")
+          return error.message
+        })
+      const named = "run `regenerate --restart --live-only --email-domain example.com` to abandon it"
+      const unnamed = "run `regenerate --restart` (with the same scope flags) to abandon it"
+      // Its scope still readable, and the one its key is for: named, even found through the latest run.
+      expect(yield* damaged(JSON.stringify({ ...intact, cursor: "zz" }))).toContain(named)
+      // Unreadable: the scope asked for is the one its key is for.
+      expect(yield* damaged("{not json")).toContain(unnamed)
+      expect(yield* damaged("{not json", Option.some(liveOnly))).toContain(named)
+      // A scope edited to another one (which its key is not for): not named.
+      expect(yield* damaged(JSON.stringify({ ...intact, scope: { ...Scope.all } }))).toContain(unnamed)
+    }))
+})
+
 describe("an unfinished run of another scope", () => {
   it.effect("is named, with its resume command, by status and verify (any scope asked), oldest first", () =>
     Effect.gen(function*() {
