@@ -414,6 +414,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     // This process continues a run an earlier one began (whether or not that one had committed anything).
     const resumed = options.mode === "resume"
     const state = yield* Ref.make(starting)
+    // The record as last written: what a resume would start from, and what a failure reports (the one in
+    // memory may be ahead of it, when the write is what failed).
+    const saved = yield* Ref.make(starting)
 
     const retrying = <A, E extends { readonly _tag: string; readonly transient?: boolean }, R>(
       effect: Effect.Effect<A, E, R>
@@ -454,6 +457,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           activeMillis: starting.activeMillis + Math.round(now - startedAt)
         }))
         yield* (once ? lock.save(record) : retrying(lock.save(record)))
+        yield* Ref.set(saved, record)
         return record
       })
 
@@ -465,7 +469,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           const target = yield* Effect.serviceOption(FailedSummary)
           if (Option.isNone(target)) return
           const seconds = ((yield* Clock.currentTimeMillis) - startedAt) / 1000
-          const record = new RunRecord({ ...(yield* Ref.get(state)), status: "failed" }, true)
+          const record = new RunRecord({ ...(yield* Ref.get(saved)), status: "failed" }, true)
           yield* Ref.set(target.value, Option.some(summaryOf(record, yield* Ref.get(counters), seconds, resumed, null)))
         }))
 
@@ -769,7 +773,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           )
           if (error._tag === "CheckpointUnavailable") return yield* error
           // Every commit before the failure was recorded (else the failure would be the store's).
-          const { cursor, rotated, runId, scope } = yield* Ref.get(state)
+          const { cursor, rotated, runId, scope } = yield* Ref.get(saved)
           return yield* new RunFailed({ error, runId, rotated, cursor, resume: scope.resumeCommand })
         })
       ),

@@ -20,11 +20,13 @@ import { eventLoopTurn } from "../src/Db.js"
 import { DatabaseError, LockHolder, RunFailed, RunRecord, SchemaMismatch, Scope } from "../src/Domain.js"
 import {
   adaptBatchSize,
+  FailedSummary,
   keyFraction,
   nextBatchSize,
   plan,
   regenerate,
-  type RegenerateOptions
+  type RegenerateOptions,
+  type RunSummary
 } from "../src/Regenerate.js"
 import * as Shutdown from "../src/Shutdown.js"
 import {
@@ -760,12 +762,28 @@ describe("failures", () => {
     Effect.gen(function*() {
       const world = new World(makeTickets(50))
       world.store.faults = { save: (n) => n >= 3 }
-      const exit = yield* withClock(runIn(world, { batchSize: 10 }), "1 second")
+      const failed = yield* Ref.make(Option.none<RunSummary>())
+      const exit = yield* withClock(
+        runIn(world, { batchSize: 10 }).pipe(Effect.provideService(FailedSummary, failed)),
+        "1 second"
+      )
       expect(Exit.isFailure(exit) && String(exit.cause)).toContain("CheckpointUnavailable")
       // It stopped instead of going on unrecorded: at most the batch whose checkpoint failed went in.
       expect(world.table.rotations.length).toBeLessThanOrEqual(2)
       // Saves: 2 good, the failing one and its 10 retries, then one last try to mark the run failed.
       expect(world.store.saves).toBe(2 + 1 + 10 + 1)
+      // What the failure reports is the checkpoint as written, the one a resume starts from: not the batch
+      // whose write failed.
+      const summary = Option.getOrThrow(yield* Ref.get(failed))
+      const stored = record(world)
+      expect(world.table.rotations.length).toBe(2)
+      expect(summary).toMatchObject({
+        status: "failed",
+        cursor: stored.cursor,
+        rotatedTotal: stored.rotated,
+        rotated: 10
+      })
+      expect(stored.rotated).toBe(10)
     }))
 
   it.effect("checkpoint hiccups are retried on the named schedule and the run completes", () =>
