@@ -394,13 +394,15 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       // What the record may hold from this run: its last acknowledged save, and every save since whose answer
       // was lost (a timed-out write may still have been applied).
       const written = yield* Ref.make<ReadonlyArray<string>>([])
-      // The lease ran out while the store was unreachable (or the store restarted without its data): take
-      // the lock back unless another runner has been there, which would have written the record.
+      // The lease ran out while the store was unreachable, or the store lost its data (restarted without
+      // it, keys deleted): take the lock back unless another runner has been there, which would have written
+      // the record.
       const reclaim = Effect.gen(function*() {
         if (!(yield* store.reclaim(k.lock, value, leaseMillis, k.record, yield* Ref.get(written)))) return false
         yield* Ref.set(pointed, false)
         yield* Effect.logWarning(
-          `the run's lock had lapsed while ${store.name} was unreachable and no other runner took it: taken back`
+          `the run's lock was gone from ${store.name} (its lease ran out while the store was unreachable, or the ` +
+            `store lost its data) and no other runner had taken it or written the run: taken back`
         )
         return true
       })

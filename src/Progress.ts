@@ -4,11 +4,14 @@
  * service only decides when and where to draw: a line redrawn in place on a TTY, a plain line every few
  * seconds when piped, nothing in JSON mode.
  */
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Ref from "effect/Ref"
 
 export type Phase = "running" | "retrying" | "throttled" | "stopping"
@@ -356,6 +359,24 @@ const ttyEveryMillis = 200
 const CLEAR_LINE = "\r\x1b[2K"
 const HIDE_CURSOR = "\x1b[?25l"
 const SHOW_CURSOR = "\x1b[?25h"
+
+/**
+ * Log lines in the tool's own form, on stderr: `warning: …` as the notices are (a live progress line is
+ * cleared first; it is drawn again at its next tick); at debug levels with the time and level.
+ */
+export const logger = (mode: ProgressMode, sink: Sink = stderrSink) =>
+  Logger.make(({ cause, date, logLevel, message }) => {
+    const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+    const label = LogLevel.greaterThanEqual(logLevel, LogLevel.Error)
+      ? "error: "
+      : LogLevel.greaterThanEqual(logLevel, LogLevel.Warning)
+      ? "warning: "
+      : LogLevel.lessThan(logLevel, LogLevel.Info)
+      ? `[${date.toISOString()}] ${logLevel.label.toLowerCase()}: `
+      : ""
+    const detail = Cause.isEmpty(cause) ? "" : `\n${Cause.pretty(cause)}`
+    sink.write(`${mode === "tty" ? CLEAR_LINE : ""}${label}${text}${detail}\n`)
+  })
 
 /**
  * The drawing service. The ticker is a scoped fiber and the terminal is restored (line finished, cursor

@@ -15,6 +15,7 @@ import * as Option from "effect/Option"
 import * as Fs from "node:fs"
 import * as Cli from "./Cli.js"
 import { exitCodeOf, isAppError } from "./Domain.js"
+import * as Progress from "./Progress.js"
 import * as Shutdown from "./Shutdown.js"
 
 const version = (): string => {
@@ -63,7 +64,7 @@ const exitCode = (exit: Exit.Exit<unknown, unknown>): number => {
 
 const program = Cli.run(version())(process.argv).pipe(
   Effect.tapErrorCause(report),
-  Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))),
+  Effect.provide(Logger.replace(Logger.defaultLogger, Progress.logger(Progress.detectMode()))),
   Effect.provide(Shutdown.layer(shutdown)),
   Effect.provide(NodeContext.layer)
 )

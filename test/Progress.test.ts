@@ -1,8 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, TestClock } from "effect"
+import { Effect, Logger, LogLevel, TestClock } from "effect"
 import {
   etaMillis,
   initial,
+  logger,
   make,
   type ProgressEvent,
   ProgressEvent as E,
@@ -266,5 +267,35 @@ describe("the drawing service", () => {
         // On a TTY the live line is drawn again at once, below the notice.
         if (mode === "tty") expect(written.at(-1)).toMatch(/^\r\x1b\[2Kregenerate /)
       }
+    }))
+})
+
+describe("log lines", () => {
+  const logged = (mode: "tty" | "plain", log: Effect.Effect<void>) =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const sink = { write: (text: string) => void lines.push(text), columns: () => 80 }
+      yield* log.pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger(mode, sink))),
+        Logger.withMinimumLogLevel(LogLevel.Debug)
+      )
+      return lines
+    })
+
+  it.effect("a warning is a `warning:` line like the notices, clearing a live progress line first", () =>
+    Effect.gen(function*() {
+      expect(yield* logged("plain", Effect.logWarning("the lock was taken back"))).toEqual([
+        "warning: the lock was taken back\n"
+      ])
+      expect(yield* logged("tty", Effect.logWarning("the lock was taken back"))).toEqual([
+        "\r\x1b[2Kwarning: the lock was taken back\n"
+      ])
+      expect(yield* logged("plain", Effect.logInfo("plain words"))).toEqual(["plain words\n"])
+    }))
+
+  it.effect("a debug line carries its time and level", () =>
+    Effect.gen(function*() {
+      const [line] = yield* logged("plain", Effect.logDebug("written 3 times"))
+      expect(line).toMatch(/^\[\d{4}-\d\d-\d\dT[\d:.]+Z\] debug: written 3 times\n$/)
     }))
 })
