@@ -452,13 +452,17 @@ const regenerate = Command.make(
   ({ flags }) => runRegenerate(flags)
 ).pipe(
   Command.withDescription("Give every ticket in scope a new random token, in batches, resumably."),
-  // Progress is human output: on stderr like the rest of it under --json.
-  Command.provide(({ flags }) =>
-    Layer.merge(
+  // Progress is human output: on stderr like the rest of it under --json. A Ctrl-C while the layers connect
+  // (before the run's own handling of a stop) is a run stopped before any batch as well, said so.
+  Command.provide(({ flags }) => {
+    const layers = Layer.merge(
       appLayer(flags.concurrency, flags.dryRun ? "silent" : Progress.detectMode()),
       Replicas.layer(Option.getOrUndefined(flags.maxReplicaLag))
     )
-  ),
+    return flags.dryRun
+      ? layers
+      : Layer.scopedContext(Effect.onInterrupt(Layer.build(layers), () => stoppedBeforeBatches(flags.json)))
+  }),
   // Under --json a failure is a JSON object on stdout too (the one-line error still goes to stderr): the
   // run's summary with status "failed" when it had started, else only the error.
   Command.transformHandler((effect, { flags }) =>

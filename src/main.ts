@@ -88,6 +88,12 @@ for (const name of ["SIGINT", "SIGTERM"] as const) {
       return
     }
     if (process.stderr.isTTY) process.stderr.write("\x1b[?25h\n")
+    process.stderr.write(
+      process.argv.slice(2).includes("regenerate")
+        ? "stopped at once (a second signal): the checkpoint is at the last recorded commit; the same command " +
+          "with --resume continues (redoing at most the batches that were in flight)\n"
+        : "stopped at once (a second signal)\n"
+    )
     process.exit(name === "SIGTERM" ? 143 : 130)
   })
 }

@@ -6,11 +6,12 @@
 import { Effect, Redacted } from "effect"
 import { Redis } from "ioredis"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { makeRedisStore, redisClient, storeWarnings } from "../src/Checkpoint/Redis.js"
-import { runCli } from "./support/cli.js"
+import { runCli, spawnCli } from "./support/cli.js"
 import { privateRedis, removePrivateRedisDirs } from "./support/privateRedis.js"
 import { createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
 
@@ -143,5 +144,43 @@ describe.skipIf(!servicesAvailable)("the Redis store's warnings", () => {
         expect(result.stdout + result.stderr).not.toContain("not-needed-pw")
       }
     })
+  })
+})
+
+describe("a Redis that does not answer as a run starts", () => {
+  it("Ctrl-C or SIGTERM ends the run at once, as stopped before any batch (said as JSON under --json)", async () => {
+    // Takes connections and never answers (a frozen host): the client would wait out its 3 s timeouts.
+    const sockets: Array<Net.Socket> = []
+    let connected = 0
+    const server = Net.createServer((socket) => {
+      sockets.push(socket)
+      connected++
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const port = (server.address() as Net.AddressInfo).port
+    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-frozen-"))
+    try {
+      const env = { DATABASE_URL: `sqlite:${Path.join(dir, "t.db")}`, REDIS_URL: `redis://127.0.0.1:${port}` }
+      expect((await runCli(["migrate"], { env })).code).toBe(0)
+      for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+        const before = connected
+        const run = spawnCli(["regenerate", "--json"], { env })
+        while (connected === before) await new Promise((resolve) => setTimeout(resolve, 20))
+        const stopped = Date.now()
+        run.child.kill(signal)
+        const result = await run.result
+        expect(Date.now() - stopped, "not waiting out the connect timeout").toBeLessThan(1500)
+        expect(result.code, result.stderr).toBe(code)
+        expect(JSON.parse(result.stdout)).toEqual({
+          status: "interrupted",
+          rotated: 0,
+          message: "stopped before any batch began: nothing was changed"
+        })
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      server.close()
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })

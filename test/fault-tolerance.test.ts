@@ -484,6 +484,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       const result = await run.result
       expect(Date.now() - second).toBeLessThan(3000)
       expect(result.code).toBe(130)
+      expect(result.stderr).toMatch(/^stopped at once \(a second signal\): .* with --resume continues/m)
       await locker.query("ROLLBACK")
       await resumeToEnd(runEnv)
       expectAllRotated(before, await readTickets())

@@ -90,13 +90,17 @@ const holdBackPasswordWarnings = () => {
   }
 }
 
-/** A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). */
+/**
+ * A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). The
+ * connecting is interruptible (a Ctrl-C need not wait out a server that does not answer): the client it
+ * began is closed then.
+ */
 export const redisClient = (
   target: RedisTarget
 ): Effect.Effect<ScriptClient, RedisUnavailable | RedisRefused, EffectScope> =>
   Effect.acquireRelease(
-    Effect.tryPromise({
-      try: async () => {
+    Effect.interruptible(Effect.tryPromise({
+      try: async (signal) => {
         // Loaded on demand: without REDIS_URL the client is never needed.
         const { Redis } = await import("ioredis")
         const client = new Redis(Redacted.value(target.url), {
@@ -107,6 +111,7 @@ export const redisClient = (
           commandTimeout: 3_000,
           retryStrategy: (times: number) => Math.min(times * 200, 1_000)
         })
+        signal.addEventListener("abort", () => client.disconnect(), { once: true })
         // Errors surface through the failing commands; the last one explains a failed connect.
         let lastError: unknown
         client.on("error", (error) => (lastError = error))
@@ -134,7 +139,7 @@ export const redisClient = (
         // An answer that refuses (WRONGPASS, NOAUTH, a database number out of range) will not change by waiting.
         return isTransientRedis(error) ? new RedisUnavailable(fields) : new RedisRefused(fields)
       }
-    }),
+    })),
     (client) =>
       Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(
         Effect.timeoutTo({ duration: "2 seconds", onSuccess: () => undefined, onTimeout: () => client.disconnect() })
