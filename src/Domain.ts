@@ -79,7 +79,9 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")(
     scope: Scope,
     batchSize: Schema.Int.pipe(Schema.positive()),
     /** "" before the first commit. */
-    cursor: Schema.Union(Schema.Literal(""), TicketId),
+    cursor: Schema.String.pipe(Schema.filter((cursor) => cursor === "" || idPattern.test(cursor), {
+      message: () => "neither a ticket id (32 lowercase hex characters) nor empty (the start)"
+    })),
     /** Id ranges (inclusive) committed beyond the cursor; a resume skips them. */
     done: Schema.Array(Schema.Tuple(TicketId, TicketId)),
     rotated: Schema.NonNegativeInt,

@@ -162,7 +162,9 @@ describe("a damaged run record", () => {
       const named = "run `regenerate --restart --live-only --email-domain example.com` to abandon it"
       const unnamed = "run `regenerate --restart` (with the same scope flags) to abandon it"
       // Its scope still readable, and the one its key is for: named, even found through the latest run.
-      expect(yield* damaged(JSON.stringify({ ...intact, cursor: "zz" }))).toContain(named)
+      const badCursor = yield* damaged(JSON.stringify({ ...intact, cursor: "zz" }))
+      expect(badCursor).toContain("(cursor: neither a ticket id (32 lowercase hex characters) nor empty (the start))")
+      expect(badCursor).toContain(named)
       // Unreadable: the scope asked for is the one its key is for.
       expect(yield* damaged("{not json")).toContain(unnamed)
       expect(yield* damaged("{not json", Option.some(liveOnly))).toContain(named)
