@@ -92,14 +92,16 @@ const seedCommand = <A>(
   }, ({ count }) =>
     Effect.gen(function*() {
       const onStop = yield* stopping("the INSERTs in flight finish")
+      // The outcome on stdout, as migrate's and regenerate's (the progress lines go to stderr).
       const report = (result: Seed.SeedResult) => {
         const left = count - result.inserted
         const rate = result.seconds > 0 ? Math.round(result.inserted / result.seconds) : result.inserted
-        return Console.error(
+        const rows = (n: number) => counted(n, name.slice(0, -1), name)
+        return Console.log(
           result.stopped
-            ? `stopped: the ${result.inserted} ${name} inserted stay; to add the other ${left}, run ` +
+            ? `stopped: the ${rows(result.inserted)} inserted stay; to add the other ${left}, run ` +
               `\`seed ${name} --count ${left}\``
-            : `seeded ${result.inserted} ${name} in ${result.seconds.toFixed(1)} s (${rate} rows/s)`
+            : `seeded ${rows(result.inserted)} in ${result.seconds.toFixed(1)} s (${rate} rows/s)`
         )
       }
       yield* Shutdown.graceful((stop) => Effect.tap(seed(count, stop), report), (result) => result.stopped, onStop)
@@ -311,7 +313,7 @@ const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
     } else {
       yield* out(
         `stopped: ${counted(summary.rotated, "ticket")} rotated by this process, ${summary.rotatedTotal} by run ` +
-          `${summary.runId} in all; ${committedUpTo(summary.cursor)}.`
+          `${summary.runId} in all; ${committedUpTo(summary.cursor, summary.rotatedTotal)}.`
       )
       yield* out(`resume with: ${resumeCommand(process.argv, process.cwd())}`)
     }

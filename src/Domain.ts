@@ -331,9 +331,9 @@ export class RunFailed extends Data.TaggedError("RunFailed")<{
 }> {
   override get message() {
     const where = this.cursor !== ""
-      ? `${committedUpTo(this.cursor)} (${this.rotated} rotated in all)`
+      ? `${committedUpTo(this.cursor, this.rotated)} (${this.rotated} rotated in all)`
       : this.rotated === 0
-      ? "no batch had committed yet"
+      ? committedUpTo(this.cursor, this.rotated)
       : `its first batch did not commit; the ${counted(this.rotated, "ticket")} rotated by batches after it are ` +
         `committed and recorded`
     // The cause's message may end in a sentence mark of its own (a question).
@@ -345,11 +345,16 @@ export class RunFailed extends Data.TaggedError("RunFailed")<{
 /** `n` and its noun: "1 ticket", "2 tickets". */
 export const counted = (n: number, noun: string, plural = `${noun}s`): string => `${n} ${n === 1 ? noun : plural}`
 
-/** Where a stopped run's checkpoint stands, `cursor` being its low-water mark ("" before the first). */
-export const committedUpTo = (cursor: string): string =>
-  cursor === ""
-    ? "the checkpoint is still at the start (a batch committed beyond it is recorded and skipped on resume)"
-    : `every batch up to id ${cursor} is committed and recorded`
+/**
+ * Where a stopped run's checkpoint stands, `cursor` being its low-water mark ("" before the first) and
+ * `rotated` the tickets it has recorded in all.
+ */
+export const committedUpTo = (cursor: string, rotated: number): string =>
+  cursor !== ""
+    ? `every batch up to id ${cursor} is committed and recorded`
+    : rotated === 0
+    ? "no batch had committed yet"
+    : "the checkpoint is still at the start (a batch committed beyond it is recorded and skipped on resume)"
 
 /** The checkpoint store (Redis or the checkpoint table) failed. */
 export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailable")<{

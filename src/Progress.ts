@@ -245,13 +245,21 @@ const note = (state: ProgressState): string => {
     : ""
 }
 
+/**
+ * "done/total" (or "done" without a total). Rows the site inserted into the scope after it was counted can
+ * take the count past the total: the total shown grows with it, never below what is done.
+ */
+const countsOf = (state: ProgressState, format: (n: number) => string): string => {
+  const done = doneOf(state)
+  return state.total === undefined ? format(done) : `${format(done)}/${format(Math.max(state.total, done))}`
+}
+
 /** The plain line printed every few seconds when stderr is not a terminal (no control characters). */
 export const renderPlain = (state: ProgressState): string => {
-  const done = doneOf(state)
   const fraction = fractionOf(state)
   const eta = etaMillis(state)
   return [
-    `${state.label}: ${done}${state.total === undefined ? "" : `/${state.total}`} rows`,
+    `${state.label}: ${countsOf(state, String)} rows`,
     fraction === undefined ? "" : ` (${percent(fraction, state.total === undefined)})`,
     `, ${formatRate(rate(state))} rows/s`,
     eta === undefined ? "" : `, ETA ${formatDuration(eta)}`,
@@ -283,7 +291,7 @@ const barWidths = { min: 10, max: 30 } as const
 export const renderTty = (state: ProgressState, columns: number): string => {
   const fraction = fractionOf(state)
   const eta = etaMillis(state)
-  const counts = `${withSeparators(doneOf(state))}${state.total === undefined ? "" : `/${withSeparators(state.total)}`}`
+  const counts = countsOf(state, withSeparators)
   const shown = percent(fraction, state.total === undefined)
   const width = columns - 1
   const rateText = formatRate(rate(state)).padStart(5)

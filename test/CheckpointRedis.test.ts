@@ -147,21 +147,39 @@ describe.skipIf(!servicesAvailable)("the Redis store's warnings", () => {
   })
 })
 
+/**
+ * A TCP server on a spare port in place of Redis, each connection given to `onConnection`, with a migrated
+ * SQLite database beside it: `f` gets the environment for the CLI. Both are gone afterwards.
+ */
+const withFakeRedis = async (
+  onConnection: (socket: Net.Socket) => void,
+  f: (env: Record<string, string>) => Promise<void>
+) => {
+  const sockets: Array<Net.Socket> = []
+  const server = Net.createServer((socket) => {
+    sockets.push(socket)
+    socket.on("error", () => {})
+    onConnection(socket)
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const port = (server.address() as Net.AddressInfo).port
+  const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-fake-redis-"))
+  try {
+    const env = { DATABASE_URL: `sqlite:${Path.join(dir, "t.db")}`, REDIS_URL: `redis://127.0.0.1:${port}` }
+    expect((await runCli(["migrate"], { env })).code).toBe(0)
+    await f(env)
+  } finally {
+    for (const socket of sockets) socket.destroy()
+    server.close()
+    Fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 describe("a Redis that does not answer as a run starts", () => {
   it("Ctrl-C or SIGTERM ends the run at once, as stopped before any batch (said as JSON under --json)", async () => {
     // Takes connections and never answers (a frozen host): the client would wait out its 3 s timeouts.
-    const sockets: Array<Net.Socket> = []
     let connected = 0
-    const server = Net.createServer((socket) => {
-      sockets.push(socket)
-      connected++
-    })
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-    const port = (server.address() as Net.AddressInfo).port
-    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-frozen-"))
-    try {
-      const env = { DATABASE_URL: `sqlite:${Path.join(dir, "t.db")}`, REDIS_URL: `redis://127.0.0.1:${port}` }
-      expect((await runCli(["migrate"], { env })).code).toBe(0)
+    await withFakeRedis(() => connected++, async (env) => {
       for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
         const before = connected
         const run = spawnCli(["regenerate", "--json"], { env })
@@ -177,10 +195,23 @@ describe("a Redis that does not answer as a run starts", () => {
           message: "stopped before any batch began: nothing was changed"
         })
       }
-    } finally {
-      for (const socket of sockets) socket.destroy()
-      server.close()
-      Fs.rmSync(dir, { recursive: true, force: true })
-    }
+    })
   })
+})
+
+describe("a server on REDIS_URL's port that is not a Redis", () => {
+  it("is said so in one line, not as ioredis's protocol error asking for a report", () =>
+    withFakeRedis(
+      // As an HTTP server with keep-alive answers: the connection stays open.
+      (socket) => socket.on("data", () => socket.write("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")),
+      async (env) => {
+        const result = await runCli(["status"], { env, timeoutMs: 30_000 })
+        expect(result.code).toBe(1)
+        expect(result.stderr.trim().split("\n")).toEqual([
+          expect.stringMatching(
+            /^error: Redis at redis:\/\/127\.0\.0\.1:\d+ is not reachable: the server there does not answer as Redis does \(its reply began with "H"\)/
+          )
+        ])
+      }
+    ))
 })

@@ -270,6 +270,18 @@ describe("the drawing service", () => {
     }))
 })
 
+describe("counts past the total", () => {
+  it("tickets inserted into the scope after the count: the total shown grows with what is done", () => {
+    const state = play([
+      [0, E.Started({ label: "regenerate", base: 0, throttle: undefined })],
+      [0, E.Total({ total: 1000 })],
+      [500, E.Advanced({ rows: 1200, batchSize: 1000 })]
+    ])
+    expect(renderPlain(state)).toMatch(/^regenerate: 1200\/1200 rows \(100\.0%\)/)
+    expect(renderTty(state, 120)).toContain("1,200/1,200 100.0%")
+  })
+})
+
 describe("log lines", () => {
   const logged = (mode: "tty" | "plain", log: Effect.Effect<void>) =>
     Effect.gen(function*() {

@@ -17,7 +17,7 @@ import {
 } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { eventLoopTurn } from "../src/Db.js"
-import { DatabaseError, LockHolder, RunFailed, RunRecord, SchemaMismatch, Scope } from "../src/Domain.js"
+import { committedUpTo, DatabaseError, LockHolder, RunFailed, RunRecord, SchemaMismatch, Scope } from "../src/Domain.js"
 import {
   adaptBatchSize,
   FailedSummary,
@@ -637,6 +637,9 @@ describe("failures", () => {
     expect(line(id, 300)).toContain(
       `stopped: every batch up to id ${id} is committed and recorded (300 rotated in all).`
     )
+    // What a stop (Ctrl-C) says: nothing committed is not "a batch committed beyond it".
+    expect(committedUpTo("", 0)).toBe("no batch had committed yet")
+    expect(committedUpTo("", 300)).toContain("still at the start (a batch committed beyond it is recorded")
   })
 
   it.effect("a permanent failure stops at once and leaves the checkpoint at the last commit", () =>

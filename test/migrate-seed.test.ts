@@ -85,10 +85,11 @@ describe("migrate and seed on the embedded SQLite database", () => {
   })
 
   it("seeds users, orders and tickets with valid keys, references and tokens", async () => {
-    await expectExit(cli(["seed", "users", "--count", "50"]), 0)
+    await expectExit(cli(["seed", "users", "--count", "49"]), 0)
+    expect((await expectExit(cli(["seed", "users", "--count", "1"]), 0)).stdout).toMatch(/^seeded 1 user in /m)
     await expectExit(cli(["seed", "orders", "--count", "500"]), 0)
     const seeded = await expectExit(cli(["seed", "tickets", "--count", "20000"]), 0)
-    expect(seeded.stderr).toContain("seeded 20000 tickets")
+    expect(seeded.stdout).toContain("seeded 20000 tickets")
 
     const db = new Sqlite(Path.join(cwd, "data", "tickets.sqlite"), { readonly: true, fileMustExist: true })
     try {
@@ -312,7 +313,7 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
     const kept = (await one("SELECT COUNT(*) FROM `ticket`")) - start
     expect(kept).toBeGreaterThan(0)
     expect(kept).toBeLessThan(400000)
-    expect(result.stderr).toContain(
+    expect(result.stdout).toContain(
       `stopped: the ${kept} tickets inserted stay; to add the other ${400000 - kept}, run \`seed tickets --count ${
         400000 - kept
       }\``

@@ -135,7 +135,7 @@ export const redisClient = (
         return client as ScriptClient
       },
       catch: (error) => {
-        const fields = { target: target.display, reason: describe(error), cause: error }
+        const fields = { target: target.display, reason: describeRedis(error), cause: error }
         // An answer that refuses (WRONGPASS, NOAUTH, a database number out of range) will not change by waiting.
         return isTransientRedis(error) ? new RedisUnavailable(fields) : new RedisRefused(fields)
       }
@@ -145,6 +145,17 @@ export const redisClient = (
         Effect.timeoutTo({ duration: "2 seconds", onSuccess: () => undefined, onTimeout: () => client.disconnect() })
       )
   )
+
+/**
+ * A Redis failure in ioredis's words, but for two: "Stream isn't writeable" (the offline queue is off, so
+ * commands fail fast while there is no connection), and its protocol error, which asks the user to report
+ * it: the server on that port is not a Redis (an HTTP server answers "H").
+ */
+const describeRedis = (error: unknown): string =>
+  describe(error)
+    .replace(/Stream isn't writeable.*/, "not connected")
+    .replace(/^Protocol error, got (".*") as reply type byte\. Please report this\.?$/, (_, first) =>
+      `the server there does not answer as Redis does (its reply began with ${first}): another kind of server?`)
 
 /**
  * Whether a Redis failure is worth retrying: no connection, a timeout, a server loading its data or busy
@@ -198,7 +209,7 @@ export const makeRedisStore = (
           store: name,
           operation,
           // ioredis's words for "no connection right now" (the offline queue is off so commands fail fast).
-          detail: describe(error).replace(/Stream isn't writeable.*/, "not connected"),
+          detail: describeRedis(error),
           transient: isTransientRedis(error)
         })
     })
