@@ -112,9 +112,12 @@ export const redisClient = (
           retryStrategy: (times: number) => Math.min(times * 200, 1_000)
         })
         signal.addEventListener("abort", () => client.disconnect(), { once: true })
-        // Errors surface through the failing commands; the last one explains a failed connect.
-        let lastError: unknown
-        client.on("error", (error) => (lastError = error))
+        // Errors surface through the failing commands. The one that explains a failed connect is the first
+        // that is more than "no connection now" (which follows it, in an order that varies with the timing).
+        let cause: unknown
+        client.on("error", (error) => {
+          if (cause === undefined || noConnection(cause)) cause = error
+        })
         for (const [name, script] of Object.entries(scripts)) {
           client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua })
         }
@@ -130,7 +133,7 @@ export const redisClient = (
           if (client.options.db !== undefined && client.options.db !== 0) await client.select(client.options.db)
         } catch (error) {
           client.disconnect()
-          throw lastError ?? error
+          throw cause ?? error
         }
         return client as ScriptClient
       },
@@ -145,6 +148,9 @@ export const redisClient = (
         Effect.timeoutTo({ duration: "2 seconds", onSuccess: () => undefined, onTimeout: () => client.disconnect() })
       )
   )
+
+/** ioredis's words for a command refused for want of a connection. */
+const noConnection = (error: unknown): boolean => /Stream isn't writeable|Connection is closed/.test(describe(error))
 
 /**
  * A Redis failure in ioredis's words, but for two: "Stream isn't writeable" (the offline queue is off, so
