@@ -61,8 +61,8 @@ export interface Store {
   readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable | CheckpointCorrupt>
   readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
   /**
-   * The keys `set` and `setFenced` wrote that start with `prefix` (records are never deleted by the tool: a
-   * handful per database).
+   * The keys `setFenced` wrote (the run records) that start with `prefix`: records are never deleted by the
+   * tool, a handful per database.
    */
   readonly list: (prefix: string) => Effect.Effect<ReadonlyArray<string>, CheckpointUnavailable>
   /** Sets `key` only while `lockKey` holds `holder`, atomically; false when it does not. */
@@ -254,8 +254,8 @@ const decodeScope = Schema.decodeUnknownOption(Schema.parseJson(Schema.Struct({ 
  */
 const decodeRecord = (key: string, location: string, text: string, known?: Scope) => {
   const corrupt = (detail: string) => {
-    const named = Option.map(decodeScope(text), (record) => record.scope)
-    const scope = known ?? Option.getOrUndefined(Option.filter(named, (s) => key.endsWith(`:${scopeHash(s)}`)))
+    const named = () => Option.map(decodeScope(text), (record) => record.scope)
+    const scope = known ?? Option.getOrUndefined(Option.filter(named(), (s) => key.endsWith(`:${scopeHash(s)}`)))
     return new CheckpointCorrupt({ key: location, detail, scope })
   }
   return Schema.decodeUnknown(RecordJson)(text).pipe(

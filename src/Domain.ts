@@ -40,12 +40,16 @@ export class Scope extends Schema.Class<Scope>("Scope")({
 
   /** The command that continues an unfinished run of this scope. */
   get resumeCommand(): string {
-    return ["regenerate --resume", this.flags].filter((part) => part !== "").join(" ")
+    return this.regenerate("--resume")
   }
 
   /** The command that abandons whatever run this scope has and starts a new one. */
   get restartCommand(): string {
-    return ["regenerate --restart", this.flags].filter((part) => part !== "").join(" ")
+    return this.regenerate("--restart")
+  }
+
+  private regenerate(mode: string): string {
+    return ["regenerate", mode, this.flags].filter((part) => part !== "").join(" ")
   }
 }
 
@@ -201,10 +205,12 @@ export class RedisRefused extends Data.TaggedError("RedisRefused")<{
   readonly target: string
   readonly reason: string
   readonly cause?: unknown
+  /** What of REDIS_URL to check (by default its user, password and database number). */
+  readonly check?: string
 }> {
   override get message() {
-    return `Redis at ${this.target} refused the connection: ${this.reason}. Check the user, password and database ` +
-      `number in REDIS_URL; nothing was changed.`
+    return `Redis at ${this.target} refused the connection: ${this.reason}. Check ` +
+      `${this.check ?? "the user, password and database number"} in REDIS_URL; nothing was changed.`
   }
 }
 
@@ -330,12 +336,10 @@ export class RunFailed extends Data.TaggedError("RunFailed")<{
   readonly resume: string
 }> {
   override get message() {
-    const where = this.cursor !== ""
-      ? `${committedUpTo(this.cursor, this.rotated)} (${this.rotated} rotated in all)`
-      : this.rotated === 0
-      ? committedUpTo(this.cursor, this.rotated)
-      : `its first batch did not commit; the ${counted(this.rotated, "ticket")} rotated by batches after it are ` +
+    const where = this.cursor === "" && this.rotated > 0
+      ? `its first batch did not commit; the ${counted(this.rotated, "ticket")} rotated by batches after it are ` +
         `committed and recorded`
+      : committedUpTo(this.cursor, this.rotated) + (this.cursor === "" ? "" : ` (${this.rotated} rotated in all)`)
     // The cause's message may end in a sentence mark of its own (a question).
     const cause = /[.?!]$/.test(this.error.message) ? this.error.message : `${this.error.message}.`
     return `${cause} Run ${this.runId} stopped: ${where}. Fix the cause, then resume with \`${this.resume}\`.`

@@ -33,7 +33,7 @@ export type OtherRuns = Either.Either<ReadonlyArray<OtherRun>, string>
 
 /**
  * The unfinished runs on the database besides `run`: a scope left half done must not go unseen. Best
- * effort: a store that cannot list its keys (a Redis user without SCAN, a hiccup) leaves a note instead.
+ * effort: a store that cannot list its runs (a Redis user without SMEMBERS, a hiccup) leaves a note instead.
  */
 export const otherUnfinished = (
   checkpoint: CheckpointService,

@@ -34,6 +34,8 @@ const version = (): string => {
 // restored (the live progress line hides it).
 const shutdown = Shutdown.make()
 let signal: "SIGINT" | "SIGTERM" | undefined
+/** Whether the first signal was a stop request (a graceful section had it), not an interruption. */
+let stopping = false
 
 const report = (cause: Cause.Cause<unknown>) =>
   Effect.gen(function*() {
@@ -84,14 +86,18 @@ for (const name of ["SIGINT", "SIGTERM"] as const) {
   process.on(name, () => {
     if (signal === undefined) {
       signal = name
-      if (!shutdown.request()) { for (const listener of interrupt) listener(name) }
+      stopping = shutdown.request()
+      if (!stopping) { for (const listener of interrupt) listener(name) }
       return
     }
     if (process.stderr.isTTY) process.stderr.write("\x1b[?25h\n")
+    // A run that was stopping has its checkpoint at its last recorded commit; the batches in flight, perhaps
+    // committed, lie above it for the resume to redo.
+    const running = stopping && process.argv.slice(2).includes("regenerate")
     process.stderr.write(
-      process.argv.slice(2).includes("regenerate")
-        ? "stopped at once (a second signal): the checkpoint is at the last recorded commit; the same command " +
-          "with --resume continues (redoing at most the batches that were in flight)\n"
+      running
+        ? `stopped at once (a second signal): the checkpoint is at the last recorded commit; resume with: ` +
+          `${Cli.resumeCommand(process.argv, process.cwd())}\n`
         : "stopped at once (a second signal)\n"
     )
     process.exit(name === "SIGTERM" ? 143 : 130)

@@ -31,16 +31,16 @@ describe.skipIf(!servicesAvailable)("the Redis store's list", () => {
     plain.disconnect()
   })
 
-  it("names every key the store wrote under a prefix, and nothing it did not write", async () => {
+  it("names every run record the store wrote under a prefix, and nothing it did not write", async () => {
     const listed = await withStore(prefix.name, (store) =>
       Effect.gen(function*() {
         yield* store.set("latest:db1", "run:db1:a")
-        yield* store.set("run:db1:a", "{}")
-        yield* store.set("run:db2:x", "{}")
-        expect(yield* store.acquire("lock:db1:b", "holder-b", 30_000)).toBe(true)
-        expect(yield* store.setFenced("run:db1:b", "{}", "lock:db1:b", "holder-b")).toBe(true)
+        expect(yield* store.acquire("lock:db1", "holder", 30_000)).toBe(true)
+        for (const key of ["run:db1:a", "run:db1:b", "run:db2:x"]) {
+          expect(yield* store.setFenced(key, "{}", "lock:db1", "holder")).toBe(true)
+        }
         // Refused by the fence: not written, so not listed.
-        expect(yield* store.setFenced("run:db1:c", "{}", "lock:db1:b", "someone-else")).toBe(false)
+        expect(yield* store.setFenced("run:db1:c", "{}", "lock:db1", "someone-else")).toBe(false)
         // A key under the prefix that the store did not write (put there by hand).
         yield* Effect.promise(() => plain.set(`${prefix.name}:run:db1:by-hand`, "{}"))
         return yield* store.list("run:db1:")
@@ -49,15 +49,44 @@ describe.skipIf(!servicesAvailable)("the Redis store's list", () => {
     expect(await plain.get(`${prefix.name}:run:db1:c`)).toBeNull()
   })
 
+  it("without an index (records of an earlier version), finds them by SCAN once and indexes them", async () => {
+    // A prefix with SCAN's glob characters, and keys that an unescaped pattern would also take.
+    const name = `${prefix.name}[*?]\\`
+    const earlier = Array.from({ length: 1500 }, (_, i) => `run:db1:${String(i).padStart(4, "0")}`)
+    const others = [`${prefix.name}*:run:db1:another-prefix`, `${prefix.name}x:run:db1:another-prefix`]
+    try {
+      for (let i = 0; i < earlier.length; i += 500) {
+        await plain.mset(...earlier.slice(i, i + 500).flatMap((key) => [`${name}:${key}`, "{}"]))
+      }
+      await plain.mset(...others.flatMap((key) => [key, "{}"]))
+      const first = await withStore(name, (store) => store.list("run:db1:"))
+      // More keys than one SCAN call returns: the cursor is followed to the end.
+      expect([...first].sort()).toEqual(earlier)
+      expect(await plain.scard(`${name}:index`)).toBe(earlier.length)
+      // From now on the index answers: a key put there by hand afterwards is not seen.
+      await plain.set(`${name}:run:db1:by-hand`, "{}")
+      expect([...(await withStore(name, (store) => store.list("run:db1:")))].sort()).toEqual(earlier)
+    } finally {
+      const keys = await plain.keys(`${name.replace(/[*?[\]\\]/g, "\\$&")}:*`)
+      await plain.del(...keys, ...others)
+    }
+  })
+
   it("writes nothing when the index cannot take the key (another program's data under its name)", async () => {
     const name = `${prefix.name}-damaged`
     await plain.set(`${name}:index`, "not a set")
     try {
-      const written = await withStore(name, (store) => Effect.either(store.set("run:db1:a", "{}")))
-      expect(written._tag).toBe("Left")
+      const written = await withStore(name, (store) =>
+        Effect.gen(function*() {
+          expect(yield* store.acquire("lock:db1", "holder", 30_000)).toBe(true)
+          return yield* Effect.either(store.setFenced("run:db1:a", "{}", "lock:db1", "holder"))
+        }))
+      expect(written._tag === "Left" && written.left.message).toContain(
+        `redis key ${name}:index on ${redisUrl} is not a set (another program's data under the tool's prefix?)`
+      )
       expect(await plain.exists(`${name}:run:db1:a`)).toBe(0)
     } finally {
-      await plain.del(`${name}:index`)
+      await plain.del(`${name}:index`, `${name}:lock:db1`)
     }
   })
 })
@@ -128,22 +157,30 @@ describe.skipIf(!servicesAvailable)("the Redis store's warnings", () => {
   })
 
   it("a password the server does not need is said once, in the tool's words (not ioredis's console line)", async () => {
-    const url = redisUrl.replace("redis://", "redis://:not-needed-pw@")
-    expect(url).not.toBe(redisUrl)
-    expect(await warningsOf(url)).toEqual([
-      expect.stringMatching(/needs no password: the one REDIS_URL gives is not used/)
-    ])
-    expect(await warningsOf(redisUrl)).toEqual([])
-    await withSeededSqlite(url, async (env) => {
-      const plan = await runCli(["regenerate", "--dry-run"], { env })
-      expect(plan.code).toBe(0)
-      expect(plan.stdout).toMatch(/^warning: Redis at redis:\/\/127\.0\.0\.1:6379 needs no password/m)
-      const outputs = [plan, await runCli(["status"], { env })]
-      for (const result of outputs) {
-        expect(result.stdout + result.stderr).not.toContain("[WARN]")
-        expect(result.stdout + result.stderr).not.toContain("not-needed-pw")
-      }
-    })
+    const open = privateRedis({ persist: false, requirePassword: false })
+    try {
+      await open.start()
+      const url = `redis://:not-needed-pw@127.0.0.1:${open.port}`
+      expect(await warningsOf(url)).toEqual([
+        expect.stringMatching(/needs no password: the one REDIS_URL gives is not used/)
+      ])
+      expect(await warningsOf(open.url)).toEqual([])
+      await withSeededSqlite(url, async (env) => {
+        const plan = await runCli(["regenerate", "--dry-run"], { env })
+        expect(plan.code).toBe(0)
+        const warning = `warning: Redis at redis://127.0.0.1:${open.port} needs no password`
+        expect(plan.stdout).toContain(warning)
+        const run = await runCli(["regenerate"], { env })
+        expect(run.code, run.stderr).toBe(0)
+        expect(run.stderr.split(warning).length - 1, "said once").toBe(1)
+        for (const result of [plan, run, await runCli(["status"], { env })]) {
+          expect(result.stdout + result.stderr).not.toContain("[WARN]")
+          expect(result.stdout + result.stderr).not.toContain("not-needed-pw")
+        }
+      })
+    } finally {
+      await open.stop()
+    }
   })
 })
 
@@ -183,7 +220,10 @@ describe("a Redis that does not answer as a run starts", () => {
       for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
         const before = connected
         const run = spawnCli(["regenerate", "--json"], { env })
-        while (connected === before) await new Promise((resolve) => setTimeout(resolve, 20))
+        let ended = false
+        void run.result.finally(() => (ended = true))
+        while (connected === before && !ended) await new Promise((resolve) => setTimeout(resolve, 20))
+        expect(ended, "the run connects before it ends").toBe(false)
         const stopped = Date.now()
         run.child.kill(signal)
         const result = await run.result
@@ -206,11 +246,10 @@ describe("a server on REDIS_URL's port that is not a Redis", () => {
       (socket) => socket.on("data", () => socket.write("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")),
       async (env) => {
         const result = await runCli(["status"], { env, timeoutMs: 30_000 })
-        expect(result.code).toBe(1)
+        expect(result.code).toBe(2)
         expect(result.stderr.trim().split("\n")).toEqual([
-          expect.stringMatching(
-            /^error: Redis at redis:\/\/127\.0\.0\.1:\d+ is not reachable: the server there does not answer as Redis does \(its reply began with "H"\)/
-          )
+          `error: Redis at ${env.REDIS_URL} refused the connection: the server there is not a Redis (its answer ` +
+          `began with "H"). Check the host and port in REDIS_URL; nothing was changed.`
         ])
       }
     ))

@@ -771,15 +771,15 @@ describe("failures", () => {
         "1 second"
       )
       expect(Exit.isFailure(exit) && String(exit.cause)).toContain("CheckpointUnavailable")
-      // It stopped instead of going on unrecorded: at most the batch whose checkpoint failed went in.
-      expect(world.table.rotations.length).toBeLessThanOrEqual(2)
+      // It stopped instead of going on unrecorded: only the batch whose checkpoint failed went in after the
+      // first.
+      expect(world.table.rotations.length).toBe(2)
       // Saves: 2 good, the failing one and its 10 retries, then one last try to mark the run failed.
       expect(world.store.saves).toBe(2 + 1 + 10 + 1)
       // What the failure reports is the checkpoint as written, the one a resume starts from: not the batch
       // whose write failed.
       const summary = Option.getOrThrow(yield* Ref.get(failed))
       const stored = record(world)
-      expect(world.table.rotations.length).toBe(2)
       expect(summary).toMatchObject({
         status: "failed",
         cursor: stored.cursor,
@@ -996,6 +996,19 @@ describe("resume rules", () => {
       expect(world.table.rotations.length).toBe(before)
       const resumed = yield* runIn(world, { mode: "resume", scope })
       expect(resumed).toMatchObject({ status: "completed", resumed: true })
+    }))
+
+  it.effect("a store that cannot list the runs stops the start (another scope's unfinished run must not go unseen)", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      world.store.faults = { list: true }
+      for (const mode of ["start", "resume"] as const) {
+        const error = yield* Effect.flip(runIn(world, { mode }))
+        expect(error._tag).toBe("CheckpointUnavailable")
+        expect(error.message).toContain("listing runs")
+      }
+      expect(world.table.rotations.length).toBe(0)
+      expect(world.store.records()).toEqual([])
     }))
 
   it.effect("--restart abandons the unfinished run and starts a new one, saying which run it replaces", () =>

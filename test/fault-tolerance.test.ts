@@ -484,7 +484,9 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       const result = await run.result
       expect(Date.now() - second).toBeLessThan(3000)
       expect(result.code).toBe(130)
-      expect(result.stderr).toMatch(/^stopped at once \(a second signal\): .* with --resume continues/m)
+      expect(result.stderr).toMatch(
+        /^stopped at once \(a second signal\): the checkpoint is at the last recorded commit; resume with: node .*main\.js regenerate --batch-size 500 --resume$/m
+      )
       await locker.query("ROLLBACK")
       await resumeToEnd(runEnv)
       expectAllRotated(before, await readTickets())

@@ -21,22 +21,14 @@ const lockValue = `local function held() local t = redis.call('TYPE', KEYS[1]).o
   `if t == 'string' then return redis.call('GET', KEYS[1]) elseif t == 'none' then return false end ` +
   `return 'a Redis ' .. t .. ', not a string' end `
 
-/**
- * Every key `set` and `setFenced` write is also added to one set, the index (`KEYS[#KEYS]`), in the same
- * script: `list` reads it instead of walking the keyspace, which a Redis shared with the site's cache fills
- * (SCAN took 4.2 s over 5 million keys here). Added first: a failure there writes nothing.
- */
-const indexed = (write: string) => `redis.call('SADD', KEYS[#KEYS], ARGV[#ARGV]) ${write}`
-
 const scripts = {
-  setIndexed: {
-    numberOfKeys: 2,
-    lua: indexed(`redis.call('SET', KEYS[1], ARGV[1]) return 1`)
-  },
+  // The key is also added to the index (`KEYS[3]`), a set that `list` reads instead of walking a keyspace
+  // that a Redis shared with the site's cache fills (SCAN took 4.2 s over 5 million keys here). Added first:
+  // a failure there writes nothing.
   setFenced: {
     numberOfKeys: 3,
-    lua: `if redis.call('GET', KEYS[2]) == ARGV[2] then ` +
-      indexed(`redis.call('SET', KEYS[1], ARGV[1]) return 1`) + ` else return 0 end`
+    lua: `if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('SADD', KEYS[3], ARGV[3]) ` +
+      `redis.call('SET', KEYS[1], ARGV[1]) return 1 else return 0 end`
   },
   swap: {
     numberOfKeys: 1,
@@ -85,22 +77,22 @@ const holdBackPasswordWarnings = () => {
     ) {
       unneededPasswords++
     } else {
-      warn(...args)
+      warn.apply(console, args)
     }
   }
 }
 
 /**
- * A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them). The
- * connecting is interruptible (a Ctrl-C need not wait out a server that does not answer): the client it
- * began is closed then.
+ * A connected ioredis client that fails commands fast while Redis is away (the pipeline retries them),
+ * closed with the enclosing scope. The connecting is interruptible: a Ctrl-C need not wait out a server
+ * that does not answer.
  */
 export const redisClient = (
   target: RedisTarget
 ): Effect.Effect<ScriptClient, RedisUnavailable | RedisRefused, EffectScope> =>
-  Effect.acquireRelease(
-    Effect.interruptible(Effect.tryPromise({
-      try: async (signal) => {
+  Effect.gen(function*() {
+    const client = yield* Effect.acquireRelease(
+      Effect.promise(async () => {
         // Loaded on demand: without REDIS_URL the client is never needed.
         const { Redis } = await import("ioredis")
         const client = new Redis(Redacted.value(target.url), {
@@ -111,43 +103,58 @@ export const redisClient = (
           commandTimeout: 3_000,
           retryStrategy: (times: number) => Math.min(times * 200, 1_000)
         })
-        signal.addEventListener("abort", () => client.disconnect(), { once: true })
-        // Errors surface through the failing commands. The one that explains a failed connect is the first
-        // that is more than "no connection now" (which follows it, in an order that varies with the timing).
-        let cause: unknown
-        client.on("error", (error) => {
-          if (cause === undefined || noConnection(cause)) cause = error
-        })
         for (const [name, script] of Object.entries(scripts)) {
           client.defineCommand(name, { numberOfKeys: script.numberOfKeys, lua: script.lua })
         }
-        holdBackPasswordWarnings()
-        const unneededBefore = unneededPasswords
+        return client as ScriptClient
+      }),
+      // QUIT where it can be answered (a connection ready), for at most 2 s; else the connection is dropped.
+      (client) =>
+        client.status === "ready"
+          ? Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(
+            Effect.timeoutTo({
+              duration: "2 seconds",
+              onSuccess: () => undefined,
+              onTimeout: () => client.disconnect()
+            })
+          )
+          : Effect.sync(() => client.disconnect())
+    )
+    // Errors surface through the failing commands. The one that explains a failed connect is the first that
+    // is more than "no connection now" (which follows it, in an order that varies with the timing).
+    let cause: unknown
+    client.on("error", (error) => {
+      if (cause === undefined || noConnection(cause)) cause = error
+    })
+    holdBackPasswordWarnings()
+    const unneededBefore = unneededPasswords
+    // Interruptible even where the caller is not (a layer being built): the scope closes the client.
+    yield* Effect.interruptible(Effect.tryPromise({
+      try: async () => {
         try {
           await client.connect()
           await client.ping()
-          // The AUTH's answer came before the PING's.
-          if (unneededPasswords > unneededBefore) passwordNotNeeded.add(client)
           // ioredis reports a database index the server refuses only as an event and stays on 0: ask again,
           // so that the refusal fails the command instead of the checkpoints going to another database.
           if (client.options.db !== undefined && client.options.db !== 0) await client.select(client.options.db)
         } catch (error) {
-          client.disconnect()
           throw cause ?? error
         }
-        return client as ScriptClient
       },
       catch: (error) => {
         const fields = { target: target.display, reason: describeRedis(error), cause: error }
+        // The server there is not a Redis (ioredis cannot parse its answer): REDIS_URL names the wrong port.
+        if (error instanceof Error && error.name === "ParserError") {
+          return new RedisRefused({ ...fields, check: "the host and port" })
+        }
         // An answer that refuses (WRONGPASS, NOAUTH, a database number out of range) will not change by waiting.
         return isTransientRedis(error) ? new RedisUnavailable(fields) : new RedisRefused(fields)
       }
-    })),
-    (client) =>
-      Effect.promise(() => client.quit().catch(() => client.disconnect())).pipe(
-        Effect.timeoutTo({ duration: "2 seconds", onSuccess: () => undefined, onTimeout: () => client.disconnect() })
-      )
-  )
+    }))
+    // The AUTH's answer came before the PING's.
+    if (unneededPasswords > unneededBefore) passwordNotNeeded.add(client)
+    return client
+  })
 
 /** ioredis's words for a command refused for want of a connection. */
 const noConnection = (error: unknown): boolean => /Stream isn't writeable|Connection is closed/.test(describe(error))
@@ -161,7 +168,7 @@ const describeRedis = (error: unknown): string =>
   describe(error)
     .replace(/Stream isn't writeable.*/, "not connected")
     .replace(/^Protocol error, got (".*") as reply type byte\. Please report this\.?$/, (_, first) =>
-      `the server there does not answer as Redis does (its reply began with ${first}): another kind of server?`)
+      `the server there is not a Redis (its answer began with ${first})`)
 
 /**
  * Whether a Redis failure is worth retrying: no connection, a timeout, a server loading its data or busy
@@ -221,6 +228,25 @@ export const makeRedisStore = (
     })
   const index = k("index")
   const locate = (key: string) => `redis key ${k(key)} on ${target.display}`
+  /**
+   * Without an index (no run recorded since the tool kept one): the keys under the prefix, by SCAN — in large
+   * steps, not holding the server as KEYS would — indexed from now on. (Runs an earlier version recorded
+   * are found so; before any run, each listing walks the keyspace.)
+   */
+  const indexWritten = async () => {
+    const found = new Set<string>()
+    let cursor = "0"
+    do {
+      // The prefix's glob characters (the operator's REDIS_PREFIX may have some) match only themselves.
+      const match = `${prefix.replace(/[*?[\]\\]/g, "\\$&")}:*`
+      const [next, batch] = await client.scan(cursor, "MATCH", match, "COUNT", 10_000)
+      for (const key of batch) if (key !== index) found.add(key.slice(prefix.length + 1))
+      cursor = next
+    } while (cursor !== "0")
+    // Best effort: a listing that reads (status, say) need not be able to write.
+    if (found.size > 0) await client.sadd(index, ...found).catch(() => undefined)
+    return [...found]
+  }
   return {
     name,
     warnings,
@@ -233,13 +259,25 @@ export const makeRedisStore = (
           () => new CheckpointCorrupt({ key: locate(key), detail: "not a string value" })
         )
       ),
-    set: (key, value) => Effect.asVoid(call("writing", () => client.setIndexed(k(key), index, value, key))),
+    set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
     list: (start) =>
-      call("listing runs", () => client.smembers(index)).pipe(
-        Effect.map((written) => written.filter((key) => key.startsWith(start)))
-      ),
+      call("listing runs", async () => {
+        const written = await client.exists(index) === 1 ? await client.smembers(index) : await indexWritten()
+        return written.filter((key) => key.startsWith(start))
+      }),
     setFenced: (key, value, lockKey, holder) =>
       call("writing the checkpoint", () => client.setFenced(k(key), k(lockKey), index, value, holder, key)).pipe(
+        Effect.mapError((error) =>
+          error.detail.includes("WRONGTYPE")
+            ? new CheckpointUnavailable({
+              store: error.store,
+              operation: error.operation,
+              transient: false,
+              detail: `${locate("index")} is not a set (another program's data under the tool's prefix?): ` +
+                `rename or delete it`
+            })
+            : error
+        ),
         Effect.map((n) => n === 1)
       ),
     acquire: (lockKey, holder, ttl) =>

@@ -18,7 +18,7 @@ export interface StoreFaults {
   readonly latency?: (n: number) => Effect.Effect<void>
   /** Run before a lock is taken, after which it is taken (an INSERT that waits on a locked table, say). */
   readonly acquire?: Effect.Effect<void>
-  /** True: listing keys is refused (a Redis user without SCAN). */
+  /** True: listing runs is refused (a Redis user without SMEMBERS). */
   readonly list?: boolean
 }
 
@@ -64,7 +64,7 @@ export class MemoryStore {
             new CheckpointUnavailable({
               store: "memory",
               operation: "listing runs",
-              detail: "NOPERM this user has no permissions to run the 'scan' command",
+              detail: "NOPERM this user has no permissions to run the 'smembers' command",
               transient: false
             })
           )

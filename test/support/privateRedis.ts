@@ -20,13 +20,19 @@ export const removePrivateRedisDirs = () => {
 
 /**
  * With an append-only file unless `persist` is false (then a restart loses every key, as the machine's own
- * Redis would); `args` are further redis-server options.
+ * Redis would), a password unless `requirePassword` is false; `args` are further redis-server options.
  */
-export const privateRedis = ({ args = [], persist = true }: { persist?: boolean; args?: Array<string> } = {}) => {
+export const privateRedis = (
+  { args = [], persist = true, requirePassword = true }: {
+    persist?: boolean
+    requirePassword?: boolean
+    args?: Array<string>
+  } = {}
+) => {
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-redis-"))
   dirs.push(dir)
   const port = spareTcpPort()
-  const password = `rp-${randomBytes(6).toString("hex")}`
+  const password = requirePassword ? `rp-${randomBytes(6).toString("hex")}` : ""
   let process: ChildProcess | undefined
   const client = () => {
     const c = new Redis({ port, password, maxRetriesPerRequest: 1, lazyConnect: true })
@@ -39,8 +45,7 @@ export const privateRedis = ({ args = [], persist = true }: { persist?: boolean;
       String(port),
       "--bind",
       "127.0.0.1",
-      "--requirepass",
-      password,
+      ...(requirePassword ? ["--requirepass", password] : []),
       "--dir",
       dir,
       ...(persist ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
@@ -68,5 +73,6 @@ export const privateRedis = ({ args = [], persist = true }: { persist?: boolean;
     process.kill("SIGTERM") // redis-server shuts down cleanly on SIGTERM, flushing its append-only file
     await exited
   }
-  return { url: `redis://:${password}@127.0.0.1:${port}`, password, port, start, stop, client, dir }
+  const url = requirePassword ? `redis://:${password}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`
+  return { url, password, port, start, stop, client, dir }
 }
