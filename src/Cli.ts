@@ -355,7 +355,10 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         : run !== null
         ? `would start a new run: run ${run.runId} completed at ${run.updatedAt.toISOString()} (${run.rotated} ` +
           `rotated), and every token in scope would be replaced again`
-        : "would start a new run"
+        : Option.match(plan.replaces, {
+          onNone: () => "would start a new run",
+          onSome: (unreadable) => `would start a new run: ${unreadable}, and the new run replaces it`
+        })
     )
     if (plan.action !== "nothing") {
       const tickets = total === null
@@ -408,6 +411,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         store: plan.store,
         storeWarnings: plan.storeWarnings,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
+        replacesUnreadable: Option.getOrNull(plan.replaces),
         staleLock: Option.isSome(plan.holder) && plan.holder.value.damage === null,
         damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage)),
         replicas: replicas.watched,

@@ -303,17 +303,25 @@ const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
 const startingRecord = (key: RunKey, options: RegenerateOptions) =>
   Effect.gen(function*() {
     const supersedes = Option.none<RunRecord>() // nothing replaced, unless the run is a new one
+    const replaces = Option.none<string>() // an unreadable checkpoint, which only a restart replaces
     const checkpoint = yield* Checkpoint
     const now = yield* Clock.currentTimeMillis
     if (options.mode === "restart") {
-      // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced; a readable run is named.
-      const abandoned = yield* checkpoint.load(key).pipe(
+      // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced, and named.
+      const unreadable = (what: string) => Effect.succeed({ existing: supersedes, unreadable: Option.some(what) })
+      const found = yield* checkpoint.load(key).pipe(
+        Effect.map((existing) => ({ existing, unreadable: replaces })),
         Effect.catchTags({
-          CheckpointCorrupt: () => Effect.succeed(Option.none()),
-          ForeignCheckpoint: () => Effect.succeed(Option.none())
+          CheckpointCorrupt: (error) => unreadable(`the checkpoint at ${error.key} cannot be read (${error.detail})`),
+          ForeignCheckpoint: (error) =>
+            unreadable(
+              `the checkpoint at ${error.key} belongs to another database or scope (${error.run.database}, ` +
+                `${error.run.scope.description})`
+            )
         })
       )
-      return { record: freshRecord(key, options, now), done: false, supersedes: abandoned }
+      const record = freshRecord(key, options, now)
+      return { record, done: false, supersedes: found.existing, replaces: found.unreadable }
     }
     const existing = yield* checkpoint.load(key)
     // The most recently started unfinished run of another scope, the latest run or an older one: an operator
@@ -329,16 +337,16 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
       }
       const other = yield* otherUnfinished
       if (Option.isSome(other)) return yield* new UnfinishedRun({ run: other.value, asked: key.scope })
-      return { record: freshRecord(key, options, now), done: false, supersedes: existing }
+      return { record: freshRecord(key, options, now), done: false, supersedes: existing, replaces }
     }
     if (Option.isNone(existing) || existing.value.finished) {
       const other = yield* otherUnfinished
       if (Option.isSome(other)) return yield* new ScopeMismatch({ run: other.value, asked: key.scope })
       if (Option.isNone(existing)) return yield* new NoRunToResume({ scope: key.scope })
-      return { record: existing.value, done: true, supersedes }
+      return { record: existing.value, done: true, supersedes, replaces }
     }
     const record = new RunRecord({ ...existing.value, status: "running", error: null, batchSize: options.batchSize })
-    return { record, done: false, supersedes }
+    return { record, done: false, supersedes, replaces }
   })
 
 const summaryOf = (
@@ -381,7 +389,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
-    const { done, record: starting, supersedes } = yield* settled(startingRecord(key, options), stopRequested)
+    const { done, record: starting, replaces, supersedes } = yield* settled(startingRecord(key, options), stopRequested)
     if (Option.isSome(supersedes)) {
       // A rerun (from the shell's history, say) replaces every token just issued, and a restart the progress
       // of the run it abandons: say so before it does.
@@ -392,6 +400,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
             `run gives every ticket in scope a new token again (Ctrl-C stops it, resumably)`
           : `run ${previous.runId} on this scope (${previous.status}, ${previous.rotated} rotated) is abandoned; ` +
             `this new run starts over from the first ticket (Ctrl-C stops it, resumably)`
+      }))
+    }
+    if (Option.isSome(replaces)) {
+      yield* progress.emit(ProgressEvent.Notice({
+        text: `${replaces.value}: this new run replaces it and starts from the first ticket (Ctrl-C stops it, ` +
+          `resumably)`
       }))
     }
     for (const warning of checkpoint.storeWarnings) {
@@ -798,6 +812,8 @@ export interface Plan {
   readonly action: "start" | "resume" | "restart" | "nothing"
   /** The run it would resume (or find completed), the one a restart would abandon, or the completed run a new one replaces. */
   readonly existing: Option.Option<RunRecord>
+  /** An unreadable checkpoint a restart would replace, described. */
+  readonly replaces: Option.Option<string>
   /** A lock the run would take over: left by a process of this host that is gone, or damaged (a restart). */
   readonly holder: Option.Option<HeldLock>
   readonly total: Option.Option<number>
@@ -829,5 +845,6 @@ export const plan = (options: RegenerateOptions) =>
     const abandons = Option.exists(starting.supersedes, (run) => !run.finished)
     const action = starting.done ? "nothing" : options.mode === "restart" && !abandons ? "start" : options.mode
     const { store, storeWarnings } = checkpoint
-    return { database: db.display, store, storeWarnings, action, existing, holder, total } satisfies Plan
+    const { replaces } = starting
+    return { database: db.display, store, storeWarnings, action, existing, replaces, holder, total } satisfies Plan
   })

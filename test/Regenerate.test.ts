@@ -1048,8 +1048,17 @@ describe("resume rules", () => {
         expect(error.message).toContain("--restart")
       }
       expect(world.table.rotations.length).toBe(0)
+      // The restart, planned and run, names what it replaces.
+      const replaced = `the checkpoint at memory key ${key} cannot be read (`
+      expect(Option.getOrThrow((yield* planIn(world, { mode: "restart" })).replaces)).toContain(replaced)
       const summary = yield* runIn(world, { mode: "restart" })
       expect(summary.rotated).toBe(20)
+      expect(world.progress.flatMap((e) => e._tag === "Notice" ? [e.text] : [])).toContainEqual(
+        expect.stringMatching(
+          new RegExp(`^${replaced.replace(/[()]/g, "\\$&")}.*: this new run replaces it and starts`)
+        )
+      )
+      expect(Option.isNone((yield* planIn(world, { mode: "restart" })).replaces)).toBe(true)
     }))
 
   it.effect("the dry run's action: restart only where an unfinished run would be abandoned", () =>
