@@ -53,7 +53,10 @@ export interface LockValue {
 /** Atomic operations a checkpoint backend provides. Keys are plain strings; values are JSON text. */
 export interface Store {
   readonly name: string
-  /** What an operator should know before a run keeps its checkpoint here (a Redis that evicts keys). */
+  /**
+   * What an operator should know before a run keeps its checkpoint here (a Redis that evicts keys, or that
+   * needs no password although one is given).
+   */
   readonly warnings?: ReadonlyArray<string>
   /** Where `key` is, as an operator would look it up (the Redis key with its prefix, the table row). */
   readonly locate: (key: string) => string

@@ -308,7 +308,8 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
     const now = yield* Clock.currentTimeMillis
     if (options.mode === "restart") {
       // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced, and named.
-      const unreadable = (what: string) => Effect.succeed({ existing: supersedes, unreadable: Option.some(what) })
+      const unreadable = (what: string) =>
+        Effect.succeed({ existing: Option.none<RunRecord>(), unreadable: Option.some(what) })
       const found = yield* checkpoint.load(key).pipe(
         Effect.map((existing) => ({ existing, unreadable: replaces })),
         Effect.catchTags({

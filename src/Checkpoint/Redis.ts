@@ -221,7 +221,6 @@ export const makeRedisStore = (
         new CheckpointUnavailable({
           store: name,
           operation,
-          // ioredis's words for "no connection right now" (the offline queue is off so commands fail fast).
           detail: describeRedis(error),
           transient: isTransientRedis(error)
         })
