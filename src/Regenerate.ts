@@ -36,6 +36,7 @@ import {
   ScopeMismatch,
   UnfinishedRun
 } from "./Domain.js"
+import * as Ledger from "./Ledger.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { Replicas } from "./Replicas.js"
 import { checkSchemaWithin, type Span, TicketRepo } from "./TicketRepo.js"
@@ -186,9 +187,6 @@ export const nextBatchSize = (current: number, size: number, millis: number, tar
   return asked < size ? Math.min(current, asked) : size === current ? asked : current
 }
 
-/** A committed id range beyond the low-water mark, as the checkpoint keeps it (both ends inclusive). */
-export type DoneRange = readonly [first: string, last: string]
-
 /**
  * What the page source emits, numbered in key order: a batch to rotate, named by its ids (a page) or by its
  * bounds (a span of the whole table), or a range with nothing to do — one an earlier process already
@@ -206,13 +204,13 @@ type Item =
     readonly through: string
   }
   | { readonly _tag: "Span"; readonly seq: number; readonly span: Span }
-  | { readonly _tag: "Done"; readonly seq: number; readonly range: DoneRange }
+  | { readonly _tag: "Done"; readonly seq: number; readonly range: Ledger.DoneRange }
 
 /** The smallest id above `id` (all zeros above the empty cursor): a span's first id, as a range bound. */
 const successor = (id: string): string =>
   id === "" ? "0".repeat(32) : (BigInt(`0x${id}`) + 1n).toString(16).padStart(32, "0")
 
-const rangeOf = (item: Item): DoneRange =>
+const rangeOf = (item: Item): Ledger.DoneRange =>
   item._tag === "Done"
     ? item.range
     : item._tag === "Span"
@@ -519,18 +517,13 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const throttle = yield* makeThrottle(options.maxRowsPerSecond, options.batchSize, stopRequested)
     const replicasCaughtUp = yield* waitForReplicas(stopRequested)
     const window = yield* Effect.makeSemaphore(options.concurrency * windowPerConcurrency)
-    const recording = yield* Effect.makeSemaphore(1)
     const halted = yield* Ref.make(false)
-    // Items completed beyond the low-water mark, by sequence number; `next` is the first one not yet passed.
-    const ledger = yield* Ref.make({ next: 1, above: new Map<number, DoneRange>() })
-    // Ranges an earlier process committed beyond its low-water mark, kept in every save until this run
-    // records passing them: a second crash must not forget them.
-    const inherited = yield* Ref.make(starting.done)
+    const ledger = yield* Ref.make(Ledger.make(starting.done))
 
     interface Source {
       readonly cursor: string
       readonly seq: number
-      readonly skips: ReadonlyArray<DoneRange>
+      readonly skips: ReadonlyArray<Ledger.DoneRange>
       /** Spans read after the cursor, not yet emitted. */
       readonly ahead: ReadonlyArray<Span>
     }
@@ -653,27 +646,16 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     // `concurrency` committed batches are ever unrecorded (the crash redo bound), as with a write per batch.
     const notes = yield* Ref.make({ noted: 0, saved: 0, writes: 0 })
     const saving = yield* Effect.makeSemaphore(1)
+    const noting = yield* Effect.makeSemaphore(1)
 
     /**
-     * Notes a completed item in the run record: the low-water mark moves over every item completed in
-     * sequence, and the ranges completed beyond it are kept. Returns the note's number and how many items
-     * the low-water mark passed.
+     * Notes a completed item in the run record (see `Ledger.complete`). Returns the note's number and how
+     * many items the low-water mark passed.
      */
     const note = (item: Item, rotated: number) =>
-      recording.withPermits(1)(Effect.gen(function*() {
-        const { next, above } = yield* Ref.get(ledger)
-        above.set(item.seq, rangeOf(item))
-        let passed = 0
-        let cursor: string | undefined
-        while (above.has(next + passed)) {
-          cursor = above.get(next + passed)![1]
-          above.delete(next + passed)
-          passed++
-        }
-        yield* Ref.set(ledger, { next: next + passed, above })
-        const pending = yield* Ref.updateAndGet(inherited, (ranges) =>
-          item._tag === "Done" ? ranges.filter((r) => r !== item.range) : ranges)
-        const done = [...above.values(), ...pending].sort((a, b) => (a[0] < b[0] ? -1 : 1))
+      noting.withPermits(1)(Effect.gen(function*() {
+        const { cursor, done, ledger: next, passed } = Ledger.complete(yield* Ref.get(ledger), item.seq, rangeOf(item))
+        yield* Ref.set(ledger, next)
         yield* amend((r) => ({
           cursor: cursor ?? r.cursor,
           done,
