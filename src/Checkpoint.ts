@@ -219,8 +219,8 @@ export interface CheckpointService {
   readonly latest: (
     database: string
   ) => Effect.Effect<Option.Option<RunRecord>, CheckpointUnavailable | CheckpointCorrupt>
-  /** The unfinished runs on `database`, of every scope, oldest first (a record that cannot be read is left out). */
-  readonly unfinished: (database: string) => Effect.Effect<ReadonlyArray<RunRecord>, CheckpointUnavailable>
+  /** The unfinished runs on `database`, of every scope. */
+  readonly unfinished: (database: string) => Effect.Effect<Unfinished, CheckpointUnavailable>
   /**
    * Takes the slot's lock for the enclosing scope: renewed while held, released on close. A damaged lock
    * entry is `CheckpointCorrupt`, unless `replaceDamaged` (a restart, which abandons whatever is there).
@@ -231,6 +231,13 @@ export interface CheckpointService {
   ) => Effect.Effect<RunLock, LockHeld | CheckpointCorrupt | CheckpointUnavailable, EffectScope>
   /** Who holds the slot's lock, if anyone. */
   readonly holder: (key: RunKey) => Effect.Effect<Option.Option<HeldLock>, CheckpointUnavailable>
+}
+
+export interface Unfinished {
+  /** Oldest first. */
+  readonly runs: ReadonlyArray<RunRecord>
+  /** Records that cannot be read: any of them may be an unfinished run, which the operator should hear of. */
+  readonly unreadable: ReadonlyArray<CheckpointCorrupt>
 }
 
 export class Checkpoint extends Context.Tag("Checkpoint")<Checkpoint, CheckpointService>() {}
@@ -314,16 +321,27 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
 
   const unfinished = (database: string) =>
     Effect.gen(function*() {
-      const records: Array<RunRecord> = []
+      const runs: Array<RunRecord> = []
+      const unreadable: Array<CheckpointCorrupt> = []
       for (const k of yield* store.list(recordPrefix(database))) {
-        const text = yield* store.get(k).pipe(Effect.catchTag("CheckpointCorrupt", () => Effect.succeed(Option.none())))
-        if (Option.isNone(text)) continue
-        const record = yield* Effect.option(decodeRecord(k, store.locate(k), text.value))
+        const record = yield* store.get(k).pipe(
+          Effect.flatMap(Option.match({
+            onNone: () => Effect.succeed(Option.none<RunRecord>()),
+            onSome: (text) => Effect.asSome(decodeRecord(k, store.locate(k), text))
+          })),
+          Effect.catchTag("CheckpointCorrupt", (error) =>
+            Effect.as(Effect.sync(() => unreadable.push(error)), Option.none()))
+        )
         if (Option.isSome(record) && record.value.database === database && !record.value.finished) {
-          records.push(record.value)
+          runs.push(record.value)
         }
       }
-      return records.sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime())
+      return {
+        runs: runs.sort((a, b) =>
+          a.startedAt.getTime() - b.startedAt.getTime()
+        ),
+        unreadable
+      } satisfies Unfinished
     })
 
   const inspectHolder = (lockKey: string) =>

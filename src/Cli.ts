@@ -377,7 +377,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
       )
     }
     yield* out(`checkpoint store: ${plan.store}`)
-    for (const warning of plan.storeWarnings) yield* out(`warning: ${warning}`)
+    for (const line of Regenerate.warningLines(plan.storeWarnings, plan.unreadable)) yield* out(line)
     const replicas = yield* Replicas.Replicas
     const holding = yield* replicas.holding
     if (replicas.watched.length > 0) {
@@ -412,6 +412,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         storeWarnings: plan.storeWarnings,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
         replacesUnreadable: Option.getOrNull(plan.replaces),
+        unreadableRuns: Status.unreadableJson(plan.unreadable),
         staleLock: Option.isSome(plan.holder) && plan.holder.value.damage === null,
         damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage)),
         replicas: replicas.watched,

@@ -380,12 +380,19 @@ export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
   /** The scope whose checkpoint it is, where that is known for certain. */
   readonly scope?: Scope | undefined
 }> {
+  private restart(unknown = "(with the same scope flags)") {
+    return this.scope === undefined ? `\`regenerate --restart\` ${unknown}` : `\`${this.scope.restartCommand}\``
+  }
+
   override get message() {
-    const restart = this.scope === undefined
-      ? "`regenerate --restart` (with the same scope flags)"
-      : `\`${this.scope.restartCommand}\``
     return `the checkpoint at ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
-      `inspect it, or run ${restart} to abandon it and start a new run.`
+      `inspect it, or run ${this.restart()} to abandon it and start a new run.`
+  }
+
+  /** Said of a record found beside the one asked for: it may be a run of another scope left unfinished. */
+  get otherRunNote() {
+    return `the checkpoint at ${this.key} cannot be read (${this.detail}), so whether it is an unfinished run of ` +
+      `another scope is unknown: inspect it, or run ${this.restart("with that run's scope flags")} to abandon it`
   }
 }
 

@@ -22,6 +22,7 @@ import * as Stream from "effect/Stream"
 import { Checkpoint, fingerprint, type HeldLock, refusal, type RunKey } from "./Checkpoint.js"
 import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn } from "./Db.js"
 import {
+  type CheckpointCorrupt,
   type CheckpointUnavailable,
   DatabaseError,
   type DuplicateToken,
@@ -276,6 +277,10 @@ const waitForReplicas = (stopRequested: Effect.Effect<boolean>) =>
     })
   })
 
+/** What a run (or its plan) warns of before it starts: the store's setup, records it cannot read. */
+export const warningLines = (storeWarnings: ReadonlyArray<string>, unreadable: ReadonlyArray<CheckpointCorrupt>) =>
+  [...storeWarnings, ...unreadable.map((error) => error.otherRunNote)].map((warning) => `warning: ${warning}`)
+
 const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
   new RunRecord({
     version: 1,
@@ -302,50 +307,52 @@ const startingRecord = (key: RunKey, options: RegenerateOptions) =>
   Effect.gen(function*() {
     const supersedes = Option.none<RunRecord>() // nothing replaced, unless the run is a new one
     const replaces = Option.none<string>() // an unreadable checkpoint, which only a restart replaces
+    // Records of other scopes that cannot be read, when the rules looked for unfinished runs among them.
+    let unreadable: ReadonlyArray<CheckpointCorrupt> = []
     const checkpoint = yield* Checkpoint
     const now = yield* Clock.currentTimeMillis
     if (options.mode === "restart") {
       // Whatever is there (unfinished, corrupt, foreign) is abandoned and replaced, and named.
-      const unreadable = (what: string) =>
+      const cannotRead = (what: string) =>
         Effect.succeed({ existing: Option.none<RunRecord>(), unreadable: Option.some(what) })
       const found = yield* checkpoint.load(key).pipe(
         Effect.map((existing) => ({ existing, unreadable: replaces })),
         Effect.catchTags({
-          CheckpointCorrupt: (error) => unreadable(`the checkpoint at ${error.key} cannot be read (${error.detail})`),
+          CheckpointCorrupt: (error) => cannotRead(`the checkpoint at ${error.key} cannot be read (${error.detail})`),
           ForeignCheckpoint: (error) =>
-            unreadable(
+            cannotRead(
               `the checkpoint at ${error.key} belongs to another database or scope (${error.run.database}, ` +
                 `${error.run.scope.description})`
             )
         })
       )
       const record = freshRecord(key, options, now)
-      return { record, done: false, supersedes: found.existing, replaces: found.unreadable }
+      return { record, done: false, supersedes: found.existing, replaces: found.unreadable, unreadable }
     }
     const existing = yield* checkpoint.load(key)
     // The most recently started unfinished run of another scope, the latest run or an older one: an operator
     // who left out its scope flags must not start another run unawares (it would also become the one
     // `status` and `verify` show), nor be told that there is nothing to resume.
-    const otherUnfinished = Effect.map(
-      checkpoint.unfinished(key.database),
-      Arr.findLast((run) => run.fingerprint !== fingerprint(key))
-    )
+    const otherUnfinished = Effect.map(checkpoint.unfinished(key.database), (found) => {
+      unreadable = found.unreadable
+      return Arr.findLast(found.runs, (run) => run.fingerprint !== fingerprint(key))
+    })
     if (options.mode === "start") {
       if (Option.isSome(existing) && !existing.value.finished) {
         return yield* new UnfinishedRun({ run: existing.value, asked: key.scope })
       }
       const other = yield* otherUnfinished
       if (Option.isSome(other)) return yield* new UnfinishedRun({ run: other.value, asked: key.scope })
-      return { record: freshRecord(key, options, now), done: false, supersedes: existing, replaces }
+      return { record: freshRecord(key, options, now), done: false, supersedes: existing, replaces, unreadable }
     }
     if (Option.isNone(existing) || existing.value.finished) {
       const other = yield* otherUnfinished
       if (Option.isSome(other)) return yield* new ScopeMismatch({ run: other.value, asked: key.scope })
       if (Option.isNone(existing)) return yield* new NoRunToResume({ scope: key.scope })
-      return { record: existing.value, done: true, supersedes, replaces }
+      return { record: existing.value, done: true, supersedes, replaces, unreadable }
     }
     const record = new RunRecord({ ...existing.value, status: "running", error: null, batchSize: options.batchSize })
-    return { record, done: false, supersedes, replaces }
+    return { record, done: false, supersedes, replaces, unreadable }
   })
 
 const summaryOf = (
@@ -388,7 +395,10 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
-    const { done, record: starting, replaces, supersedes } = yield* settled(startingRecord(key, options), stopRequested)
+    const { done, record: starting, replaces, supersedes, unreadable } = yield* settled(
+      startingRecord(key, options),
+      stopRequested
+    )
     if (Option.isSome(supersedes)) {
       // A rerun (from the shell's history, say) replaces every token just issued, and a restart the progress
       // of the run it abandons: say so before it does.
@@ -407,8 +417,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           `resumably)`
       }))
     }
-    for (const warning of checkpoint.storeWarnings) {
-      yield* progress.emit(ProgressEvent.Notice({ text: `warning: ${warning}` }))
+    for (const text of warningLines(checkpoint.storeWarnings, unreadable)) {
+      yield* progress.emit(ProgressEvent.Notice({ text }))
     }
     if (options.maxRowsPerSecond !== undefined && options.maxRowsPerSecond < options.batchSize) {
       // A whole batch at a time: the throttle lets one through every batchSize / rate seconds.
@@ -797,6 +807,8 @@ export interface Plan {
   readonly existing: Option.Option<RunRecord>
   /** An unreadable checkpoint a restart would replace, described. */
   readonly replaces: Option.Option<string>
+  /** Records of other scopes that cannot be read (any may be an unfinished run). */
+  readonly unreadable: ReadonlyArray<CheckpointCorrupt>
   /** A lock the run would take over: left by a process of this host that is gone, or damaged (a restart). */
   readonly holder: Option.Option<HeldLock>
   readonly total: Option.Option<number>
@@ -828,6 +840,16 @@ export const plan = (options: RegenerateOptions) =>
     const abandons = Option.exists(starting.supersedes, (run) => !run.finished)
     const action = starting.done ? "nothing" : options.mode === "restart" && !abandons ? "start" : options.mode
     const { store, storeWarnings } = checkpoint
-    const { replaces } = starting
-    return { database: db.display, store, storeWarnings, action, existing, replaces, holder, total } satisfies Plan
+    const { replaces, unreadable } = starting
+    return {
+      database: db.display,
+      store,
+      storeWarnings,
+      action,
+      existing,
+      replaces,
+      unreadable,
+      holder,
+      total
+    } satisfies Plan
   })

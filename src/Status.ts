@@ -8,7 +8,7 @@ import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import { Checkpoint, type CheckpointService, type HeldLock, runOf } from "./Checkpoint.js"
 import { Db } from "./Db.js"
-import type { RunRecord, Scope } from "./Domain.js"
+import type { CheckpointCorrupt, RunRecord, Scope } from "./Domain.js"
 import { formatDuration } from "./Progress.js"
 
 export interface StatusReport {
@@ -28,8 +28,14 @@ export interface OtherRun {
   readonly holder: Option.Option<HeldLock>
 }
 
-/** The unfinished runs of other scopes, oldest first; or why they could not be listed. */
-export type OtherRuns = Either.Either<ReadonlyArray<OtherRun>, string>
+/**
+ * The unfinished runs of other scopes, oldest first, and the records that cannot be read (any of which may
+ * be one); or why they could not be listed.
+ */
+export type OtherRuns = Either.Either<
+  { readonly runs: ReadonlyArray<OtherRun>; readonly unreadable: ReadonlyArray<CheckpointCorrupt> },
+  string
+>
 
 /**
  * The unfinished runs on the database besides `run`: a scope left half done must not go unseen. Best
@@ -41,10 +47,13 @@ export const otherUnfinished = (
   run: Option.Option<RunRecord>
 ): Effect.Effect<OtherRuns> =>
   checkpoint.unfinished(database).pipe(
-    Effect.flatMap((records) =>
-      Effect.forEach(
-        records.filter((r) => Option.isNone(run) || r.fingerprint !== run.value.fingerprint),
-        (r) => Effect.map(checkpoint.holder({ database, scope: r.scope }), (holder) => ({ run: r, holder }))
+    Effect.flatMap(({ runs, unreadable }) =>
+      Effect.map(
+        Effect.forEach(
+          runs.filter((r) => Option.isNone(run) || r.fingerprint !== run.value.fingerprint),
+          (r) => Effect.map(checkpoint.holder({ database, scope: r.scope }), (holder) => ({ run: r, holder }))
+        ),
+        (others) => ({ runs: others, unreadable })
       )
     ),
     Effect.mapError((error) => `${error.store}: ${error.detail}`),
@@ -54,26 +63,31 @@ export const otherUnfinished = (
 /** Whether a live process holds the run's lock: it is going, not to be resumed. */
 const going = (other: OtherRun) => Option.exists(other.holder, (held) => !held.stale && held.damage === null)
 
-/** A line for each unfinished run of another scope: going (and where), or how to resume it. */
+/**
+ * A line for each unfinished run of another scope, going (and where) or how to resume it, and for each
+ * record that cannot be read.
+ */
 export const otherLines = (others: OtherRuns, indent = ""): ReadonlyArray<string> =>
   Either.match(others, {
     onLeft: (reason) => [`${indent}could not list the runs of other scopes: ${reason}`],
-    onRight: (runs) =>
-      runs.map((other) => {
+    onRight: ({ runs, unreadable }) => [
+      ...runs.map((other) => {
         const r = other.run
         const state = going(other)
           ? `in progress, lock held by ${Option.getOrThrow(other.holder).holder.description}`
           : `resume with \`${r.scope.resumeCommand}\``
         return `${indent}also unfinished: run ${r.runId} (${r.scope.description}), ${r.status}, ${r.rotated}` +
           `${r.total === null ? "" : `/${r.total}`} rotated: ${state}`
-      })
+      }),
+      ...unreadable.map((error) => `${indent}also: ${error.otherRunNote}`)
+    ]
   })
 
 /** The JSON form of `otherLines` (null when they could not be listed). */
 export const othersJson = (others: OtherRuns) =>
   Either.match(others, {
     onLeft: () => null,
-    onRight: (runs) =>
+    onRight: ({ runs }) =>
       runs.map((other) => ({
         runId: other.run.runId,
         scope: other.run.scope,
@@ -84,6 +98,14 @@ export const othersJson = (others: OtherRuns) =>
         resume: going(other) ? null : other.run.scope.resumeCommand
       }))
   })
+
+/** Records that cannot be read, for JSON. */
+export const unreadableJson = (unreadable: ReadonlyArray<CheckpointCorrupt>) =>
+  unreadable.map((error) => ({ key: error.key, detail: error.detail }))
+
+/** The JSON form of the unreadable records of `OtherRuns` (null when they could not be listed). */
+export const othersUnreadableJson = (others: OtherRuns) =>
+  Either.match(others, { onLeft: () => null, onRight: ({ unreadable }) => unreadableJson(unreadable) })
 
 /** The run of `scope`, or (without one) the run most recently started on this database. */
 export const status = (scope: Option.Option<Scope>) =>
@@ -196,5 +218,6 @@ export const toJson = (report: StatusReport) => ({
     stale: held.stale,
     damaged: held.damage
   }))),
-  otherUnfinished: othersJson(report.others)
+  otherUnfinished: othersJson(report.others),
+  unreadableRuns: othersUnreadableJson(report.others)
 })

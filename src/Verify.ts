@@ -10,7 +10,7 @@ import { answeredWithin, Db, defaultStatementTimeout, letEventLoopTurn, retrying
 import { NoRun, type RunRecord, type Scope } from "./Domain.js"
 import { Progress, ProgressEvent } from "./Progress.js"
 import { settled } from "./Regenerate.js"
-import { otherLines, type OtherRuns, othersJson, otherUnfinished } from "./Status.js"
+import { otherLines, type OtherRuns, othersJson, othersUnreadableJson, otherUnfinished } from "./Status.js"
 import { checkSchemaWithin, TicketRepo } from "./TicketRepo.js"
 
 const pageSize = 10_000
@@ -118,5 +118,6 @@ export const toJson = (report: VerifyReport) => ({
   duplicateTokens: report.duplicateTokens,
   duplicateSample: report.duplicateSample,
   otherUnfinished: othersJson(report.others),
+  unreadableRuns: othersUnreadableJson(report.others),
   ok: isClean(report)
 })

@@ -6,7 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Option, TestClock } from "effect"
 import * as Checkpoint from "../src/Checkpoint.js"
 import { Scope } from "../src/Domain.js"
-import { regenerate, type RegenerateOptions } from "../src/Regenerate.js"
+import { plan, regenerate, type RegenerateOptions, warningLines } from "../src/Regenerate.js"
 import * as Status from "../src/Status.js"
 import * as Verify from "../src/Verify.js"
 import { fatalError, makeTickets, testHost, transientError, World } from "./layers/index.js"
@@ -221,6 +221,48 @@ describe("an unfinished run of another scope", () => {
       // Once resumed to the end, neither says more.
       yield* regenerate(options({ mode: "resume" }), Effect.succeed(false)).pipe(Effect.provide(world.layer()))
       expect((yield* statusLines(world)).filter((l) => l.startsWith("also"))).toEqual([])
+    }))
+
+  it.effect("one whose record cannot be read is not counted, but every command that looks for one says so", () =>
+    Effect.gen(function*() {
+      // The run of live tickets stopped halfway, its record then damaged; a run of all tickets completed.
+      const world = new World(makeTickets(40))
+      const liveOnly = new Scope({ liveOnly: true, emailDomain: null, createdAfter: null, createdBefore: null })
+      const stopped = Effect.sync(() => world.table.calls.rotate >= 1)
+      yield* regenerate(options({ scope: liveOnly }), stopped).pipe(Effect.provide(world.layer()))
+      const damaged = Checkpoint.keys({ database: "memory:test", scope: liveOnly }).record
+      const entry = world.store.data.get(damaged)!
+      world.store.data.set(damaged, { ...entry, value: entry.value.replace(/"status":"\w+"/, `"status":"paused"`) })
+      const note = new RegExp(
+        `^the checkpoint at memory key ${damaged} cannot be read \\(.+\\), so whether it is an unfinished run of ` +
+          "another scope is unknown: inspect it, or run `regenerate --restart --live-only` to abandon it$"
+      )
+      // A run of another scope starts (refusing it would leave only a hand edit), warned.
+      const planned = yield* plan(options()).pipe(Effect.provide(world.layer()))
+      expect(planned.action).toBe("start")
+      expect(planned.unreadable.map((error) => error.otherRunNote)).toEqual([expect.stringMatching(note)])
+      expect(warningLines(planned.storeWarnings, planned.unreadable)).toEqual([expect.stringMatching(/^warning: /)])
+      yield* regenerate(options(), Effect.succeed(false)).pipe(Effect.provide(world.layer()))
+      const notices = world.progress.flatMap((e) => e._tag === "Notice" ? [e.text] : [])
+      expect(notices.filter((text) => text.startsWith("warning: "))).toEqual([
+        expect.stringMatching(new RegExp(`^warning: ${note.source.slice(1)}`))
+      ])
+      expect(world.table.rotations.length).toBeGreaterThan(0)
+      // status and verify of the completed run name it, in text and JSON.
+      expect((yield* statusLines(world)).at(-1)).toMatch(new RegExp(`^also: ${note.source.slice(1)}`))
+      const status = Status.toJson(yield* Status.status(Option.none()).pipe(Effect.provide(world.layer())))
+      expect(status.unreadableRuns).toEqual([{ key: `memory key ${damaged}`, detail: expect.any(String) }])
+      const report = yield* Verify.verify(Option.none()).pipe(Effect.provide(world.layer()))
+      expect(Verify.render(report).at(-2)).toMatch(new RegExp(`^ {2}note: also: ${note.source.slice(1)}`))
+      expect(Verify.toJson(report).unreadableRuns).toHaveLength(1)
+      // Damaged past naming its scope: the restart asks for that run's flags.
+      world.store.data.set(damaged, { value: "{not json", expiresAt: undefined })
+      expect((yield* statusLines(world)).at(-1)).toMatch(
+        /: inspect it, or run `regenerate --restart` with that run's scope flags to abandon it$/
+      )
+      // Its own scope's commands fail on it, as ever.
+      const own = yield* Effect.flip(Status.status(Option.some(liveOnly)).pipe(Effect.provide(world.layer())))
+      expect(own._tag).toBe("CheckpointCorrupt")
     }))
 })
 
