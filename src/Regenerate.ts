@@ -394,6 +394,12 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
+    // A lock a gone process of this host left is taken over, but not by a run the resume rules refuse
+    // (a plain start after a kill -9, say): that entry, and what `status` says of it, stay as they were.
+    if (options.mode !== "restart") {
+      const left = yield* settled(checkpoint.holder(key), stopRequested)
+      if (Option.exists(left, (held) => held.stale)) yield* settled(startingRecord(key, options), stopRequested)
+    }
     const lock = yield* settled(checkpoint.lock(key, options.mode === "restart"), stopRequested)
     const { done, record: starting, replaces, supersedes, unreadable } = yield* settled(
       startingRecord(key, options),

@@ -1126,6 +1126,18 @@ describe("locks", () => {
       expect(summary.rotated).toBe(20)
     }))
 
+  it.effect("a stale lock is left as it is by a run the resume rules refuse (a plain start after a kill -9)", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      yield* runIn(world, { batchSize: 5 }, Effect.sync(() => world.table.calls.rotate >= 1))
+      const stale = { value: holderValue(testHost.hostname, 999_999), expiresAt: 30_000 }
+      world.store.data.set(lockKey, stale)
+      expect((yield* Effect.flip(runIn(world)))._tag).toBe("UnfinishedRun")
+      expect(world.store.data.get(lockKey)).toEqual(stale)
+      expect((yield* runIn(world, { mode: "resume" })).rotated).toBe(15)
+      expect(world.store.data.has(lockKey)).toBe(false)
+    }))
+
   it.effect("a lock left with this process's own pid (a restarted container's pid 1) is stale", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(20))
