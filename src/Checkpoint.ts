@@ -299,7 +299,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       }
       const record = yield* decodeRecord(k, store.locate(k), text.value, key.scope)
       if (record.fingerprint !== fingerprint(key)) {
-        return yield* new ForeignCheckpoint({ key: store.locate(k), run: record })
+        return yield* new ForeignCheckpoint({ key: store.locate(k), run: record, scope: key.scope })
       }
       return Option.some(record)
     })

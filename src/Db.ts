@@ -24,7 +24,8 @@ import {
   retryTransient,
   SchemaMismatch,
   SchemaMissing,
-  UnsuitableServer
+  UnsuitableServer,
+  type UrlSetting
 } from "./Domain.js"
 
 export type Dialect = "mysql" | "sqlite"
@@ -239,20 +240,21 @@ const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, optio
     )
   })
 
-const unreachable =
-  (target: DatabaseTarget) => (error: unknown): DatabaseUnreachable | DatabaseRefused | DatabaseMissing => {
-    if (target._tag === "mysql") {
-      const errno = driverError(error).errno as number
-      if (errno === 1049) { // ER_BAD_DB_ERROR
-        return new DatabaseMissing({ target: target.display.replace(/\/[^/]*$/, ""), database: target.database })
-      }
-      if (refusedErrnos.has(errno)) {
-        const plaintext = target.tls.mode === "disabled"
-        return new DatabaseRefused({ target: target.display, reason: describe(error), plaintext, cause: error })
-      }
+/** A failure to connect, with advice on `setting`, where the server's URL comes from. */
+const unreachable = (target: DatabaseTarget, setting: UrlSetting = "DATABASE_URL") => (error: unknown) => {
+  if (target._tag === "mysql") {
+    const errno = driverError(error).errno as number
+    if (errno === 1049) { // ER_BAD_DB_ERROR
+      const display = target.display.replace(/\/[^/]*$/, "")
+      return new DatabaseMissing({ target: display, database: target.database, setting })
     }
-    return new DatabaseUnreachable({ target: target.display, reason: describe(error), cause: error })
+    if (refusedErrnos.has(errno)) {
+      const plaintext = target.tls.mode === "disabled"
+      return new DatabaseRefused({ target: target.display, reason: describe(error), plaintext, setting, cause: error })
+    }
   }
+  return new DatabaseUnreachable({ target: target.display, reason: describe(error), setting, cause: error })
+}
 
 const identityOf = (target: DatabaseTarget, sql: SqlClient.SqlClient) =>
   target._tag === "sqlite"
@@ -291,14 +293,14 @@ const make = (options: DbOptions) =>
   })
 
 /**
- * A client of one connection to another MySQL server (a replica whose lag a run watches), closed with the
- * enclosing scope; failing to connect as connecting to DATABASE_URL does.
+ * A client of one connection to a replica of REPLICA_URLS (whose lag a run watches), closed with the
+ * enclosing scope; failing to connect as connecting to DATABASE_URL does, the advice naming REPLICA_URLS.
  */
-export const connectTo = (target: MysqlTarget) =>
+export const connectToReplica = (target: MysqlTarget) =>
   Effect.flatMap(sslOptions(target.tls), (ssl) =>
     mysqlClient(target, { maxConnections: 1 }, ssl).pipe(
       retryTransient(connectionLost),
-      Effect.mapError(unreachable(target)),
+      Effect.mapError(unreachable(target, "REPLICA_URLS")),
       Effect.provide(Reactivity.layer)
     ))
 

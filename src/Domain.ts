@@ -138,15 +138,20 @@ export class BadRedisUrl extends Data.TaggedError("BadRedisUrl")<{ readonly reas
   }
 }
 
+/** Where the URL of a server comes from (a replica's: REPLICA_URLS), for the advice of connection errors. */
+export type UrlSetting = "DATABASE_URL" | "REPLICA_URLS"
+
 export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")<{
   readonly target: string
   readonly reason: string
+  readonly setting?: UrlSetting
   readonly cause?: unknown
 }> {
   override get message() {
+    const setting = this.setting ?? "DATABASE_URL"
     const advice = this.target.startsWith("sqlite:")
-      ? "Check the file path in DATABASE_URL, and that the file and its folder may be read and written."
-      : "Check DATABASE_URL and that the server is up."
+      ? `Check the file path in ${setting}, and that the file and its folder may be read and written.`
+      : `Check ${setting} and that the server is up.`
     return `cannot connect to the database at ${this.target}: ${this.reason}. ${advice}`
   }
 }
@@ -157,12 +162,15 @@ export class DatabaseRefused extends Data.TaggedError("DatabaseRefused")<{
   readonly reason: string
   /** Whether the connection was in plaintext: a user that requires TLS is refused so too. */
   readonly plaintext: boolean
+  readonly setting?: UrlSetting
   readonly cause?: unknown
 }> {
   override get message() {
     const tls = this.plaintext ? " (over TLS, `?ssl-mode=REQUIRED`, if the user requires it)" : ""
     return `the database at ${this.target} refused the connection: ${this.reason}. Check the user name and ` +
-      `password in DATABASE_URL, and that this user may connect from this host${tls} and use the database; ` +
+      `password in ${
+        this.setting ?? "DATABASE_URL"
+      }, and that this user may connect from this host${tls} and use the database; ` +
       "nothing was changed."
   }
 }
@@ -171,10 +179,13 @@ export class DatabaseRefused extends Data.TaggedError("DatabaseRefused")<{
 export class DatabaseMissing extends Data.TaggedError("DatabaseMissing")<{
   readonly target: string
   readonly database: string
+  readonly setting?: UrlSetting
 }> {
   override get message() {
-    return `there is no database \`${this.database}\` at ${this.target}: check its name in DATABASE_URL, or create ` +
-      `it (CREATE DATABASE) and run \`migrate\`.`
+    const where = `there is no database \`${this.database}\` at ${this.target}`
+    return this.setting === "REPLICA_URLS"
+      ? `${where}: check its name in REPLICA_URLS (the database the replica copies).`
+      : `${where}: check its name in DATABASE_URL, or create it (CREATE DATABASE) and run \`migrate\`.`
   }
 }
 
@@ -458,10 +469,12 @@ export class ScopeMismatch
 export class ForeignCheckpoint extends Data.TaggedError("ForeignCheckpoint")<{
   readonly key: string
   readonly run: RunRecord
+  /** The scope whose key it is under. */
+  readonly scope: Scope
 }> {
   override get message() {
     return `the checkpoint at ${this.key} belongs to another database or scope (${this.run.database}, ` +
-      `${this.run.scope.description}): nothing was changed; pass --restart to replace it.`
+      `${this.run.scope.description}): nothing was changed; run \`${this.scope.restartCommand}\` to replace it.`
   }
 }
 

@@ -14,7 +14,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import { type MysqlTarget, replicaTargets } from "./Config.js"
-import { answeredWithin, connectTo, databaseError, describe } from "./Db.js"
+import { answeredWithin, connectToReplica, databaseError, describe } from "./Db.js"
 import { BadUsage, UnsuitableServer } from "./Domain.js"
 
 export interface ReplicasService {
@@ -118,7 +118,7 @@ export const layer = (maxLag: number | undefined) =>
       const limit = maxLag ?? maxReplicaLag.default
       const replicas = yield* Effect.forEach(targets, (target) =>
         Effect.gen(function*() {
-          const sql = yield* connectTo(target)
+          const sql = yield* connectToReplica(target)
           const lag = yield* lagOf(target, sql)
           if (Option.isNone(lag)) {
             return yield* new UnsuitableServer({

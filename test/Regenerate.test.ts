@@ -1092,6 +1092,7 @@ describe("resume rules", () => {
       })
       const error = yield* Effect.flip(runIn(world))
       expect(error._tag).toBe("ForeignCheckpoint")
+      expect(error.message).toMatch(/\(memory:test, --live-only\): nothing was changed; run `regenerate --restart` to /)
       // One whose scope was edited to another (its fingerprint kept) is damage.
       world.store.data.set(key, {
         value: JSON.stringify({ ...foreign, scope: { ...liveOnly } }),

@@ -78,7 +78,18 @@ describe.skipIf(missing.length > 0)("waiting for the replicas (a private primary
     const cases: Array<[Record<string, string>, Array<string>, number, RegExp]> = [
       [{ REPLICA_URLS: primaryUrl() }, [], 2, /is not a replica \(SHOW REPLICA STATUS says nothing\)/],
       [{ REPLICA_URLS: watcher }, [], 2, /its user may not read the replication status .*REPLICA MONITOR/],
-      [{ REPLICA_URLS: "mysql://root:s3cretPw@127.0.0.1:1/own" }, [], 1, /^error: cannot connect to the database/],
+      [
+        { REPLICA_URLS: "mysql://root:s3cretPw@127.0.0.1:1/own" },
+        [],
+        1,
+        /^error: cannot connect to the database at mysql:\/\/127\.0\.0\.1:1\/own: .*Check REPLICA_URLS and/
+      ],
+      [
+        { REPLICA_URLS: replicaUrl().replace(/\/own$/, "/nosuchdb") },
+        [],
+        2,
+        /^error: there is no database `nosuchdb` at .*: check its name in REPLICA_URLS \(the database the/
+      ],
       [{}, ["--max-replica-lag", "5"], 2, /^error: --max-replica-lag needs the replicas to watch: set REPLICA_URLS/],
       [{ REPLICA_URLS: `${replicaUrl()},` }, [], 2, /^error: REPLICA_URLS is malformed: replica 2: it is empty/]
     ]
