@@ -56,11 +56,19 @@ const stopping = (inFlight: string) =>
 const migrateCommand = Command.make("migrate", {}, () =>
   Effect.gen(function*() {
     const db = yield* Db.Db
-    const ran = yield* migrate
+    const { created, ran } = yield* migrate
     // Tables that existed before (created by hand or another tool) are left alone: say so if they do not fit.
     yield* Db.requireSchema
+    // The app's own database (never migrated by us) gets the checkpoint table alone: said plainly, not as a
+    // list of migrations that reads as though the app's tables had been made anew.
+    const outcome = created.length === 0
+      ? "every table was there already, kept as it is"
+      : `created ${created.join(", ")}` +
+        (created.length < Db.migratedTableNames.length ? "; the other tables were there already, kept as they are" : "")
     yield* Console.error(
-      ran.length === 0 ? `schema of ${db.display} is up to date` : `migrated ${db.display}: ${ran.join(", ")}`
+      ran.length === 0
+        ? `schema of ${db.display} is up to date`
+        : `migrated ${db.display}: ${outcome} (migrations ${ran.join(", ")})`
     )
   })).pipe(
     Command.withDescription("Create or upgrade the schema (idempotent)."),

@@ -521,6 +521,7 @@ export const stateColumns = ["key", "value", "expires_at"] as const
 
 /** Every table `migrate` creates: the app's, and the checkpoint table. */
 const migratedTables = { ...appTables, [stateTable]: stateColumns }
+export const migratedTableNames = Object.keys(migratedTables)
 
 /** What a missing app table means for a command. */
 const noSchema = (table: string) => `the database has no ticket schema (table ${table} does not exist)`
@@ -636,20 +637,23 @@ export const requireAppTables: Effect.Effect<void, SchemaMissing | DatabaseError
   })
 
 /**
- * Whether one of the tables `migrate` creates does not exist; fails with `SchemaMismatch` when one that
- * exists is not the app's (so that `migrate` writes nothing beside it).
+ * The tables `migrate` creates that do not exist; fails with `SchemaMismatch` when one that exists is not
+ * the app's (so that `migrate` writes nothing beside it).
  */
-export const someTableMissing: Effect.Effect<boolean, SchemaMismatch | DatabaseError, SqlClient.SqlClient> = Effect
-  .map(
-    Effect.forEach(Object.entries(migratedTables), ([table, columns]) =>
-      // Worded unlike requireSchema's check on purpose: the SQLite client keeps a statement that failed to
-      // prepare in its cache, failing, for minutes; `migrate` checks again once it has created the table.
-      requireTable(table, columns, table, "0 = 1").pipe(
-        Effect.as(false),
-        Effect.catchTag("SchemaMissing", () => Effect.succeed(true))
-      )),
-    (missing) => missing.includes(true)
-  )
+export const missingTables: Effect.Effect<
+  ReadonlyArray<string>,
+  SchemaMismatch | DatabaseError,
+  SqlClient.SqlClient
+> = Effect.map(
+  Effect.forEach(Object.entries(migratedTables), ([table, columns]) =>
+    // Worded unlike requireSchema's check on purpose: the SQLite client keeps a statement that failed to
+    // prepare in its cache, failing, for minutes; `migrate` checks again once it has created the table.
+    requireTable(table, columns, table, "0 = 1").pipe(
+      Effect.as([]),
+      Effect.catchTag("SchemaMissing", () => Effect.succeed([table]))
+    )),
+  (missing) => missing.flat()
+)
 
 const statementTexts = new Map<string, string>()
 

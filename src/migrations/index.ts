@@ -2,7 +2,7 @@ import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import { databaseError, describe, missingTable, someTableMissing, toCount } from "../Db.js"
+import { databaseError, describe, missingTable, missingTables, toCount } from "../Db.js"
 import { DatabaseError } from "../Domain.js"
 import createTables from "./0001_create_tables.js"
 import checkpointTable from "./0002_checkpoint_table.js"
@@ -44,13 +44,15 @@ const forgetFailed = (before: number) =>
   )
 
 /**
- * Creates or upgrades the schema; returns the names of the migrations it ran (none when up to date).
- * Refuses, writing nothing, when an app table that exists is not the app's; when one of its tables (the
- * checkpoint table too) was dropped since the migrations ran, they all run again.
+ * Creates or upgrades the schema; returns the names of the migrations it ran (none when up to date) and
+ * the tables it created (those there already are kept as they are). Refuses, writing nothing, when an app
+ * table that exists is not the app's; when one of its tables (the checkpoint table too) was dropped since
+ * the migrations ran, they all run again.
  */
 export const migrate = Effect.gen(function*() {
   const recorded = yield* lastRecorded
-  const dropped = (yield* someTableMissing) && recorded > 0
+  const missing = yield* missingTables
+  const dropped = missing.length > 0 && recorded > 0
   if (dropped) yield* Effect.mapError(unrecordAfter(0), databaseError("migrating"))
   const before = dropped ? 0 : recorded
   return yield* Migrator.make({})({ loader, table }).pipe(
@@ -61,7 +63,10 @@ export const migrate = Effect.gen(function*() {
     Effect.tapError((error) =>
       error instanceof Migrator.MigrationError && error.reason === "failed" ? forgetFailed(before) : Effect.void
     ),
-    Effect.map((ran) => ran.map(([id, name]) => `${String(id).padStart(4, "0")}_${name}`)),
+    Effect.map((ran) => ({
+      ran: ran.map(([id, name]) => `${String(id).padStart(4, "0")}_${name}`),
+      created: ran.length === 0 ? [] : missing
+    })),
     Effect.catchTags({
       SqlError: (error) => Effect.fail(databaseError("migrating")(error)),
       MigrationError: (error) =>
