@@ -211,14 +211,15 @@ const scopeOptions = Options.all({
   })
 ))
 
-/** Seconds a statement may go unanswered (regenerate, verify). */
-const statementTimeoutFlag = integerBetween("statement-timeout", 1, 86_400).pipe(
-  Options.withDefault(Regenerate.defaults.statementTimeoutSeconds),
-  Options.withDescription(
-    "Seconds a page read or batch may go unanswered before it is abandoned (killed on the server, its " +
-      `connection closed) and retried (1-86400, default ${Regenerate.defaults.statementTimeoutSeconds}).`
+/** Seconds a statement may go unanswered (regenerate, verify): `what`, the statements it bounds. */
+const statementTimeoutFlag = (what: string) =>
+  integerBetween("statement-timeout", 1, 86_400).pipe(
+    Options.withDefault(Regenerate.defaults.statementTimeoutSeconds),
+    Options.withDescription(
+      `Seconds ${what} may go unanswered before it is abandoned (killed on the server, its connection ` +
+        `closed) and retried (1-86400, default ${Regenerate.defaults.statementTimeoutSeconds}).`
+    )
   )
-)
 
 // regenerate
 
@@ -240,16 +241,18 @@ const regenerateOptions = {
   ),
   maxRowsPerSecond: integerBetween("max-rows-per-second", 1, 100_000_000).pipe(
     Options.optional,
-    Options.withDescription("Throttle: rotate at most this many tickets per second.")
+    Options.withDescription("Throttle: rotate at most this many tickets per second (1-100000000).")
   ),
   noCount: Options.boolean("no-count").pipe(
     Options.withDescription("Skip counting the scope (huge tables); progress is estimated from the id key space.")
   ),
   targetBatchMs: integerBetween("target-batch-ms", 10, 60_000).pipe(
     Options.optional,
-    Options.withDescription("Adaptive batches: let the batch size (100-10000) follow this time per batch.")
+    Options.withDescription(
+      "Adaptive batches: let the batch size (100-10000) follow this time per batch, in ms (10-60000)."
+    )
   ),
-  statementTimeout: statementTimeoutFlag,
+  statementTimeout: statementTimeoutFlag("a page read or batch"),
   maxReplicaLag: integerBetween("max-replica-lag", 1, Replicas.maxReplicaLag.max).pipe(
     Options.optional,
     Options.withDescription(
@@ -383,6 +386,8 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
       yield* out(
         `would rotate ${tickets} ${sizes}, ${options.concurrency} at a time${throttle}`
       )
+      const slowThrottle = Regenerate.throttleNote(options)
+      if (slowThrottle !== undefined) yield* out(slowThrottle)
     }
     yield* out(`checkpoint store: ${plan.store}`)
     for (const line of Regenerate.warningLines(plan.storeWarnings, plan.unreadable)) yield* out(line)
@@ -542,7 +547,7 @@ const statusCommand = Command.make(
 
 const verifyCommand = Command.make(
   "verify",
-  { scope: scopeOptions, json: jsonFlag, statementTimeout: statementTimeoutFlag },
+  { scope: scopeOptions, json: jsonFlag, statementTimeout: statementTimeoutFlag("a page read") },
   ({ json, scope, statementTimeout }) =>
     Effect.gen(function*() {
       const report = yield* Verify.verify(chosenScope(scope), Duration.seconds(statementTimeout))

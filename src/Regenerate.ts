@@ -277,6 +277,14 @@ const waitForReplicas = (stopRequested: Effect.Effect<boolean>) =>
     })
   })
 
+/** A throttle below the batch size lets a whole batch through every batchSize / rate seconds: said so. */
+export const throttleNote = (options: Pick<RegenerateOptions, "batchSize" | "maxRowsPerSecond">) => {
+  const rate = options.maxRowsPerSecond
+  if (rate === undefined || rate >= options.batchSize) return undefined
+  return `note: --max-rows-per-second ${rate} is below the batch size ${options.batchSize}: one batch every ` +
+    `${Math.round(options.batchSize / rate)} s; a smaller --batch-size commits more often`
+}
+
 /** What a run (or its plan) warns of before it starts: the store's setup, records it cannot read. */
 export const warningLines = (storeWarnings: ReadonlyArray<string>, unreadable: ReadonlyArray<CheckpointCorrupt>) =>
   [...storeWarnings, ...unreadable.map((error) => error.otherRunNote)].map((warning) => `warning: ${warning}`)
@@ -426,14 +434,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     for (const text of warningLines(checkpoint.storeWarnings, unreadable)) {
       yield* progress.emit(ProgressEvent.Notice({ text }))
     }
-    if (options.maxRowsPerSecond !== undefined && options.maxRowsPerSecond < options.batchSize) {
-      // A whole batch at a time: the throttle lets one through every batchSize / rate seconds.
-      const every = Math.round(options.batchSize / options.maxRowsPerSecond)
-      yield* progress.emit(ProgressEvent.Notice({
-        text: `note: --max-rows-per-second ${options.maxRowsPerSecond} is below the batch size ` +
-          `${options.batchSize}: one batch every ${every} s; a smaller --batch-size commits more often`
-      }))
-    }
+    const slowThrottle = throttleNote(options)
+    if (slowThrottle !== undefined) yield* progress.emit(ProgressEvent.Notice({ text: slowThrottle }))
     const counters = yield* Ref.make({ rotated: 0, skipped: 0, retries: 0, batches: 0 })
     const answered = (operation: string) => answeredWithin(options.statementTimeout, operation)
     if (done) {

@@ -46,6 +46,14 @@ describe.skipIf(!servicesAvailable)("operator experience on MariaDB + Redis", ()
     expect(r.stdout).toContain(
       `would rotate ${ticketCount} tickets (all tickets) in ${Math.ceil(ticketCount / 700)} batches`
     )
+    // A throttle below the batch size: the plan says how seldom a batch goes, as the run would.
+    const slow = await expectExit(
+      runCli(["regenerate", "--dry-run", "--batch-size", "700", "--max-rows-per-second", "100"], { env: env() }),
+      0
+    )
+    expect(slow.stdout).toContain(
+      "note: --max-rows-per-second 100 is below the batch size 700: one batch every 7 s; a smaller --batch-size"
+    )
     // The resume rules apply as to a real run: nothing to resume here.
     const resume = await expectExit(runCli(["regenerate", "--dry-run", "--resume"], { env: env() }), 2)
     expect(resume.stderr).toMatch(/^error: .*no run/m)
