@@ -202,7 +202,8 @@ export const refusal = (
   return new CheckpointCorrupt({
     key: held.location,
     detail: `${held.damage}, which no run of this tool leaves; if no run is going, delete it and rerun with --resume`,
-    scope
+    scope,
+    entry: "run lock"
   })
 }
 

@@ -235,9 +235,11 @@ export class SchemaMismatch extends Data.TaggedError("SchemaMismatch")<{
   readonly detail: string
   /** What the operator may check (by default, that DATABASE_URL names the app's database). */
   readonly hint?: string
+  /** What does not match, when it is the rows rather than the tables. */
+  readonly what?: string
 }> {
   override get message() {
-    return `the database schema does not match the ticket app (${this.detail}): ${
+    return `${this.what ?? "the database schema"} does not match the ticket app (${this.detail}): ${
       this.hint ?? "is DATABASE_URL the right database?"
     }`
   }
@@ -390,13 +392,15 @@ export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
   readonly detail: string
   /** The scope whose checkpoint it is, where that is known for certain. */
   readonly scope?: Scope | undefined
+  /** What the entry is, when not the run record: its lock. */
+  readonly entry?: "run lock"
 }> {
   private restart(unknown = "(with the same scope flags)") {
     return this.scope === undefined ? `\`regenerate --restart\` ${unknown}` : `\`${this.scope.restartCommand}\``
   }
 
   override get message() {
-    return `the checkpoint at ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
+    return `the ${this.entry ?? "checkpoint"} at ${this.key} cannot be read (${this.detail}): nothing was changed; ` +
       `inspect it, or run ${this.restart()} to abandon it and start a new run.`
   }
 

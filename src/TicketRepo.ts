@@ -347,6 +347,7 @@ const ticketIds = (ids: ReadonlyArray<string>): Effect.Effect<ReadonlyArray<stri
   return bad === undefined ? Effect.succeed(ids) : Effect.fail(
     new SchemaMismatch({
       detail: `ticket id "${bad.slice(0, 40)}" is not a uuid as 32 lowercase hex characters`,
+      what: "a ticket's id",
       hint: "this tool can only page and checkpoint tickets by such ids"
     })
   )

@@ -763,7 +763,7 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
         const r = await runCli(args, { env: runEnv, timeoutMs: 60_000 })
         expect(r.code, r.stderr).toBe(2)
         expect(r.stderr.trim().split("\n"), r.stderr).toHaveLength(1)
-        expect(r.stderr).toMatch(/^error: the checkpoint at .* cannot be read .*--resume.*--restart/)
+        expect(r.stderr).toMatch(/^error: the run lock at .* cannot be read .*--resume.*--restart/)
         expect(r.stderr).toContain(where)
         expect(r.stderr).toMatch(damage)
       }
