@@ -284,8 +284,11 @@ const decodeRecord = (key: string, location: string, text: string, known?: Scope
   )
 }
 
+/** The pid of the stand-in for a lock entry that is not a holder (0: no process's). */
+export const unknownHolderPid = 0
+
 const unknownHolder = (value: string) =>
-  new LockHolder({ host: "unknown", pid: 0, token: hash(value, 8), since: new Date(0) })
+  new LockHolder({ host: "unknown", pid: unknownHolderPid, token: hash(value, 8), since: new Date(0) })
 
 export const make = (store: Store, host: Host = systemHost): CheckpointService => {
   const load = (key: RunKey) =>

@@ -6,7 +6,7 @@ import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
-import { Checkpoint, type CheckpointService, type HeldLock, runOf } from "./Checkpoint.js"
+import { Checkpoint, type CheckpointService, type HeldLock, runOf, unknownHolderPid } from "./Checkpoint.js"
 import { Db } from "./Db.js"
 import type { CheckpointCorrupt, RunRecord, Scope } from "./Domain.js"
 import { formatDuration } from "./Progress.js"
@@ -211,9 +211,10 @@ export const toJson = (report: StatusReport) => ({
     error: run.error
   }))),
   lock: Option.getOrNull(Option.map(report.lock, (held) => ({
-    host: held.holder.host,
-    pid: held.holder.pid,
-    since: held.holder.since.toISOString(),
+    // An entry that is not a lock holder at all names no process: null, not its stand-in's values.
+    ...(held.holder.pid === unknownHolderPid
+      ? { host: null, pid: null, since: null }
+      : { host: held.holder.host, pid: held.holder.pid, since: held.holder.since.toISOString() }),
     expiresInSeconds: Math.ceil(held.expiresInMillis / 1000),
     stale: held.stale,
     damaged: held.damage

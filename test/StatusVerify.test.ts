@@ -129,6 +129,15 @@ describe("status", () => {
       // A lock entry this tool did not write.
       world.store.data.set(keys.lock, { value: "garbage", expiresAt: undefined })
       expect(yield* state).toMatch(/^ {2}state: {4}running, but its lock entry is damaged \(.*\): if no run is going/)
+      const damaged = Status.toJson(yield* Status.status(Option.none()).pipe(Effect.provide(world.layer())))
+      expect(damaged.lock).toEqual({
+        host: null,
+        pid: null,
+        since: null,
+        expiresInSeconds: 0,
+        stale: false,
+        damaged: "a run lock whose value is not a lock holder"
+      })
       world.store.data.delete(keys.lock)
       setStatus(world, "failed")
       expect(yield* state).toMatch(
