@@ -188,31 +188,38 @@ const sslOptions = (tls: Tls) =>
 // Drivers load on demand: a MySQL run never loads better-sqlite3, and the embedded default never loads mysql2.
 type SslOptions = Effect.Effect.Success<ReturnType<typeof sslOptions>>
 
+/**
+ * The client's first connection is made in an acquire step, which no interruption stops: against a server
+ * that accepts but does not answer, a Ctrl-C would wait out the connect timeout. Disconnected, the command
+ * ends at once and the attempt is left to finish (and be closed) in the background.
+ */
 const mysqlClient = (target: MysqlTarget, options: DbOptions, ssl: SslOptions) =>
-  Effect.flatMap(Effect.promise(() => import("@effect/sql-mysql2/MysqlClient")), (MysqlClient) =>
-    MysqlClient.make({
-      host: target.host,
-      port: target.port,
-      database: target.database,
-      username: target.username,
-      password: target.password,
-      maxConnections: options.maxConnections,
-      poolConfig: {
-        connectTimeout: 5_000,
-        // Datetimes stay strings, exactly as stored (microseconds included), in both dialects.
-        dateStrings: true,
-        timezone: "Z",
-        charset: "utf8mb4",
-        maxIdle: options.maxConnections,
-        // Probe connections idle at the TCP level after 10 s, so that a dead peer is noticed in minutes rather
-        // than after the system's two hours (unacknowledged data falls to the retransmission timeout).
-        enableKeepAlive: true,
-        keepAliveInitialDelay: 10_000,
-        // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.
-        maxPreparedStatements: 64,
-        ...(ssl === undefined ? {} : { ssl })
-      }
-    }))
+  Effect.disconnect(
+    Effect.flatMap(Effect.promise(() => import("@effect/sql-mysql2/MysqlClient")), (MysqlClient) =>
+      MysqlClient.make({
+        host: target.host,
+        port: target.port,
+        database: target.database,
+        username: target.username,
+        password: target.password,
+        maxConnections: options.maxConnections,
+        poolConfig: {
+          connectTimeout: 5_000,
+          // Datetimes stay strings, exactly as stored (microseconds included), in both dialects.
+          dateStrings: true,
+          timezone: "Z",
+          charset: "utf8mb4",
+          maxIdle: options.maxConnections,
+          // Probe connections idle at the TCP level after 10 s, so that a dead peer is noticed in minutes rather
+          // than after the system's two hours (unacknowledged data falls to the retransmission timeout).
+          enableKeepAlive: true,
+          keepAliveInitialDelay: 10_000,
+          // Each distinct batch size is one prepared statement per connection; keep the server's count bounded.
+          maxPreparedStatements: 64,
+          ...(ssl === undefined ? {} : { ssl })
+        }
+      }))
+  )
 
 /** `mkdir -p`, one level at a time: Node's recursive mode spins forever on some paths (under /proc). */
 const makeDirectories = (dir: string): void => {

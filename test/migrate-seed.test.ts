@@ -6,6 +6,7 @@
 import type * as mysql from "mysql2/promise"
 import { createHash } from "node:crypto"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { setTimeout as sleep } from "node:timers/promises"
@@ -654,6 +655,34 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(linesOf(r).length).toBeGreaterThan(0)
       expect(linesOf(r).length).toBeLessThanOrEqual(6)
       expect(r.stderr).toMatch(/^error: /m)
+    }
+  })
+
+  it("a server that takes the connection and never answers: Ctrl-C ends any command at once, not after the connect timeout", async () => {
+    const sockets: Array<Net.Socket> = []
+    const server = Net.createServer((socket) => {
+      sockets.push(socket)
+      socket.on("error", () => {})
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const env = { DATABASE_URL: `mysql://root@127.0.0.1:${(server.address() as Net.AddressInfo).port}/x` }
+    try {
+      for (const args of [["regenerate"], ["status"], ["migrate"], ["seed", "users", "--count", "5"]]) {
+        const before = sockets.length
+        const run = spawnCli(args, { env })
+        let ended = false
+        void run.result.finally(() => (ended = true))
+        while (sockets.length === before && !ended) await sleep(20)
+        expect(ended, `${args.join(" ")} connects before it ends`).toBe(false)
+        const stopped = Date.now()
+        run.child.kill("SIGINT")
+        const result = await run.result
+        expect(Date.now() - stopped, `${args.join(" ")}: not waiting out the 5 s connect timeout`).toBeLessThan(1500)
+        expect(result.code, describeResult(result)).toBe(130)
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      server.close()
     }
   })
 
