@@ -340,12 +340,10 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
           runs.push(record.value)
         }
       }
-      return {
-        runs: runs.sort((a, b) =>
-          a.startedAt.getTime() - b.startedAt.getTime()
-        ),
-        unreadable
-      } satisfies Unfinished
+      runs.sort((a, b) =>
+        a.startedAt.getTime() - b.startedAt.getTime()
+      )
+      return { runs, unreadable } satisfies Unfinished
     })
 
   const inspectHolder = (lockKey: string) =>

@@ -167,10 +167,9 @@ export class DatabaseRefused extends Data.TaggedError("DatabaseRefused")<{
 }> {
   override get message() {
     const tls = this.plaintext ? " (over TLS, `?ssl-mode=REQUIRED`, if the user requires it)" : ""
+    const setting = this.setting ?? "DATABASE_URL"
     return `the database at ${this.target} refused the connection: ${this.reason}. Check the user name and ` +
-      `password in ${
-        this.setting ?? "DATABASE_URL"
-      }, and that this user may connect from this host${tls} and use the database; ` +
+      `password in ${setting}, and that this user may connect from this host${tls} and use the database; ` +
       "nothing was changed."
   }
 }
