@@ -221,6 +221,9 @@ const mysqlClient = (target: MysqlTarget, options: DbOptions, ssl: SslOptions) =
       }))
   )
 
+/** How long a SQLite statement may wait for another writer's lock before it fails as busy (and is retried). */
+const sqliteBusyMillis = 100
+
 /** `mkdir -p`, one level at a time: Node's recursive mode spins forever on some paths (under /proc). */
 const makeDirectories = (dir: string): void => {
   if (Fs.existsSync(dir)) return
@@ -242,9 +245,15 @@ const sqliteClient = (target: Extract<DatabaseTarget, { _tag: "sqlite" }>, optio
     const SqliteClient = yield* Effect.promise(() => import("@effect/sql-sqlite-node/SqliteClient"))
     // The driver opens the file in its constructor and throws (SQLITE_CANTOPEN for a directory, say),
     // which the client turns into a defect: here it is the file that cannot be opened, not a bug.
-    return yield* SqliteClient.make({ filename: target.filename }).pipe(
+    const client = yield* SqliteClient.make({ filename: target.filename }).pipe(
       Effect.catchAllDefect((defect) => Effect.fail(unreachable(target)(defect)))
     )
+    // The driver waits for another writer's lock synchronously, Node's event loop stopped — no signal seen,
+    // no progress drawn — for up to 5 s by default, per statement; the batches in flight meet the lock one
+    // after another, and a Ctrl-C went unseen until it was gone. A short wait here: a statement still locked
+    // out fails as busy, and the retry schedule waits on asynchronously (measured in the test of this).
+    yield* client.unsafe(`PRAGMA busy_timeout = ${sqliteBusyMillis}`).pipe(Effect.mapError(unreachable(target)))
+    return client
   })
 
 /** A failure to connect, with advice on `setting`, where the server's URL comes from. */

@@ -517,4 +517,46 @@ describe("regenerate on the embedded SQLite database with the checkpoint table",
       expectAllRotated(before, readTickets())
     }
   )
+
+  // The driver waits for a lock synchronously, Node's event loop stopped: at most 100 ms at a time.
+  it(
+    "while another writer holds the file's lock, Ctrl-C is seen at once; the run ends saying the checkpoint " +
+      "cannot be written, and --resume completes once the lock goes",
+    { timeout: 120_000 },
+    async () => {
+      const before = new Map(readTickets().map((t) => [t.id, t]))
+      const previous = (await readRun())?.runId
+      const run = spawnCli(["regenerate", "--restart", "--batch-size", "500", "--max-rows-per-second", "5000"], {
+        cwd,
+        env
+      })
+      await until("the run commits its first batch", async () => {
+        const record = await readRun()
+        return record !== undefined && record.runId !== previous && record.rotated > 0
+      }, { everyMs: 5 })
+      const writer = new Sqlite(Path.join(cwd, "data", "tickets.sqlite"), { timeout: 10_000 })
+      try {
+        writer.prepare("BEGIN IMMEDIATE").run()
+        // Its 8 batches in flight now meet the lock, again and again.
+        await sleep(2_500)
+        const stopped = Date.now()
+        run.child.kill("SIGINT")
+        await until("the stop request is seen", () => run.output().stderr.includes("stopping:"), {
+          everyMs: 10,
+          timeoutMs: 20_000
+        })
+        expect(Date.now() - stopped, "seen while the lock is held").toBeLessThan(2_500)
+        const r = await run.result
+        expect(Date.now() - stopped, "no retry after the stop request").toBeLessThan(5_000)
+        // The last checkpoint write meets the lock too: said, resumably (exit 1).
+        expect(r.code, describeResult(r)).toBe(1)
+        expect(r.stderr).toMatch(/^error: the checkpoint store .* is unavailable while .*database is locked.*--resume/m)
+      } finally {
+        writer.prepare("COMMIT").run()
+        writer.close()
+      }
+      await expectExit(runCli(["regenerate", "--resume"], { cwd, env }), 0)
+      expectAllRotated(before, readTickets())
+    }
+  )
 })
