@@ -51,6 +51,19 @@ const stopping = (inFlight: string) =>
       )
     ))
 
+/**
+ * What a command says when a signal ends it outside a graceful section (while it connects, say): one line
+ * on stderr, and under --json its one object on stdout, as a failure's is.
+ */
+const sayingInterrupted = (message: string, json = false) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.onInterrupt(effect, () =>
+    json
+      ? Effect.zipRight(
+        Console.error(message),
+        Console.log(JSON.stringify({ ok: false, error: "Interrupted", message }))
+      )
+      : Console.error(message))
+
 // migrate
 
 const migrateCommand = Command.make("migrate", {}, () =>
@@ -72,7 +85,10 @@ const migrateCommand = Command.make("migrate", {}, () =>
     )
   })).pipe(
     Command.withDescription("Create or upgrade the schema (idempotent)."),
-    Command.provide(Db.layer({ maxConnections: 1, create: true }))
+    Command.provide(Db.layer({ maxConnections: 1, create: true })),
+    Command.transformHandler(
+      sayingInterrupted("migrate stopped by a signal: run `migrate` again to finish (each step is safe to repeat)")
+    )
   )
 
 // seed
@@ -115,7 +131,11 @@ const seedCommand = <A>(
       yield* Shutdown.graceful((stop) => Effect.tap(seed(count, stop), report), (result) => result.stopped, onStop)
     })).pipe(
       Command.withDescription(`Insert ${name} of test data.`),
-      Command.provide(seedLayer)
+      Command.provide(seedLayer),
+      // Once inserting, a signal is a stop request (the graceful section above), which says what stays.
+      Command.transformHandler(
+        sayingInterrupted(`seed ${name} stopped by a signal before inserting: nothing was changed`)
+      )
     )
 
 const seed = Command.make("seed").pipe(
@@ -542,7 +562,10 @@ const statusCommand = Command.make(
     "Show the current or last run: state, progress, rate, lock holder. The scope flags pick the run of that scope."
   ),
   Command.provide(Checkpoint.layer.pipe(Layer.provideMerge(Db.layer({ maxConnections: 1 })))),
-  Command.transformHandler(failingAsJson)
+  Command.transformHandler(failingAsJson),
+  Command.transformHandler((effect, { json }) =>
+    sayingInterrupted("status stopped by a signal before it answered (it changes nothing)", json)(effect)
+  )
 )
 
 const verifyCommand = Command.make(
@@ -560,7 +583,10 @@ const verifyCommand = Command.make(
       "the run of that scope."
   ),
   Command.provide(({ json }) => appLayer(1, json ? "silent" : Progress.detectMode())),
-  Command.transformHandler(failingAsJson)
+  Command.transformHandler(failingAsJson),
+  Command.transformHandler((effect, { json }) =>
+    sayingInterrupted("verify stopped by a signal before it finished (it changes nothing): run it again", json)(effect)
+  )
 )
 
 const root = Command.make("ticket-tokens").pipe(

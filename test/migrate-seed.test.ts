@@ -658,7 +658,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     }
   })
 
-  it("a server that takes the connection and never answers: Ctrl-C ends any command at once, not after the connect timeout", async () => {
+  it("a server that takes the connection and never answers: Ctrl-C ends any command at once, not after the connect timeout, saying so", async () => {
     const sockets: Array<Net.Socket> = []
     const server = Net.createServer((socket) => {
       sockets.push(socket)
@@ -667,7 +667,15 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
     const env = { DATABASE_URL: `mysql://root@127.0.0.1:${(server.address() as Net.AddressInfo).port}/x` }
     try {
-      for (const args of [["regenerate"], ["status"], ["migrate"], ["seed", "users", "--count", "5"]]) {
+      // Each says that it stopped, and what that leaves (a JSON object too under --json).
+      const cases: Array<[Array<string>, RegExp]> = [
+        [["regenerate"], /^stopped before any batch began: nothing was changed$/],
+        [["status", "--json"], /^status stopped by a signal before it answered \(it changes nothing\)$/],
+        [["verify", "--json"], /^verify stopped by a signal before it finished \(it changes nothing\): run it again$/],
+        [["migrate"], /^migrate stopped by a signal: run `migrate` again to finish/],
+        [["seed", "users", "--count", "5"], /^seed users stopped by a signal before inserting: nothing was changed$/]
+      ]
+      for (const [args, said] of cases) {
         const before = sockets.length
         const run = spawnCli(args, { env })
         let ended = false
@@ -679,6 +687,13 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
         const result = await run.result
         expect(Date.now() - stopped, `${args.join(" ")}: not waiting out the 5 s connect timeout`).toBeLessThan(1500)
         expect(result.code, describeResult(result)).toBe(130)
+        const lines = `${result.stdout}${result.stderr}`.trim().split("\n")
+        expect(lines.filter((line) => !line.startsWith("{")), describeResult(result)).toEqual([
+          expect.stringMatching(said)
+        ])
+        if (args.includes("--json")) {
+          expect(JSON.parse(result.stdout)).toMatchObject({ ok: false, error: "Interrupted" })
+        }
       }
     } finally {
       for (const socket of sockets) socket.destroy()
