@@ -397,7 +397,6 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const tokenGen = yield* TokenGen
     const progress = yield* Progress
     const db = yield* Db
-    const startedAt = yield* Clock.currentTimeMillis
 
     yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
     const spanning = yield* repo.canSpan(options.scope)
@@ -442,6 +441,9 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
       const note = `run ${starting.runId} already completed at ${starting.updatedAt.toISOString()}; nothing to resume`
       return summaryOf(starting, yield* Ref.get(counters), 0, true, note)
     }
+    // The run's clock starts here: connecting, the checks and a wait for the lock are not running time (a
+    // rate over them would say the batches were slower than they were).
+    const startedAt = yield* Clock.currentTimeMillis
     // This process continues a run an earlier one began (whether or not that one had committed anything).
     const resumed = options.mode === "resume"
     const state = yield* Ref.make(starting)

@@ -588,6 +588,16 @@ describe("failures", () => {
       expect([...world.store.data.keys()]).toEqual([])
     }))
 
+  it.effect("the time spent taking the lock is not running time: not in seconds, the rate or activeMillis", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(30), { rotate: () => Effect.sleep("1 second") })
+      world.store.faults = { acquire: Effect.sleep("20 seconds") }
+      const exit = yield* withClock(runIn(world, { batchSize: 10, concurrency: 1 }), "1 second")
+      // Three batches of a second each, after 20 s of waiting for the lock.
+      expect(exit).toMatchObject({ _tag: "Success", value: { status: "completed", seconds: 3, rowsPerSecond: 10 } })
+      expect(record(world).activeMillis).toBe(3_000)
+    }))
+
   it.effect("a page query or batch that never answers times out and is retried", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(50), {
