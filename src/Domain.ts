@@ -379,9 +379,13 @@ export class CheckpointUnavailable extends Data.TaggedError("CheckpointUnavailab
   readonly detail: string
   readonly transient: boolean
 }> {
+  /** What happened, without what to do about it (for a notice that it is tried again). */
+  get problem() {
+    return `the checkpoint store (${this.store}) is unavailable while ${this.operation}: ${this.detail}`
+  }
+
   override get message() {
-    return `the checkpoint store (${this.store}) is unavailable while ${this.operation}: ${this.detail}. ` +
-      `Nothing committed is lost: the checkpoint trails the table by at most the batches in flight, which a ` +
+    return `${this.problem}. Nothing committed is lost: the checkpoint trails the table by at most the batches in flight, which a ` +
       `resume redoes. Once the store is back, rerun with --resume (without it if no run had started).`
   }
 }

@@ -132,7 +132,12 @@ const stopSignalled = (stopRequested: Effect.Effect<boolean>) =>
  */
 export const settled = <
   A,
-  E extends { readonly _tag: string; readonly transient?: boolean; readonly message: string },
+  E extends {
+    readonly _tag: string
+    readonly transient?: boolean
+    readonly message: string
+    readonly problem?: string
+  },
   R
 >(effect: Effect.Effect<A, E, R>, stopRequested?: Effect.Effect<boolean>) => {
   const retried = retryTransient(
@@ -140,7 +145,8 @@ export const settled = <
     (error: E) =>
       Effect.flatMap(
         Progress,
-        (progress) => progress.emit(ProgressEvent.Notice({ text: `${error.message}; trying again` }))
+        // What went wrong, not the advice for when it stays wrong (to rerun later), which the retry belies.
+        (progress) => progress.emit(ProgressEvent.Notice({ text: `${error.problem ?? error.message}; trying again` }))
       )
   )(effect)
   return stopRequested === undefined

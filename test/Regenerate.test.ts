@@ -588,6 +588,23 @@ describe("failures", () => {
       expect([...world.store.data.keys()]).toEqual([])
     }))
 
+  it.effect("a step before the batches that fails transiently says what failed and that it is tried again", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      world.store.down = true
+      yield* Effect.forkDaemon(Effect.delay(Effect.sync(() => void (world.store.down = false)), "1 second"))
+      const exit = yield* withClock(runIn(world), "100 millis")
+      expect(exit).toMatchObject({ _tag: "Success", value: { status: "completed", rotated: 20 } })
+      const notices = world.progress.flatMap((e) => e._tag === "Notice" ? [e.text] : [])
+      expect(notices.length).toBeGreaterThan(0)
+      // Not the advice for when it stays down (to rerun once it is back), which the retry would belie.
+      for (const text of notices) {
+        expect(text).toMatch(
+          /^the checkpoint store \(memory\) is unavailable while [a-z ]+: connection refused; trying again$/
+        )
+      }
+    }))
+
   it.effect("the time spent taking the lock is not running time: not in seconds, the rate or activeMillis", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(30), { rotate: () => Effect.sleep("1 second") })
