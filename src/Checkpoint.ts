@@ -31,6 +31,7 @@ import {
   CheckpointUnavailable,
   type DatabaseError,
   ForeignCheckpoint,
+  type GrantMissing,
   LockHeld,
   LockHolder,
   LockLost,
@@ -60,6 +61,8 @@ export interface Store {
   readonly warnings?: ReadonlyArray<string>
   /** Where `key` is, as an operator would look it up (the Redis key with its prefix, the table row). */
   readonly locate: (key: string) => string
+  /** Fails with `GrantMissing` unless the store's writes are allowed, asked without writing (the table). */
+  readonly mayWrite?: Effect.Effect<void, GrantMissing | CheckpointUnavailable>
   /** `CheckpointCorrupt` when the key holds something that is not a string (another program's data). */
   readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable | CheckpointCorrupt>
   readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
@@ -212,6 +215,8 @@ export interface CheckpointService {
   readonly store: string
   /** What an operator should know before a run keeps its checkpoint here (`Store.warnings`). */
   readonly storeWarnings: ReadonlyArray<string>
+  /** Fails with `GrantMissing` unless a run's writes to the store are allowed (`Store.mayWrite`). */
+  readonly mayWrite: Effect.Effect<void, GrantMissing | CheckpointUnavailable>
   /** The run record of a slot; `CheckpointCorrupt` when unreadable, `ForeignCheckpoint` when not this slot's. */
   readonly load: (
     key: RunKey
@@ -463,7 +468,16 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
 
   const holder = (key: RunKey) => Effect.map(inspectHolder(keys(key).lock), Option.map((h) => h.held))
 
-  return { store: store.name, storeWarnings: store.warnings ?? [], load, latest, unfinished, lock, holder }
+  return {
+    store: store.name,
+    storeWarnings: store.warnings ?? [],
+    mayWrite: store.mayWrite ?? Effect.void,
+    load,
+    latest,
+    unfinished,
+    lock,
+    holder
+  }
 }
 
 export const layerRedis = (

@@ -21,6 +21,7 @@ import {
   DatabaseRefused,
   DatabaseUnreachable,
   DuplicateToken,
+  GrantMissing,
   retryTransient,
   SchemaMismatch,
   SchemaMissing,
@@ -504,6 +505,30 @@ export const probe = <E>(operation: string, failure: (error: SqlError) => E, why
     Effect.mapError(failure),
     answeredWithin(probeTimeout, operation, why)
   )
+
+/** ER_TABLEACCESS_DENIED_ERROR, ER_COLUMNACCESS_DENIED_ERROR: a statement the user's grants do not allow. */
+const grantErrnos = new Set([1142, 1143])
+
+/**
+ * On MySQL, that the user may make the writes `statements`, found without making them: EXPLAIN needs the
+ * privileges of the statement it explains. A missing grant then stops a command before it writes anything
+ * (its dry run too), not at its first write. SQLite has no grants. One attempt: see `retryingDatabase`.
+ */
+export const requireGrants = (
+  statements: ReadonlyArray<string>
+): Effect.Effect<void, GrantMissing | DatabaseError, SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    dialectOf(sql) === "sqlite" ? Effect.void : Effect.forEach(
+      statements,
+      (statement) =>
+        sql.unsafe(`EXPLAIN ${statement}`).pipe(
+          probe("checking the user's privileges", (error): GrantMissing | DatabaseError =>
+            grantErrnos.has(driverError(error).errno as number)
+              ? new GrantMissing({ detail: describe(error) })
+              : databaseError("checking the user's privileges")(error))
+        ),
+      { discard: true }
+    ))
 
 /** `effect` tried again, on the one retry schedule, while it fails with a transient `DatabaseError`. */
 export const retryingDatabase = <A, E extends { readonly _tag: string }, R>(effect: Effect.Effect<A, E, R>) =>

@@ -244,6 +244,14 @@ export class SchemaMismatch extends Data.TaggedError("SchemaMismatch")<{
   }
 }
 
+/** The database user may not make a write the command makes (found before it writes anything). */
+export class GrantMissing extends Data.TaggedError("GrantMissing")<{ readonly detail: string }> {
+  override get message() {
+    return `the database user lacks a privilege this command needs: ${this.detail}. Grant it (see "Privileges" ` +
+      `in the README) and rerun; nothing was changed.`
+  }
+}
+
 export class NoParents extends Data.TaggedError("NoParents")<{ readonly parent: "users" | "orders" }> {
   override get message() {
     return `no ${this.parent}: run \`seed ${this.parent}\` first`
@@ -501,6 +509,7 @@ export class VerifyFailed extends Data.TaggedError("VerifyFailed")<{ readonly su
 
 export type AppError =
   | BadUsage
+  | GrantMissing
   | BadDatabaseUrl
   | BadRedisUrl
   | DatabaseUnreachable
@@ -530,6 +539,7 @@ export type AppError =
 /** 2 when the operator must change what they asked for (flags, URLs, preconditions), 1 when a run failed. */
 const exitCodes: Record<AppError["_tag"], 1 | 2> = {
   BadUsage: 2,
+  GrantMissing: 2,
   BadDatabaseUrl: 2,
   BadRedisUrl: 2,
   SchemaMissing: 2,

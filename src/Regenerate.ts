@@ -405,6 +405,8 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const db = yield* Db
 
     yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
+    // A user that may not make the run's writes is refused before any (as by the dry run), not at the first.
+    yield* settled(Effect.zipRight(repo.mayRotate, checkpoint.mayWrite), stopRequested)
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     // A lock a gone process of this host left is taken over, but not by a run the resume rules refuse
@@ -840,6 +842,7 @@ export const plan = (options: RegenerateOptions) =>
     const checkpoint = yield* Checkpoint
     const db = yield* Db
     yield* settled(checkSchemaWithin(options.statementTimeout))
+    yield* settled(Effect.zipRight(repo.mayRotate, checkpoint.mayWrite))
     const key: RunKey = { database: db.identity, scope: options.scope }
     // Refused first where the run would be: while another live process holds the lock, or the lock entry is
     // damaged (which only a restart replaces).

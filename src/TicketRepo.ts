@@ -20,6 +20,7 @@ import {
   Db,
   onOwnConnection,
   probe,
+  requireGrants,
   retryingDatabase,
   schemaCheck,
   statementText,
@@ -29,6 +30,7 @@ import {
 import {
   type DatabaseError,
   type DuplicateToken,
+  type GrantMissing,
   idPattern,
   SchemaMismatch,
   type SchemaMissing,
@@ -132,6 +134,8 @@ export interface TicketRepoService {
   ) => Effect.Effect<AuditPage, DatabaseError | SchemaMismatch>
   /** Token values held by more than one ticket. */
   readonly duplicateTokens: Effect.Effect<DuplicateTokens, DatabaseError>
+  /** Fails with `GrantMissing` unless the user may rotate tokens (asked without writing: `Db.requireGrants`). */
+  readonly mayRotate: Effect.Effect<void, GrantMissing | DatabaseError>
 }
 
 export class TicketRepo extends Context.Tag("TicketRepo")<TicketRepo, TicketRepoService>() {}
@@ -581,7 +585,12 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
       count,
       idRange,
       audit,
-      duplicateTokens
+      duplicateTokens,
+      mayRotate: Effect.provideService(
+        requireGrants(["UPDATE `ticket` SET `token` = `token`, `updated_at` = `updated_at` WHERE `id` = ''"]),
+        SqlClient.SqlClient,
+        sql
+      )
     })
   })
 

@@ -24,6 +24,7 @@ import {
   servicesAvailable
 } from "./support/services.js"
 import {
+  describeResult,
   expectAllRotated,
   killWhileRunning,
   parseJsonSummary,
@@ -827,6 +828,54 @@ describe.skipIf(!servicesAvailable)("fault tolerance on MariaDB + Redis", () => 
       sqlLock
     ]) as unknown as [Array<{ n: number }>]
     expect(Number(left!.n), "the replaced lock is released at the end").toBe(0)
+  })
+
+  it("a user without a grant the run's writes need is refused before anything is written, by its dry run too", async () => {
+    const user = `tt_ro_${randomBytes(3).toString("hex")}`
+    const password = `Ro-${randomBytes(6).toString("hex")}`
+    const hosts = `'${user}'@'%', '${user}'@'localhost'`
+    await admin.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${password}'`)
+    await admin.query(`CREATE USER '${user}'@'localhost' IDENTIFIED BY '${password}'`)
+    await admin.query(`GRANT SELECT ON \`${db.name}\`.* TO ${hosts}`)
+    const url = `mysql://${user}:${password}@${mysqlHost}:${mysqlPort}/${db.name}`
+    const stateRows = async () => {
+      const [[row]] = await admin.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`") as unknown as [
+        Array<{ n: number }>
+      ]
+      return Number(row!.n)
+    }
+    const before = await snapshot()
+    const rowsBefore = await stateRows()
+    const refused = async (runEnv: Record<string, string | undefined>, denied: RegExp) => {
+      for (const args of [["regenerate", "--dry-run"], ["regenerate"], ["regenerate", "--restart", "--json"]]) {
+        const r = await runCli(args, { env: runEnv })
+        expect(r.code, describeResult(r)).toBe(2)
+        expect(r.stderr.trim().split("\n"), describeResult(r)).toEqual([
+          expect.stringMatching(
+            new RegExp(`^error: the database user lacks a privilege this command needs: ${denied.source}`)
+          )
+        ])
+        expect(r.stderr).not.toContain(password)
+      }
+    }
+    try {
+      // SELECT only: the UPDATE of ticket, with the checkpoint in Redis or in the table.
+      const redisEnv = env({ DATABASE_URL: url })
+      await refused(redisEnv, /UPDATE command denied to user .* for table .*`ticket`/)
+      await refused({ DATABASE_URL: url, REDIS_URL: undefined }, /UPDATE command denied .*`ticket`/)
+      // May rotate, but not write the checkpoint table.
+      await admin.query(`GRANT UPDATE ON \`${db.name}\`.\`ticket\` TO ${hosts}`)
+      await refused({ DATABASE_URL: url, REDIS_URL: undefined }, /INSERT command denied .*`ticket_tokens_state`/)
+      await expectUnchanged(before)
+      expect(await stateRows()).toBe(rowsBefore)
+      expect(await prefixes.at(-1)!.keys()).toEqual([])
+      // With Redis, UPDATE on ticket is all a run writes in the database.
+      const done = await runCli(["regenerate", "--restart", "--json"], { env: redisEnv })
+      expect(done.code, describeResult(done)).toBe(0)
+      expectAllRotated(before, await readTickets())
+    } finally {
+      await admin.query(`DROP USER ${hosts}`)
+    }
   })
 
   it("no output ever shows a password or a token", async () => {

@@ -15,6 +15,7 @@ import {
   isTransient,
   onOwnConnection,
   probeTimeout,
+  requireGrants,
   stateTable,
   toCount
 } from "../Db.js"
@@ -84,9 +85,24 @@ export const makeSqlStore = (sql: SqlClient.SqlClient, database: string): Effect
         return expired || (yield* changed(insertIfAbsent, [lockKey, holder, ttl]))
       })
 
+    const table = `\`${stateTable}\``
     const store: Store = {
       name,
       locate: (key) => `key '${key}' of ${name}`,
+      mayWrite: requireGrants([
+        `INSERT INTO ${table} (\`key\`, \`value\`, \`expires_at\`) VALUES ('', '', NULL)`,
+        `UPDATE ${table} SET \`value\` = \`value\`, \`expires_at\` = \`expires_at\` WHERE \`key\` = ''`,
+        `DELETE FROM ${table} WHERE \`key\` = ''`
+      ]).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql),
+        Effect.catchTag("DatabaseError", (error) =>
+          new CheckpointUnavailable({
+            store: name,
+            operation: error.operation,
+            detail: error.detail,
+            transient: error.transient
+          }))
+      ),
       get: (key) => call("reading", Effect.map(read(key), Option.map((row) => String(row[0])))),
       set: (key, value) => call("writing", Effect.asVoid(sql.unsafe(upsert, [key, value]).raw)),
       list: (prefix) =>

@@ -5,7 +5,7 @@
  */
 import { Effect, Fiber, Layer, Option } from "effect"
 import { createHash } from "node:crypto"
-import { DatabaseError, DuplicateToken, type Scope, SpanChanged } from "../../src/Domain.js"
+import { DatabaseError, DuplicateToken, type GrantMissing, type Scope, SpanChanged } from "../../src/Domain.js"
 import { type Page, type Span, TicketRepo, type TicketRepoService } from "../../src/TicketRepo.js"
 import type { EventLog } from "./EventLog.js"
 
@@ -27,6 +27,8 @@ export type Fault = Effect.Effect<void, DatabaseError | DuplicateToken>
  */
 export interface Faults {
   readonly checkSchema?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
+  /** The check that the user may rotate tokens. */
+  readonly mayRotate?: Effect.Effect<void, GrantMissing>
   readonly page?: (n: number) => Effect.Effect<void, DatabaseError> | undefined
   readonly rotate?: (n: number, ids: ReadonlyArray<string>) => Fault | undefined
   /** The read of the id range (under --no-count), before it answers. */
@@ -190,6 +192,7 @@ export class MemoryTable {
   get service(): TicketRepoService {
     return {
       checkSchema: Effect.suspend(() => this.faults.checkSchema?.(this.calls.checkSchema += 1) ?? Effect.void),
+      mayRotate: Effect.suspend(() => this.faults.mayRotate ?? Effect.void),
       page: (scope, after, limit) =>
         Effect.suspend(() => {
           const n = this.calls.page += 1
