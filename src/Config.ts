@@ -144,9 +144,13 @@ export const parseDatabaseUrl = (raw: string | undefined): Either.Either<Databas
   }
   if (value.startsWith("sqlite:")) {
     const filename = value.slice("sqlite:".length).replace(/^\/\/(?=\/)/, "")
-    return filename === ""
-      ? Either.left(new BadDatabaseUrl({ reason: "sqlite: needs a file path, as in sqlite:./data/tickets.sqlite" }))
-      : Either.right({ _tag: "sqlite", filename, display: `sqlite:${filename}` })
+    const refused = (reason: string) => Either.left(new BadDatabaseUrl({ reason }))
+    if (filename === "") return refused("sqlite: needs a file path, as in sqlite:./data/tickets.sqlite")
+    // Each command is a process of its own: an in-memory database would be gone before the next one.
+    if (filename === ":memory:") return refused("sqlite::memory: lasts only one command; give a file path")
+    // Taken as a path, a URI would make a folder named `file:` (its options unread).
+    if (filename.startsWith("file:")) return refused("sqlite:file:… URIs are not read; give a plain file path")
+    return Either.right({ _tag: "sqlite", filename, display: `sqlite:${filename}` })
   }
   if (value.includes("#")) return Either.left(new BadDatabaseUrl({ reason: hashReason }))
   const url = parseUrl(value)

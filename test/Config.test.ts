@@ -78,6 +78,8 @@ describe("DATABASE_URL", () => {
     ["mysql://root:hunter2#x@host/db", "it holds a #, which ends a URL there (write a # in the password as %23)"],
     ["mysql://root:hunter2@host/db#x", "it holds a #"],
     ["sqlite:", "file path"],
+    ["sqlite::memory:", "lasts only one command"],
+    ["sqlite:file:/tmp/x.db?mode=ro", "URIs are not read"],
     ["mysql://root:hunter2@host/db?sslmode=require", "unknown parameter \"sslmode\""],
     ["mysql://root:hunter2@host/db?ssl-mode=PREFERRED", "ssl-mode \"PREFERRED\" is not one of"],
     ["mysql://root:hunter2@host/db?ssl-mode=REQUIRED&ssl-mode=DISABLED", "ssl-mode is given twice"],
