@@ -521,6 +521,11 @@ const regenerate = Command.make(
         )
       })
       : effect
+  ),
+  Command.transformHandler((effect, { flags }) =>
+    flags.dryRun
+      ? sayingInterrupted("the dry run stopped by a signal (it changes nothing)", flags.json)(effect)
+      : effect
   )
 )
 

@@ -670,6 +670,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       // Each says that it stopped, and what that leaves (a JSON object too under --json).
       const cases: Array<[Array<string>, RegExp]> = [
         [["regenerate"], /^stopped before any batch began: nothing was changed$/],
+        [["regenerate", "--dry-run", "--json"], /^the dry run stopped by a signal \(it changes nothing\)$/],
         [["status", "--json"], /^status stopped by a signal before it answered \(it changes nothing\)$/],
         [["verify", "--json"], /^verify stopped by a signal before it finished \(it changes nothing\): run it again$/],
         [["migrate"], /^migrate stopped by a signal: run `migrate` again to finish/],
