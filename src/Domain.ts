@@ -144,14 +144,13 @@ export type UrlSetting = "DATABASE_URL" | "REPLICA_URLS"
 export class DatabaseUnreachable extends Data.TaggedError("DatabaseUnreachable")<{
   readonly target: string
   readonly reason: string
-  readonly setting?: UrlSetting
+  readonly setting: UrlSetting
   readonly cause?: unknown
 }> {
   override get message() {
-    const setting = this.setting ?? "DATABASE_URL"
     const advice = this.target.startsWith("sqlite:")
-      ? `Check the file path in ${setting}, and that the file and its folder may be read and written.`
-      : `Check ${setting} and that the server is up.`
+      ? `Check the file path in ${this.setting}, and that the file and its folder may be read and written.`
+      : `Check ${this.setting} and that the server is up.`
     return `cannot connect to the database at ${this.target}: ${this.reason}. ${advice}`
   }
 }
@@ -162,14 +161,13 @@ export class DatabaseRefused extends Data.TaggedError("DatabaseRefused")<{
   readonly reason: string
   /** Whether the connection was in plaintext: a user that requires TLS is refused so too. */
   readonly plaintext: boolean
-  readonly setting?: UrlSetting
+  readonly setting: UrlSetting
   readonly cause?: unknown
 }> {
   override get message() {
     const tls = this.plaintext ? " (over TLS, `?ssl-mode=REQUIRED`, if the user requires it)" : ""
-    const setting = this.setting ?? "DATABASE_URL"
     return `the database at ${this.target} refused the connection: ${this.reason}. Check the user name and ` +
-      `password in ${setting}, and that this user may connect from this host${tls} and use the database; ` +
+      `password in ${this.setting}, and that this user may connect from this host${tls} and use the database; ` +
       "nothing was changed."
   }
 }
@@ -178,7 +176,7 @@ export class DatabaseRefused extends Data.TaggedError("DatabaseRefused")<{
 export class DatabaseMissing extends Data.TaggedError("DatabaseMissing")<{
   readonly target: string
   readonly database: string
-  readonly setting?: UrlSetting
+  readonly setting: UrlSetting
 }> {
   override get message() {
     const where = `there is no database \`${this.database}\` at ${this.target}`

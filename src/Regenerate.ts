@@ -295,6 +295,18 @@ export const throttleNote = (options: Pick<RegenerateOptions, "batchSize" | "max
 export const warningLines = (storeWarnings: ReadonlyArray<string>, unreadable: ReadonlyArray<CheckpointCorrupt>) =>
   [...storeWarnings, ...unreadable.map((error) => error.otherRunNote)].map((warning) => `warning: ${warning}`)
 
+/**
+ * Before a run or its plan: the schema, then whether the user may make the run's writes, asked without
+ * making any — a user that may not is refused before anything is written, not at the first write.
+ */
+const preflight = (options: RegenerateOptions, stopRequested?: Effect.Effect<boolean>) =>
+  Effect.gen(function*() {
+    yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
+    const repo = yield* TicketRepo
+    const checkpoint = yield* Checkpoint
+    yield* settled(Effect.zipRight(repo.mayRotate, checkpoint.mayWrite), stopRequested)
+  })
+
 const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
   new RunRecord({
     version: 1,
@@ -404,9 +416,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const progress = yield* Progress
     const db = yield* Db
 
-    yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
-    // A user that may not make the run's writes is refused before any (as by the dry run), not at the first.
-    yield* settled(Effect.zipRight(repo.mayRotate, checkpoint.mayWrite), stopRequested)
+    yield* preflight(options, stopRequested)
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     // A lock a gone process of this host left is taken over, but not by a run the resume rules refuse
@@ -841,8 +851,7 @@ export const plan = (options: RegenerateOptions) =>
     const repo = yield* TicketRepo
     const checkpoint = yield* Checkpoint
     const db = yield* Db
-    yield* settled(checkSchemaWithin(options.statementTimeout))
-    yield* settled(Effect.zipRight(repo.mayRotate, checkpoint.mayWrite))
+    yield* preflight(options)
     const key: RunKey = { database: db.identity, scope: options.scope }
     // Refused first where the run would be: while another live process holds the lock, or the lock entry is
     // damaged (which only a restart replaces).
