@@ -410,7 +410,9 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
       if (slowThrottle !== undefined) yield* out(slowThrottle)
     }
     yield* out(`checkpoint store: ${plan.store}`)
-    for (const line of Regenerate.warningLines(plan.storeWarnings, plan.unreadable)) yield* out(line)
+    for (const line of Regenerate.warningLines([...plan.schemaWarnings, ...plan.storeWarnings], plan.unreadable)) {
+      yield* out(line)
+    }
     const replicas = yield* Replicas.Replicas
     const holding = yield* replicas.holding
     if (replicas.watched.length > 0) {
@@ -442,6 +444,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         concurrency: options.concurrency,
         maxRowsPerSecond: options.maxRowsPerSecond ?? null,
         store: plan.store,
+        schemaWarnings: plan.schemaWarnings,
         storeWarnings: plan.storeWarnings,
         existingRun: run === null ? null : { runId: run.runId, status: run.status, rotated: run.rotated },
         replacesUnreadable: Option.getOrNull(plan.replaces),

@@ -633,6 +633,31 @@ const tokenFits = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   }))
 
 /**
+ * What a usable schema still warns of: a `ticket.token` without a unique index of its own (the app creates
+ * one), so that the server would not refuse a duplicate token. Bounded in time (see `probe`).
+ */
+export const schemaWarnings: Effect.Effect<ReadonlyArray<string>, DatabaseError, SqlClient.SqlClient> = Effect
+  .flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe<{ n: unknown }>(sql.onDialectOrElse({
+      mysql: () =>
+        "SELECT COUNT(*) AS `n` FROM (SELECT `INDEX_NAME` FROM information_schema.`STATISTICS` " +
+        "WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` = 'ticket' AND `NON_UNIQUE` = 0 " +
+        "GROUP BY `INDEX_NAME` HAVING COUNT(*) = 1 AND MAX(`COLUMN_NAME`) = 'token') u",
+      orElse: () =>
+        "SELECT COUNT(*) AS n FROM pragma_index_list('ticket') l WHERE l.\"unique\" = 1 AND l.partial = 0 " +
+        "AND (SELECT COUNT(*) FROM pragma_index_info(l.name)) = 1 " +
+        "AND (SELECT name FROM pragma_index_info(l.name)) = 'token'"
+    })).pipe(
+      probe("checking table ticket", databaseError("checking table ticket")),
+      Effect.map(([row]) =>
+        toCount(row?.n) > 0 ? [] : [
+          "ticket.token has no unique index (the app creates one): the database would not refuse a duplicate " +
+          "token; the new tokens are 128 random bits each, and `verify` checks that they are unique"
+        ]
+      )
+    ))
+
+/**
  * Fails with `SchemaMissing` (point to `migrate`) or `SchemaMismatch` unless the app's tables are usable.
  * One attempt, each statement bounded in time (see `probe`): the caller retries.
  */

@@ -291,20 +291,22 @@ export const throttleNote = (options: Pick<RegenerateOptions, "batchSize" | "max
     `${Math.round(options.batchSize / rate)} s; a smaller --batch-size commits more often`
 }
 
-/** What a run (or its plan) warns of before it starts: the store's setup, records it cannot read. */
-export const warningLines = (storeWarnings: ReadonlyArray<string>, unreadable: ReadonlyArray<CheckpointCorrupt>) =>
-  [...storeWarnings, ...unreadable.map((error) => error.otherRunNote)].map((warning) => `warning: ${warning}`)
+/** What a run (or its plan) warns of before it starts: the schema, the store's setup, records it cannot read. */
+export const warningLines = (warnings: ReadonlyArray<string>, unreadable: ReadonlyArray<CheckpointCorrupt>) =>
+  [...warnings, ...unreadable.map((error) => error.otherRunNote)].map((warning) => `warning: ${warning}`)
 
 /**
  * Before a run or its plan: the schema, then whether the user may make the run's writes, asked without
- * making any — a user that may not is refused before anything is written, not at the first write.
+ * making any — a user that may not is refused before anything is written, not at the first write. Returns
+ * what the schema check warns of.
  */
 const preflight = (options: RegenerateOptions, stopRequested?: Effect.Effect<boolean>) =>
   Effect.gen(function*() {
-    yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
+    const schemaWarnings = yield* settled(checkSchemaWithin(options.statementTimeout), stopRequested)
     const repo = yield* TicketRepo
     const checkpoint = yield* Checkpoint
     yield* settled(Effect.zipRight(repo.mayRotate, checkpoint.mayWrite), stopRequested)
+    return schemaWarnings
   })
 
 const freshRecord = (key: RunKey, options: RegenerateOptions, now: number) =>
@@ -416,7 +418,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
     const progress = yield* Progress
     const db = yield* Db
 
-    yield* preflight(options, stopRequested)
+    const schemaWarnings = yield* preflight(options, stopRequested)
     const spanning = yield* repo.canSpan(options.scope)
     const key: RunKey = { database: db.identity, scope: options.scope }
     // A lock a gone process of this host left is taken over, but not by a run the resume rules refuse
@@ -448,7 +450,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           `resumably)`
       }))
     }
-    for (const text of warningLines(checkpoint.storeWarnings, unreadable)) {
+    for (const text of warningLines([...schemaWarnings, ...checkpoint.storeWarnings], unreadable)) {
       yield* progress.emit(ProgressEvent.Notice({ text }))
     }
     const slowThrottle = throttleNote(options)
@@ -825,6 +827,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
 export interface Plan {
   readonly database: string
   readonly store: string
+  readonly schemaWarnings: ReadonlyArray<string>
   readonly storeWarnings: ReadonlyArray<string>
   /**
    * What the run would do: start a new run, resume one, restart (abandon an unfinished one for a new one),
@@ -851,7 +854,7 @@ export const plan = (options: RegenerateOptions) =>
     const repo = yield* TicketRepo
     const checkpoint = yield* Checkpoint
     const db = yield* Db
-    yield* preflight(options)
+    const schemaWarnings = yield* preflight(options)
     const key: RunKey = { database: db.identity, scope: options.scope }
     // Refused first where the run would be: while another live process holds the lock, or the lock entry is
     // damaged (which only a restart replaces).
@@ -872,6 +875,7 @@ export const plan = (options: RegenerateOptions) =>
     return {
       database: db.display,
       store,
+      schemaWarnings,
       storeWarnings,
       action,
       existing,

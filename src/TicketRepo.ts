@@ -23,6 +23,7 @@ import {
   requireGrants,
   retryingDatabase,
   schemaCheck,
+  schemaWarnings,
   statementText,
   toCount,
   writeError
@@ -77,8 +78,11 @@ export interface DuplicateTokens {
 }
 
 export interface TicketRepoService {
-  /** Fails unless the ticket, order and user tables exist with the expected columns. */
-  readonly checkSchema: Effect.Effect<void, SchemaMissing | SchemaMismatch | DatabaseError>
+  /**
+   * Fails unless the ticket, order and user tables exist with the expected columns; what a usable schema
+   * still warns of (see `Db.schemaWarnings`).
+   */
+  readonly checkSchema: Effect.Effect<ReadonlyArray<string>, SchemaMissing | SchemaMismatch | DatabaseError>
   /** Up to `limit` ids in scope greater than `after`, ascending, and how far the table was read for them. */
   readonly page: (
     scope: Scope,
@@ -575,7 +579,7 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
     )
 
     return TicketRepo.of({
-      checkSchema: Effect.provideService(schemaCheck, SqlClient.SqlClient, sql),
+      checkSchema: Effect.provideService(Effect.zipRight(schemaCheck, schemaWarnings), SqlClient.SqlClient, sql),
       page,
       rotate,
       canSpan: (scope) => Effect.map(rangesRefusable, (refusable) => refusable && scope.everyTicket),

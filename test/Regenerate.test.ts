@@ -1636,6 +1636,17 @@ describe("progress estimate without a count", () => {
       expect(record(resumed)).toMatchObject({ status: "completed", total: 100 })
     }))
 
+  it.effect("what the schema check warns of is said before the first batch, and the run goes on", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      world.table.schemaWarnings = ["ticket.token has no unique index"]
+      yield* runIn(world, { batchSize: 10 })
+      const first = world.progress.findIndex((e) => e._tag === "Notice")
+      expect(world.progress[first]).toMatchObject({ text: "warning: ticket.token has no unique index" })
+      expect(world.progress.slice(0, first).some((e) => e._tag === "Advanced")).toBe(false)
+      expect(record(world)).toMatchObject({ status: "completed", rotated: 20 })
+    }))
+
   it.effect("a rate below the batch size says how seldom a batch goes, and that a smaller batch helps", () =>
     Effect.gen(function*() {
       const world = new World(makeTickets(20))

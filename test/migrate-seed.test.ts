@@ -154,6 +154,37 @@ describe("migrate and seed on the embedded SQLite database", () => {
       db.close()
     }
   })
+
+  it("a dry run warns of a token column without a unique index of its own (a partial one does not count)", async () => {
+    const plan = async (url: string) =>
+      JSON.parse(
+        (await expectExit(
+          runCli(["regenerate", "--dry-run", "--json"], { cwd, env: { ...env, DATABASE_URL: url } }),
+          0
+        )).stdout
+      )
+        .schemaWarnings
+    expect(await plan("sqlite:data/tickets.sqlite")).toEqual([])
+    const copy = Path.join(cwd, "copy.sqlite")
+    Fs.copyFileSync(Path.join(cwd, "data", "tickets.sqlite"), copy)
+    const db = new Sqlite(copy, { fileMustExist: true })
+    try {
+      for (
+        const statement of [
+          `ALTER TABLE "ticket" RENAME TO "ticket_old"`,
+          `CREATE TABLE "ticket" ("id" char(32) NOT NULL PRIMARY KEY, "created_at" datetime NOT NULL,
+            "updated_at" datetime NOT NULL, "deleted_at" datetime NULL, "name" varchar(255) NOT NULL,
+            "token" varchar(255) NOT NULL, "order_id" char(32) NOT NULL)`,
+          `INSERT INTO "ticket" SELECT * FROM "ticket_old"`,
+          `DROP TABLE "ticket_old"`,
+          `CREATE UNIQUE INDEX "ticket_live_token" ON "ticket" ("token") WHERE "deleted_at" IS NULL`
+        ]
+      ) db.prepare(statement).run()
+    } finally {
+      db.close()
+    }
+    expect(await plan(`sqlite:${copy}`)).toEqual([expect.stringMatching(/^ticket\.token has no unique index/)])
+  })
 })
 
 // MariaDB
@@ -610,6 +641,34 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
           expect.stringMatching(/^error: the database schema does not match the ticket app \(table ticket: .*token/)
         ])
       }
+    })
+  })
+
+  it("a token column without a unique index of its own: the run and its dry run warn of it, and the run completes", async () => {
+    await withSmallDatabase("tt_nounique", async (db, env) => {
+      const warning = /^warning: ticket\.token has no unique index \(the app creates one\)/m
+      const migrated = await expectExit(runCli(["regenerate", "--dry-run", "--json"], { env }), 0)
+      expect(JSON.parse(migrated.stdout).schemaWarnings).toEqual([])
+      expect(migrated.stderr).not.toMatch(warning)
+      const [keys] = await db.query("SHOW INDEX FROM `ticket` WHERE `Column_name` = 'token' AND `Non_unique` = 0")
+      for (const key of keys as Array<{ Key_name: string }>) {
+        await db.query(`ALTER TABLE \`ticket\` DROP INDEX \`${key.Key_name}\``)
+      }
+      // Neither an index that is not unique nor a unique one over more columns keeps a token unique.
+      await db.query("ALTER TABLE `ticket` ADD INDEX `ticket_token_plain` (`token`)")
+      await db.query("ALTER TABLE `ticket` ADD UNIQUE INDEX `ticket_token_name` (`token`, `name`)")
+      const plan = await expectExit(runCli(["regenerate", "--dry-run", "--json"], { env }), 0)
+      expect(JSON.parse(plan.stdout).schemaWarnings).toEqual([expect.stringMatching(/^ticket\.token has no unique/)])
+      expect(plan.stderr).toMatch(warning)
+      const [before] = await db.query("SELECT `id`, `token` FROM `ticket` ORDER BY `id`")
+      const run = await expectExit(runCli(["regenerate", "--json"], { env }), 0)
+      expect(run.stderr).toMatch(warning)
+      expect(JSON.parse(run.stdout).rotated).toBe(300)
+      const [after] = await db.query("SELECT `id`, `token` FROM `ticket` ORDER BY `id`")
+      const tokens = (after as Array<{ token: string }>).map((row) => row.token)
+      expect(new Set(tokens).size).toBe(300)
+      expect(tokens.filter((token, i) => token === (before as Array<{ token: string }>)[i]!.token)).toEqual([])
+      await expectExit(runCli(["verify"], { env }), 0)
     })
   })
 

@@ -83,6 +83,8 @@ export class MemoryTable {
   spans = false
   /** Spans rotated by key because they held more tickets than tokens (the site inserted some). */
   spansChanged = 0
+  /** What the schema check warns of (`TicketRepo.checkSchema`). */
+  schemaWarnings: ReadonlyArray<string> = []
   private readonly statements: Array<Fiber.RuntimeFiber<number, unknown>> = []
 
   /** Which ticket holds each token: the unique key on `token`. */
@@ -191,7 +193,9 @@ export class MemoryTable {
 
   get service(): TicketRepoService {
     return {
-      checkSchema: Effect.suspend(() => this.faults.checkSchema?.(this.calls.checkSchema += 1) ?? Effect.void),
+      checkSchema: Effect.suspend(() => this.faults.checkSchema?.(this.calls.checkSchema += 1) ?? Effect.void).pipe(
+        Effect.as(this.schemaWarnings)
+      ),
       mayRotate: Effect.suspend(() => this.faults.mayRotate ?? Effect.void),
       page: (scope, after, limit) =>
         Effect.suspend(() => {
