@@ -196,10 +196,26 @@ export const parseRedisUrl = (raw: string): Either.Either<RedisTarget, BadRedisU
   if (port === undefined) return Either.left(new BadRedisUrl({ reason: "the port is not a number in 1-65535" }))
   const escape = badEscape(url)
   if (escape !== undefined) return Either.left(new BadRedisUrl({ reason: escape }))
-  const db = url.pathname.replace(/^\//, "")
+  // ioredis would take any other parameter for one of its options, over those the tool sets (its timeouts,
+  // retries, offline queue): refused, as DATABASE_URL's are.
+  for (const name of new Set(url.searchParams.keys())) {
+    if (name !== "db") return Either.left(new BadRedisUrl({ reason: `unknown parameter "${name}" (the URL takes db)` }))
+    if (url.searchParams.getAll(name).length > 1) {
+      return Either.left(new BadRedisUrl({ reason: `the parameter ${name} is given twice` }))
+    }
+  }
+  const path = url.pathname.replace(/^\//, "")
+  const query = url.searchParams.get("db")
+  if (path !== "" && query !== null && query !== path) {
+    return Either.left(new BadRedisUrl({ reason: `it gives two database numbers, /${path} and ?db=${query}` }))
+  }
+  const db = query ?? path
   if (db !== "" && !/^\d+$/.test(db)) return Either.left(new BadRedisUrl({ reason: "the database is not a number" }))
+  // What ioredis is given: the database as the path, no parameters.
+  url.search = ""
+  if (db !== "") url.pathname = `/${db}`
   return Either.right({
-    url: Redacted.make(raw.trim()),
+    url: Redacted.make(url.href),
     display: `${url.protocol}//${url.hostname}:${port}${db === "" ? "" : `/${db}`}`
   })
 }

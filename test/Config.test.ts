@@ -122,7 +122,28 @@ describe("REDIS_URL", () => {
     expect(Redacted.value(target.url)).toContain("s3cret")
   })
 
+  it("takes the database as ?db=N too, and hands ioredis the URL without parameters (they would override its options)", () => {
+    for (
+      const url of [
+        "redis://:s3cret@cache:6380?db=2",
+        "redis://:s3cret@cache:6380/?db=2",
+        "redis://:s3cret@cache:6380/2?db=2"
+      ]
+    ) {
+      const target = Either.getOrThrow(parseRedisUrl(url))
+      expect(target.display).toBe("redis://cache:6380/2")
+      expect(Redacted.value(target.url)).toBe("redis://:s3cret@cache:6380/2")
+    }
+    expect(Redacted.value(Either.getOrThrow(parseRedisUrl("rediss://u%40x:p%2Fw@[::1]:6380/")).url))
+      .toBe("rediss://u%40x:p%2Fw@[::1]:6380/")
+  })
+
   it.each([
+    ["redis://:s3cret@h:6379/?connectTimeout=abc", `unknown parameter "connectTimeout" (the URL takes db)`],
+    ["redis://:s3cret@h:6379/?password=s3cret", `unknown parameter "password" (the URL takes db)`],
+    ["redis://:s3cret@h:6379/?db=1&db=2", "the parameter db is given twice"],
+    ["redis://:s3cret@h:6379/1?db=2", "it gives two database numbers, /1 and ?db=2"],
+    ["redis://:s3cret@h:6379/?db=x", "the database is not a number"],
     ["http://x", "unsupported scheme"],
     ["redis://", "no host"],
     ["redis://h:0", "the port is not a number in 1-65535"],

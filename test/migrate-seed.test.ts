@@ -818,7 +818,13 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
   it("a malformed REDIS_URL, or a Redis database the server does not have: one line, nothing written", async () => {
     const before = await ticketsDigest()
     const redis = createRedisPrefix("tt-badredis")
-    const urls = ["redis//nope", "http://127.0.0.1:6379", "redis://:pw@127.0.0.1:6379/abc"]
+    // A parameter ioredis would take for one of its options (and crash on, here) is refused too.
+    const urls = [
+      "redis//nope",
+      "http://127.0.0.1:6379",
+      "redis://:pw@127.0.0.1:6379/abc",
+      "redis://:pw@127.0.0.1:6379/?connectTimeout=abc"
+    ]
     const results = await Promise.all(
       urls.map((url) => runCli(["regenerate"], { env: { DATABASE_URL: seeded.url, REDIS_URL: url } }))
     )
@@ -827,14 +833,17 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(linesOf(r), urls[i]).toEqual([expect.stringMatching(/^error: REDIS_URL is malformed/)])
       expect(`${r.stdout}${r.stderr}`, urls[i]).not.toContain(":pw@")
     })
-    // ioredis only warns about an index the server refuses, and would go on in database 0.
-    const outOfRange = await runCli(["regenerate"], {
-      env: { DATABASE_URL: seeded.url, REDIS_URL: `${redisUrl}/99`, REDIS_PREFIX: redis.name }
-    })
-    expect(outOfRange.code, describeResult(outOfRange)).toBe(2)
-    expect(linesOf(outOfRange)).toEqual([
-      expect.stringMatching(/^error: Redis at .*\/99 refused the connection: .*DB index is out of range.*REDIS_URL/)
-    ])
+    // ioredis only warns about an index the server refuses, and would go on in database 0. Given as a
+    // parameter, the index is the same.
+    for (const db of ["/99", "?db=99"]) {
+      const outOfRange = await runCli(["regenerate"], {
+        env: { DATABASE_URL: seeded.url, REDIS_URL: `${redisUrl}${db}`, REDIS_PREFIX: redis.name }
+      })
+      expect(outOfRange.code, describeResult(outOfRange)).toBe(2)
+      expect(linesOf(outOfRange)).toEqual([
+        expect.stringMatching(/^error: Redis at .*\/99 refused the connection: .*DB index is out of range.*REDIS_URL/)
+      ])
+    }
     // A user the server does not know: refused too, bad input rather than an outage, and no password shown.
     const wrongUser = await runCli(["regenerate"], {
       env: { DATABASE_URL: seeded.url, REDIS_URL: redisUrl.replace("redis://", "redis://nobody:s3cret@") }
