@@ -1,6 +1,7 @@
 /**
  * `verify`: after a run, every ticket of its scope must have been rotated by it (updated at or after the
- * run started) and no two tickets may share a token. Reads keyset pages; never the whole table at once.
+ * run started, and, for a run not completed, committed by its checkpoint) and no two tickets may share a
+ * token. Reads keyset pages; never the whole table at once.
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -31,6 +32,15 @@ export interface VerifyReport {
 export const isClean = (report: VerifyReport): boolean => report.notRotated === 0 && report.duplicateTokens === 0
 
 /**
+ * Whether the run's checkpoint says it rotated `id`: any id, once it completed; else one at or below its
+ * low-water mark or in a range committed beyond it. The site saves tickets too (Django's `auto_now` sets
+ * `updated_at` on every save), so a ticket the run has not reached may look updated since it started while
+ * it still holds its leaked token.
+ */
+const committedBy = (run: RunRecord) => (id: string): boolean =>
+  run.finished || id <= run.cursor || run.done.some(([first, last]) => first <= id && id <= last)
+
+/**
  * Verifies the run of `scope`, or (without one) the run most recently started on this database. A page read
  * unanswered for `statementTimeout` is tried again, as after a lost connection.
  */
@@ -59,6 +69,7 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
     let inScope = 0
     let notRotated = 0
     const notRotatedSample: Array<string> = []
+    const committed = committedBy(run)
     while (true) {
       // A page gets an answer in time, or is tried again (a frozen server must not hang a cron job); the look
       // for duplicates below is one statement over the whole table, which may rightly take longer.
@@ -67,9 +78,11 @@ export const verify = (scope: Option.Option<Scope>, statementTimeout: Duration.D
           repo.audit(run.scope, cursor, pageSize, run.startedAt)
         )
       )
+      const stale = new Set(page.stale)
+      const missed = page.ids.filter((id) => stale.has(id) || !committed(id))
       inScope += page.ids.length
-      notRotated += page.stale.length
-      notRotatedSample.push(...page.stale.slice(0, sampleSize - notRotatedSample.length))
+      notRotated += missed.length
+      notRotatedSample.push(...missed.slice(0, sampleSize - notRotatedSample.length))
       yield* progress.emit(ProgressEvent.Advanced({ rows: page.ids.length }))
       if (page.end) break
       cursor = page.through
@@ -98,7 +111,10 @@ export const render = (report: VerifyReport): ReadonlyArray<string> => [
   `verify ${report.database}: ${summary(report)}`,
   ...(report.run.status === "completed"
     ? []
-    : [`  note: run ${report.run.runId} is ${report.run.status}, not completed`]),
+    : [
+      `  note: run ${report.run.runId} is ${report.run.status}, not completed: the tickets its checkpoint does not ` +
+      "cover count as not rotated"
+    ]),
   ...(report.notRotatedSample.length === 0 ? [] : [`  not rotated, e.g.: ${report.notRotatedSample.join(", ")}`]),
   ...(report.duplicateSample.length === 0 ? [] : [`  sharing a token, e.g.: ${report.duplicateSample.join(", ")}`]),
   // Not this run's to answer for, but its tickets may still hold the leaked tokens.
