@@ -108,18 +108,26 @@ export interface Store {
 
 // The service
 
-/** The process that takes locks: a lock of this host (and PID namespace) whose pid is gone is stale. */
+/**
+ * The process that takes locks: a lock of this host (the same boot of the same kernel, and PID namespace)
+ * whose pid is gone is stale.
+ */
 export interface Host {
   readonly hostname: string
   /** Null where the system does not tell (not Linux): the host name alone then. */
   readonly pidNamespace: string | null
+  /**
+   * The kernel's id of this boot (Linux), null where the system does not tell. Two machines given the same
+   * host name (cloned images) tell apart by it; their PID namespaces, outside containers, have one name.
+   */
+  readonly bootId: string | null
   readonly pid: number
   readonly isAlive: (pid: number) => boolean
 }
 
-const pidNamespace = (): string | null => {
+const systemText = (read: () => string): string | null => {
   try {
-    return Fs.readlinkSync("/proc/self/ns/pid")
+    return read().trim()
   } catch {
     return null
   }
@@ -127,7 +135,8 @@ const pidNamespace = (): string | null => {
 
 const systemHost: Host = {
   hostname: Os.hostname(),
-  pidNamespace: pidNamespace(),
+  pidNamespace: systemText(() => Fs.readlinkSync("/proc/self/ns/pid")),
+  bootId: systemText(() => Fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8")),
   pid: process.pid,
   isAlive: (pid) => {
     try {
@@ -367,11 +376,12 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
           held: {
             holder,
             expiresInMillis: held.expiresInMillis ?? 0,
-            // Pids only say something within one PID namespace of one host: another container with the same
-            // host name has its own (and its own pid 1), so its lock lasts its lease. Our own pid there is an
-            // earlier process that had it: nothing running holds it.
+            // Pids only say something within one PID namespace of one boot of one host: another container with
+            // the same host name has its own (and its own pid 1), another machine with that name (or this one
+            // before a reboot) its own boot id, so its lock lasts its lease. Our own pid there is an earlier
+            // process that had it: nothing running holds it.
             stale: damage === null && holder.host === host.hostname && holder.pidNamespace === host.pidNamespace &&
-              (holder.pid === host.pid || !host.isAlive(holder.pid)),
+              holder.bootId === host.bootId && (holder.pid === host.pid || !host.isAlive(holder.pid)),
             damage,
             location: store.locate(lockKey)
           } satisfies HeldLock
@@ -386,6 +396,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
       const holder = new LockHolder({
         host: host.hostname,
         pidNamespace: host.pidNamespace,
+        bootId: host.bootId,
         pid: host.pid,
         token: randomBytes(8).toString("hex"),
         since: new Date(now)

@@ -112,6 +112,8 @@ export class LockHolder extends Schema.Class<LockHolder>("LockHolder")({
   host: Schema.String,
   /** The holder's PID namespace (Linux): containers sharing a host name have their own, and their own pid 1. */
   pidNamespace: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null }),
+  /** The holder's boot of its kernel (Linux): machines that share a host name have their own. */
+  bootId: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null }),
   pid: Schema.Int,
   token: Schema.String,
   since: Schema.DateFromString

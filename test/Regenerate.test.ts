@@ -1132,8 +1132,8 @@ describe("resume rules", () => {
 })
 
 describe("locks", () => {
-  const holderValue = (host: string, pid: number, pidNamespace = testHost.pidNamespace) =>
-    JSON.stringify({ host, pidNamespace, pid, token: "abc", since: new Date(0).toISOString() })
+  const holderValue = (host: string, pid: number, pidNamespace = testHost.pidNamespace, bootId = testHost.bootId) =>
+    JSON.stringify({ host, pidNamespace, bootId, pid, token: "abc", since: new Date(0).toISOString() })
   const lockKey = Checkpoint.keys({ database: "memory:test", scope: Scope.all }).lock
 
   it.effect("a second runner on the same scope is refused, naming the holder", () =>
@@ -1173,13 +1173,22 @@ describe("locks", () => {
       expect((yield* runIn(world)).rotated).toBe(20)
     }))
 
-  it.effect("pids of another PID namespace (a container sharing the host name) say nothing: its lock lasts its lease", () =>
+  it.effect("pids of another PID namespace (a container sharing the host name) or another boot (a machine sharing the host name) say nothing: its lock lasts its lease", () =>
     Effect.gen(function*() {
-      for (const [pid, pidNamespace] of [[testHost.pid, "pid:[4026532999]"], [999_999, null]] as const) {
+      const others = [
+        [testHost.pid, "pid:[4026532999]", testHost.bootId],
+        [999_999, null, testHost.bootId],
+        [999_999, testHost.pidNamespace, "9d1e6f0a-0c3b-4d7a-8f21-5b6c7d8e9f00"],
+        [testHost.pid, testHost.pidNamespace, null]
+      ] as const
+      for (const [pid, pidNamespace, bootId] of others) {
         const world = new World(makeTickets(20))
-        world.store.data.set(lockKey, { value: holderValue(testHost.hostname, pid, pidNamespace), expiresAt: 30_000 })
+        world.store.data.set(lockKey, {
+          value: holderValue(testHost.hostname, pid, pidNamespace, bootId),
+          expiresAt: 30_000
+        })
         const error = yield* Effect.flip(runIn(world))
-        expect(error._tag, `pid ${pid} in ${pidNamespace}`).toBe("LockHeld")
+        expect(error._tag, `pid ${pid} in ${pidNamespace}, boot ${bootId}`).toBe("LockHeld")
         expect(world.table.rotations.length).toBe(0)
       }
     }))

@@ -46,7 +46,14 @@ const setStatus = (world: World, status: string) => {
 }
 
 const holder = (host: string, pid: number) =>
-  JSON.stringify({ host, pidNamespace: testHost.pidNamespace, pid, token: "abc", since: new Date(0).toISOString() })
+  JSON.stringify({
+    host,
+    pidNamespace: testHost.pidNamespace,
+    bootId: testHost.bootId,
+    pid,
+    token: "abc",
+    since: new Date(0).toISOString()
+  })
 
 describe("status", () => {
   it.effect("no run yet: says so, naming the scope asked for", () =>

@@ -145,6 +145,7 @@ export class MemoryStore {
 export const testHost: Checkpoint.Host = {
   hostname: "test-host",
   pidNamespace: "pid:[4026531836]",
+  bootId: "3f0c8a52-2b8e-4d0e-9a55-6f1b2c7d9e10",
   pid: 1000,
   isAlive: (pid) => pid === 1000
 }

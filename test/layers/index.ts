@@ -58,6 +58,7 @@ export class World {
     const next = new World(this.table.sorted.map((t) => ({ ...t })), faults, {
       hostname: this.host.hostname,
       pidNamespace: this.host.pidNamespace,
+      bootId: this.host.bootId,
       pid,
       isAlive: (p) => p === pid
     }, this.tokens)
