@@ -309,6 +309,53 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
   })
 
   it(
+    "adaptive batches (--target-batch-ms): kill -9 redoes at most concurrency × the largest batch, and the resume completes exactly",
+    { timeout: 180_000 },
+    async () => {
+      const prefix = freshPrefix()
+      const env = envFor(prefix.name)
+      const read = () => readRun(prefix.name)
+      // From 100 tickets a batch, sized to take about 100 ms each: batches grow far past 100 here. Throttled
+      // so that the table outlasts the kills.
+      const base = [
+        "regenerate",
+        "--batch-size",
+        "100",
+        "--concurrency",
+        String(concurrency),
+        "--target-batch-ms",
+        "100",
+        "--max-rows-per-second",
+        "20000"
+      ]
+      const before = await snapshot()
+      let next = base
+      for (const cycle of [1, 2, 3]) {
+        const baseline = (await read())?.rotated ?? 0
+        const r = await runAndKill(
+          next,
+          { env },
+          sequence(waitProgress(read, baseline), waitMillis(randomBetween(200, 1500)))
+        )
+        expect(r.signal, `cycle ${cycle}: ${describeResult(r)}`).toBe("SIGKILL")
+        const end = (await read())!
+        expect(end.rotated, `cycle ${cycle}`).toBeGreaterThan(baseline)
+        expectCheckpointConsistent(`adaptive, cycle ${cycle}`, await readTokens(), before, end, concurrency * 10_000)
+        next = [...base, "--resume"]
+      }
+      const beforeFinal = (await read())!
+      expect(beforeFinal.rotated).toBeLessThan(ticketCount)
+      const summary = parseJsonSummary(await expectExit(runCli([...next, "--json"], { env }), 0))
+      expect(summary).toMatchObject({ status: "completed", rotatedTotal: ticketCount })
+      expect(summary.rotated).toBe(ticketCount - beforeFinal.rotated)
+      // The sizes did follow the target: far fewer batches than at the starting size.
+      expect(Number(summary.batches)).toBeLessThan(Number(summary.rotated) / 200)
+      expectAllRotated(before, await readTickets())
+      await expectTokensUnique()
+    }
+  )
+
+  it(
     "kill -9 while a slow batch holds the low-water mark back: the ranges committed beyond it are recorded and skipped on resume",
     {
       timeout: 180_000
