@@ -151,6 +151,15 @@ export class TicketRepo extends Context.Tag("TicketRepo")<TicketRepo, TicketRepo
 export const checkSchemaWithin = (timeout: Duration.Duration) =>
   Effect.flatMap(TicketRepo, (repo) => answeredWithin(timeout, "checking the schema")(repo.checkSchema))
 
+/**
+ * `date` cut to a column that keeps `digits` fractional digits of a second: what a batch wrote at or after
+ * `date` then compares at or after it, whether the server truncated or rounded the value.
+ */
+export const atPrecision = (date: Date, digits: number): Date => {
+  const unit = 10 ** Math.max(0, 3 - digits)
+  return new Date(Math.floor(date.getTime() / unit) * unit)
+}
+
 /** A validated integer for LIMIT: MySQL 8.0.22+ rejects a bound LIMIT in prepared statements, so it is spliced. */
 const limitOf = (limit: number): number => {
   if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError(`invalid LIMIT ${limit}`)
@@ -543,18 +552,38 @@ export const makeSql = (bounds: ScanBounds = scanBounds) =>
       })
     )
 
+    // The fractional digits `updated_at` keeps: an app's table from before MySQL had fractional seconds has
+    // none, and the server then truncates (MariaDB) or rounds (MySQL) what a batch writes. Read once.
+    let updatedAtDigits: number | undefined
+    const updatedAtPrecision = Effect.suspend(() =>
+      updatedAtDigits !== undefined ? Effect.succeed(updatedAtDigits) : sql.onDialectOrElse({
+        mysql: () =>
+          Effect.map(
+            sql<{ digits: unknown }>`
+              SELECT DATETIME_PRECISION AS digits FROM information_schema.COLUMNS
+              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ticket' AND COLUMN_NAME = 'updated_at'`,
+            ([row]) => (updatedAtDigits = row?.digits === null || row?.digits === undefined ? 6 : toCount(row.digits))
+          ),
+        orElse: () => Effect.succeed(6)
+      })
+    )
+
     const audit = (scope: Scope, after: string, limit: number, since: Date) =>
       own(
         "auditing a page of tickets",
-        Effect.map(
-          scan(scope, ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END", [datetime(since)], after, limit),
-          ({ end, ids, rows, through }) => ({
+        Effect.flatMap(updatedAtPrecision, (digits) =>
+          scan(
+            scope,
+            ", CASE WHEN t.`updated_at` >= ? THEN 1 ELSE 0 END",
+            [datetime(atPrecision(since, digits))],
+            after,
+            limit
+          )).pipe(Effect.map(({ end, ids, rows, through }) => ({
             ids,
             through,
             end,
             stale: rows.filter((row) => toCount(row[1]) === 0).map((row) => String(row[0]))
-          })
-        )
+          })))
       )
 
     // Token values stay inside this function: only counts and ticket ids leave it.

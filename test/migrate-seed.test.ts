@@ -644,6 +644,25 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     })
   })
 
+  it("an updated_at without fractional seconds (an app's table from before MySQL had them): verify compares at its precision", async () => {
+    await withSmallDatabase("tt_seconds", async (db, env) => {
+      await db.query("ALTER TABLE `ticket` MODIFY `updated_at` datetime NOT NULL")
+      const run = await expectExit(runCli(["regenerate", "--json"], { env }), 0)
+      expect(JSON.parse(run.stdout).rotated).toBe(300)
+      // As every batch written in the second the run started would read: cut to that second.
+      const status = await expectExit(runCli(["status", "--json"], { env }), 0)
+      const startedAt = new Date(JSON.parse(status.stdout).run.startedAt)
+      const second = startedAt.toISOString().slice(0, 19).replace("T", " ")
+      await db.query("UPDATE `ticket` SET `updated_at` = ?", [second])
+      const verified = await expectExit(runCli(["verify", "--json"], { env }), 0)
+      expect(JSON.parse(verified.stdout)).toMatchObject({ inScope: 300, notRotated: 0, ok: true })
+      // A ticket put back to a time before the run's second is still found.
+      await db.query("UPDATE `ticket` SET `updated_at` = '2020-01-01 00:00:00' ORDER BY `id` LIMIT 1")
+      const failed = await expectExit(runCli(["verify", "--json"], { env }), 1)
+      expect(JSON.parse(failed.stdout)).toMatchObject({ notRotated: 1, ok: false })
+    })
+  })
+
   it("a token column without a unique index of its own: the run and its dry run warn of it, and the run completes", async () => {
     await withSmallDatabase("tt_nounique", async (db, env) => {
       const warning = /^warning: ticket\.token has no unique index \(the app creates one\)/m
