@@ -100,6 +100,8 @@ const seedLayer = Layer.mergeAll(
   Layer.suspend(() => Progress.layer(Progress.detectMode()))
 )
 
+const beforeInserting = (name: string) => `seed ${name} stopped by a signal before inserting: nothing was changed`
+
 const seedCommand = <A>(
   name: "users" | "orders" | "tickets",
   defaultCount: number,
@@ -128,13 +130,17 @@ const seedCommand = <A>(
             : `seeded ${rows(result.inserted)} in ${result.seconds.toFixed(1)} s (${rate} rows/s)`
         )
       }
-      yield* Shutdown.graceful((stop) => Effect.tap(seed(count, stop), report), (result) => result.stopped, onStop)
+      yield* Shutdown.graceful(
+        (stop) => Effect.tap(seed(count, stop), report).pipe(sayingInterrupted(beforeInserting(name))),
+        (result) => result.stopped,
+        onStop
+      )
     })).pipe(
       Command.withDescription(`Insert ${name} of test data.`),
-      Command.provide(seedLayer),
-      // Once inserting, a signal is a stop request (the graceful section above), which says what stays.
-      Command.transformHandler(
-        sayingInterrupted(`seed ${name} stopped by a signal before inserting: nothing was changed`)
+      // A signal while connecting interrupts; once the graceful section above runs, a signal is a stop
+      // request, whose outcome (what stays) `report` says: the stop it ends with is not said again.
+      Command.provide(
+        Layer.scopedContext(Layer.build(seedLayer).pipe(sayingInterrupted(beforeInserting(name))))
       )
     )
 
