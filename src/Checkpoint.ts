@@ -71,6 +71,8 @@ export interface Store {
    * tool, a handful per database.
    */
   readonly list: (prefix: string) => Effect.Effect<ReadonlyArray<string>, CheckpointUnavailable>
+  /** Before a run's first write, once it holds its lock: whatever `list` needs written to go on finding runs. */
+  readonly indexRuns?: Effect.Effect<void, CheckpointUnavailable>
   /** Sets `key` only while `lockKey` holds `holder`, atomically; false when it does not. */
   readonly setFenced: (
     key: string,
@@ -429,6 +431,7 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
         store.release(k.lock, value).pipe(Effect.interruptible, Effect.timeout("3 seconds"), Effect.ignore)
       )
       yield* take(1)
+      if (store.indexRuns !== undefined) yield* store.indexRuns
       const pointed = yield* Ref.make(false)
       // What the record may hold from this run: its last acknowledged save, and every save since whose answer
       // was lost (a timed-out write may still have been applied).

@@ -49,7 +49,7 @@ describe.skipIf(!servicesAvailable)("the Redis store's list", () => {
     expect(await plain.get(`${prefix.name}:run:db1:c`)).toBeNull()
   })
 
-  it("without an index (records of an earlier version), finds them by SCAN once and indexes them", async () => {
+  it("without an index (records of an earlier version), a listing finds them by SCAN and writes nothing; a run indexes them", async () => {
     // A prefix with SCAN's glob characters, and keys that an unescaped pattern would also take.
     const name = `${prefix.name}[*?]\\`
     const earlier = Array.from({ length: 1500 }, (_, i) => `run:db1:${String(i).padStart(4, "0")}`)
@@ -62,6 +62,10 @@ describe.skipIf(!servicesAvailable)("the Redis store's list", () => {
       const first = await withStore(name, (store) => store.list("run:db1:"))
       // More keys than one SCAN call returns: the cursor is followed to the end.
       expect([...first].sort()).toEqual(earlier)
+      // A listing (status, a dry run) only reads.
+      expect(await plain.exists(`${name}:index`)).toBe(0)
+      // A run, once it holds its lock, indexes them before its first write.
+      await withStore(name, (store) => store.indexRuns ?? Effect.die("no indexRuns"))
       expect(await plain.scard(`${name}:index`)).toBe(earlier.length)
       // From now on the index answers: a key put there by hand afterwards is not seen.
       await plain.set(`${name}:run:db1:by-hand`, "{}")

@@ -229,10 +229,10 @@ export const makeRedisStore = (
   const locate = (key: string) => `redis key ${k(key)} on ${target.display}`
   /**
    * Without an index (no run recorded since the tool kept one): the keys under the prefix, by SCAN — in large
-   * steps, not holding the server as KEYS would — indexed from now on. (Runs an earlier version recorded
-   * are found so; before any run, each listing walks the keyspace.)
+   * steps, not holding the server as KEYS would. (Runs an earlier version recorded are found so; before any
+   * run, each listing walks the keyspace.)
    */
-  const indexWritten = async () => {
+  const keysWritten = async () => {
     const found = new Set<string>()
     let cursor = "0"
     do {
@@ -242,8 +242,6 @@ export const makeRedisStore = (
       for (const key of batch) if (key !== index) found.add(key.slice(prefix.length + 1))
       cursor = next
     } while (cursor !== "0")
-    // Best effort: a listing that reads (status, say) need not be able to write.
-    if (found.size > 0) await client.sadd(index, ...found).catch(() => undefined)
     return [...found]
   }
   return {
@@ -261,9 +259,16 @@ export const makeRedisStore = (
     set: (key, value) => Effect.asVoid(call("writing", () => client.set(k(key), value))),
     list: (start) =>
       call("listing runs", async () => {
-        const written = await client.exists(index) === 1 ? await client.smembers(index) : await indexWritten()
+        const written = await client.exists(index) === 1 ? await client.smembers(index) : await keysWritten()
         return written.filter((key) => key.startsWith(start))
       }),
+    // Before the index's first member (a run's fenced write adds its record): what an earlier version wrote
+    // goes in too, or listings would no longer find it. Only a run writes so; a listing only reads.
+    indexRuns: call("indexing the runs", async () => {
+      if (await client.exists(index) === 1) return
+      const found = await keysWritten()
+      if (found.length > 0) await client.sadd(index, ...found)
+    }),
     setFenced: (key, value, lockKey, holder) =>
       call("writing the checkpoint", () => client.setFenced(k(key), k(lockKey), index, value, holder, key)).pipe(
         Effect.mapError((error) =>
