@@ -55,12 +55,23 @@ const stopping = (inFlight: string) =>
  * What a command says when a signal ends it outside a graceful section (while it connects, say): one line
  * on stderr, and under --json its one object on stdout, as a failure's is.
  */
+let jsonPrinted = false
+
+/**
+ * Prints a command's one JSON object (under --json). Whether it has been printed is kept, so that a second
+ * signal, which ends the process at once, prints one only when none was (`printedJson`).
+ */
+const printJson = (value: unknown) =>
+  Effect.zipRight(Effect.sync(() => (jsonPrinted = true)), Console.log(JSON.stringify(value)))
+
+export const printedJson = (): boolean => jsonPrinted
+
 const sayingInterrupted = (message: string, json = false) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.onInterrupt(effect, () =>
     json
       ? Effect.zipRight(
         Console.error(message),
-        Console.log(JSON.stringify({ ok: false, error: "Interrupted", message }))
+        printJson({ ok: false, error: "Interrupted", message })
       )
       : Console.error(message))
 
@@ -354,7 +365,7 @@ const printSummary = (summary: Regenerate.RunSummary, json: boolean) =>
       )
       yield* out(`resume with: ${resumeCommand(process.argv, process.cwd())}`)
     }
-    if (json) yield* Console.log(JSON.stringify(Regenerate.summaryJson(summary)))
+    if (json) yield* printJson(Regenerate.summaryJson(summary))
   })
 
 /** What a run stopped before its first batch says (under --json, its one object too). */
@@ -363,7 +374,7 @@ const stoppedBeforeBatches = (json: boolean) => {
   return json
     ? Effect.zipRight(
       Console.error(message),
-      Console.log(JSON.stringify({ status: "interrupted", rotated: 0, message }))
+      printJson({ status: "interrupted", rotated: 0, message })
     )
     : Console.log(message)
 }
@@ -437,7 +448,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         )
     })
     if (json) {
-      yield* Console.log(JSON.stringify({
+      yield* printJson({
         dryRun: true,
         database: plan.database,
         scope: options.scope,
@@ -459,7 +470,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
         damagedLock: Option.getOrNull(Option.map(plan.holder, (held) => held.damage)),
         replicas: replicas.watched,
         replicasHolding: holding ?? null
-      }))
+      })
     }
   })
 
@@ -522,10 +533,10 @@ const regenerate = Command.make(
           Effect.provideService(Regenerate.FailedSummary, failed),
           Effect.tapError((error) =>
             Effect.flatMap(Ref.get(failed), (summary) =>
-              Console.log(JSON.stringify({
+              printJson({
                 ...Option.match(summary, { onNone: () => ({ status: "failed" }), onSome: Regenerate.summaryJson }),
                 ...failureJson(error)
-              })))
+              }))
           )
         )
       })
@@ -553,12 +564,12 @@ const chosenScope = (scope: Scope) => (Scope.all.flags === scope.flags ? Option.
 const failingAsJson = <A, E, R>(effect: Effect.Effect<A, E, R>, { json }: { readonly json: boolean }) =>
   json
     ? Effect.tapError(effect, (error) =>
-      error instanceof VerifyFailed ? Effect.void : Console.log(JSON.stringify({ ok: false, ...failureJson(error) })))
+      error instanceof VerifyFailed ? Effect.void : printJson({ ok: false, ...failureJson(error) }))
     : effect
 
 /** Prints a report as JSON or as lines. */
 const printReport = <R>(report: R, json: boolean, toJson: (r: R) => unknown, render: (r: R) => ReadonlyArray<string>) =>
-  json ? Console.log(JSON.stringify(toJson(report))) : Effect.forEach(render(report), (line) => Console.log(line))
+  json ? printJson(toJson(report)) : Effect.forEach(render(report), (line) => Console.log(line))
 
 const statusCommand = Command.make(
   "status",

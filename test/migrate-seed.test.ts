@@ -187,6 +187,50 @@ describe("migrate and seed on the embedded SQLite database", () => {
   })
 })
 
+// Signals before the program has loaded
+
+describe("a signal while the program loads", () => {
+  it("ends the command at once, saying so (under --json, as its one object), with 130 or 143", async () => {
+    const cwd = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-early-"))
+    const heard = `${cwd}.heard`
+    try {
+      const cases = [
+        [["status", "--json"], "SIGINT", 130, { ok: false, error: "Interrupted" }],
+        [["regenerate", "--json"], "SIGTERM", 143, { status: "interrupted", rotated: 0 }],
+        [["seed", "users"], "SIGINT", 130, undefined]
+      ] as const
+      for (const [args, signal, code, json] of cases) {
+        Fs.rmSync(heard, { force: true })
+        // The handlers come first, then half a second of loading: the signal lands in it. The preload
+        // tells when the program listens.
+        const run = spawnCli(args, {
+          cwd,
+          env: {
+            DATABASE_URL: undefined,
+            REDIS_URL: undefined,
+            NODE_OPTIONS: `--import ${Path.join(import.meta.dirname, "support", "signalsHeard.mjs")}`,
+            SIGNALS_HEARD_FILE: heard
+          }
+        })
+        while (!Fs.existsSync(heard) && run.child.exitCode === null) await sleep(2)
+        run.child.kill(signal)
+        const result = await run.result
+        expect(result.code, describeResult(result)).toBe(code)
+        expect(result.stderr.trim()).toBe("stopped by a signal while starting: nothing was changed")
+        if (json === undefined) {
+          expect(result.stdout).toBe("")
+        } else {
+          expect(JSON.parse(result.stdout)).toEqual({ ...json, message: expect.stringMatching(/^stopped by a signal/) })
+        }
+      }
+      expect(Fs.readdirSync(cwd)).toEqual([])
+    } finally {
+      Fs.rmSync(cwd, { recursive: true, force: true })
+      Fs.rmSync(heard, { force: true })
+    }
+  })
+})
+
 // MariaDB
 
 describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
