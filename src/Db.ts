@@ -611,18 +611,29 @@ export const requireTable = (
   retryingDatabase(checkTable(table, columns, missing, condition))
 
 /**
- * On MySQL, that `ticket.token` holds a token's 32 characters: a narrower column would fail every batch,
- * once the run had begun. (SQLite does not enforce a declared width.)
+ * On MySQL, that `ticket.id` is text (the app's uuid as char(32)) and `ticket.token` holds a token's 32
+ * characters: another id (an integer key) or a narrower token column would fail the first batch, once a
+ * run had begun and recorded itself. (SQLite does not enforce a declared type.)
  */
-const tokenFits = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+const ticketColumnsFit = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql.onDialectOrElse({
     mysql: () =>
-      sql<{ width: unknown }>`
-        SELECT CHARACTER_MAXIMUM_LENGTH AS width FROM information_schema.COLUMNS
-        WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ticket' AND COLUMN_NAME = 'token'`.pipe(
+      sql<{ name: unknown; type: unknown; width: unknown }>`
+        SELECT COLUMN_NAME AS name, DATA_TYPE AS type, CHARACTER_MAXIMUM_LENGTH AS width
+        FROM information_schema.COLUMNS
+        WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ticket' AND COLUMN_NAME IN ('id', 'token')`.pipe(
         probe("checking table ticket", databaseError("checking table ticket")),
-        Effect.flatMap(([row]) => {
-          const width = toCount(row?.width)
+        Effect.flatMap((rows) => {
+          const column = (name: string) => rows.find((row) => String(row.name).toLowerCase() === name)
+          const id = column("id")
+          const idType = String(id?.type ?? "").toLowerCase()
+          if (id !== undefined && idType !== "char" && idType !== "varchar") {
+            return new SchemaMismatch({
+              detail: `table ticket: column id is ${idType}, not text: the tool knows tickets by the app's ` +
+                "uuid ids (char(32))"
+            })
+          }
+          const width = toCount(column("token")?.width)
           return width >= 32 ? Effect.void : new SchemaMismatch({
             detail: `table ticket: column token holds ${width === 0 ? "no text" : `${width} characters`}, ` +
               "fewer than a token's 32"
@@ -668,7 +679,7 @@ export const schemaCheck: Effect.Effect<void, SchemaMissing | SchemaMismatch | D
       ([table, columns]) => checkTable(table, columns, noSchema(table)),
       { discard: true }
     ),
-    tokenFits
+    ticketColumnsFit
   )
 
 /** `schemaCheck`, a transient failure (a lost connection, no answer in time) tried again. */

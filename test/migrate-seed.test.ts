@@ -690,6 +690,26 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
     })
   })
 
+  it("an integer ticket id (not the app's uuid): regenerate and its dry run say so in one line (exit 2), nothing written", async () => {
+    await withSmallDatabase("tt_intid", async (db, env) => {
+      await db.query(
+        "ALTER TABLE `ticket` DROP PRIMARY KEY, DROP COLUMN `id`, ADD COLUMN `id` int AUTO_INCREMENT PRIMARY KEY FIRST"
+      )
+      const [before] = await db.query("SELECT * FROM `ticket` ORDER BY `id`")
+      for (const args of [["regenerate"], ["regenerate", "--dry-run"]]) {
+        const r = await expectExit(runCli(args, { env }), 2)
+        expect(linesOf(r), describeResult(r)).toEqual([
+          expect.stringMatching(/^error: the database schema does not match .*column id is int, not text/)
+        ])
+      }
+      const [after] = await db.query("SELECT * FROM `ticket` ORDER BY `id`")
+      expect(after).toEqual(before)
+      // No run recorded: a plain run later is not refused as an unfinished one.
+      const [state] = await db.query("SELECT COUNT(*) AS n FROM `ticket_tokens_state`")
+      expect(Number((state as Array<{ n: unknown }>)[0]!.n)).toBe(0)
+    })
+  })
+
   it("an updated_at without fractional seconds (an app's table from before MySQL had them): verify compares at its precision", async () => {
     await withSmallDatabase("tt_seconds", async (db, env) => {
       await db.query("ALTER TABLE `ticket` MODIFY `updated_at` datetime NOT NULL")
