@@ -61,8 +61,11 @@ export interface Store {
   readonly warnings?: ReadonlyArray<string>
   /** Where `key` is, as an operator would look it up (the Redis key with its prefix, the table row). */
   readonly locate: (key: string) => string
-  /** Fails with `GrantMissing` unless the store's writes are allowed, asked without writing (the table). */
-  readonly mayWrite?: Effect.Effect<void, GrantMissing | CheckpointUnavailable>
+  /**
+   * Fails unless the store takes a run's writes, asked without writing: `GrantMissing` (the table), or
+   * `RedisRefused` (a Redis replica).
+   */
+  readonly mayWrite?: Effect.Effect<void, GrantMissing | RedisRefused | CheckpointUnavailable>
   /** `CheckpointCorrupt` when the key holds something that is not a string (another program's data). */
   readonly get: (key: string) => Effect.Effect<Option.Option<string>, CheckpointUnavailable | CheckpointCorrupt>
   readonly set: (key: string, value: string) => Effect.Effect<void, CheckpointUnavailable>
@@ -227,7 +230,7 @@ export interface CheckpointService {
   /** What an operator should know before a run keeps its checkpoint here (`Store.warnings`). */
   readonly storeWarnings: ReadonlyArray<string>
   /** Fails with `GrantMissing` unless a run's writes to the store are allowed (`Store.mayWrite`). */
-  readonly mayWrite: Effect.Effect<void, GrantMissing | CheckpointUnavailable>
+  readonly mayWrite: Effect.Effect<void, GrantMissing | RedisRefused | CheckpointUnavailable>
   /** The run record of a slot; `CheckpointCorrupt` when unreadable, `ForeignCheckpoint` when not this slot's. */
   readonly load: (
     key: RunKey

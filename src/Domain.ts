@@ -217,9 +217,11 @@ export class RedisRefused extends Data.TaggedError("RedisRefused")<{
   readonly cause?: unknown
   /** What of REDIS_URL to check (by default its user, password and database number). */
   readonly check?: string
+  /** What it refused (by default the connection). */
+  readonly refused?: string
 }> {
   override get message() {
-    return `Redis at ${this.target} refused the connection: ${this.reason}. Check ` +
+    return `Redis at ${this.target} refused ${this.refused ?? "the connection"}: ${this.reason}. Check ` +
       `${this.check ?? "the user, password and database number"} in REDIS_URL; nothing was changed.`
   }
 }

@@ -186,6 +186,44 @@ describe.skipIf(!servicesAvailable)("the Redis store's warnings", () => {
       await open.stop()
     }
   })
+
+  it("a Redis replica is refused before anything is written, by the dry run too (exit 2, one line)", async () => {
+    const primary = privateRedis({ persist: false, requirePassword: false })
+    try {
+      await primary.start()
+      const replica = privateRedis({
+        persist: false,
+        requirePassword: false,
+        args: ["--replicaof", "127.0.0.1", String(primary.port)]
+      })
+      try {
+        await replica.start()
+        await withSeededSqlite(`redis://127.0.0.1:${replica.port}`, async (env) => {
+          const before = Fs.readFileSync(env.DATABASE_URL!.slice("sqlite:".length))
+          for (const args of [["regenerate", "--dry-run"], ["regenerate"], ["regenerate", "--restart"]]) {
+            const r = await runCli(args, { env })
+            expect(r.code, r.stderr).toBe(2)
+            expect(`${r.stdout}${r.stderr}`.trim().split("\n")).toEqual([
+              `error: Redis at redis://127.0.0.1:${replica.port} refused a run's writes: it is a replica (of ` +
+              `127.0.0.1:${primary.port}), which takes no writes. Check the host and port (the primary's) in ` +
+              "REDIS_URL; nothing was changed."
+            ])
+          }
+          expect(Fs.readFileSync(env.DATABASE_URL!.slice("sqlite:".length)).equals(before)).toBe(true)
+          // status reads a replica as well as a primary.
+          expect((await runCli(["status"], { env })).code).toBe(0)
+          const c = primary.client()
+          await c.connect()
+          expect(await c.dbsize()).toBe(0)
+          c.disconnect()
+        })
+      } finally {
+        await replica.stop()
+      }
+    } finally {
+      await primary.stop()
+    }
+  })
 })
 
 /**

@@ -248,6 +248,22 @@ export const makeRedisStore = (
     name,
     warnings,
     locate,
+    // A replica takes no writes (or keeps them from its primary): the run would fail as it took its lock.
+    // Not checked where ROLE is refused (an ACL user without it).
+    mayWrite: Effect.promise(() => client.role().catch(() => undefined)).pipe(
+      Effect.flatMap((role) =>
+        Array.isArray(role) && role[0] !== "master"
+          ? new RedisRefused({
+            target: target.display,
+            refused: "a run's writes",
+            reason: role[0] === "slave"
+              ? `it is a replica (of ${String(role[1])}:${String(role[2])}), which takes no writes`
+              : `it is a ${String(role[0])}, not a primary`,
+            check: "the host and port (the primary's)"
+          })
+          : Effect.void
+      )
+    ),
     get: (key) =>
       call("reading", () => client.get(k(key))).pipe(
         Effect.map(Option.fromNullable),
