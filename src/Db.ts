@@ -510,15 +510,38 @@ export const probe = <E>(operation: string, failure: (error: SqlError) => E, why
 const grantErrnos = new Set([1142, 1143])
 
 /**
+ * On SQLite, that this user may write the database file and its folder (for the journal), asked of the file
+ * system: SQLite opens a file it may not write read-only, and would fail at the first write.
+ */
+const sqliteFileWritable = (sql: SqlClient.SqlClient): Effect.Effect<void, GrantMissing | DatabaseError> =>
+  sql.unsafe<{ file: unknown }>("SELECT file FROM pragma_database_list WHERE name = 'main'").pipe(
+    Effect.mapError(databaseError("checking the database file")),
+    Effect.flatMap(([row]) => {
+      const file = String(row?.file ?? "")
+      if (file === "") return Effect.void
+      for (const path of [file, Path.dirname(file)]) {
+        try {
+          Fs.accessSync(path, Fs.constants.W_OK)
+        } catch (error) {
+          const code = Predicate.hasProperty(error, "code") ? String(error.code) : String(error)
+          return new GrantMissing({ file, detail: path === file ? code : `its folder: ${code}` })
+        }
+      }
+      return Effect.void
+    })
+  )
+
+/**
  * On MySQL, that the user may make the writes `statements`, found without making them: EXPLAIN needs the
  * privileges of the statement it explains. A missing grant then stops a command before it writes anything
- * (its dry run too), not at its first write. SQLite has no grants. One attempt: see `retryingDatabase`.
+ * (its dry run too), not at its first write. SQLite has no grants: there, that the file may be written. One
+ * attempt: see `retryingDatabase`.
  */
 export const requireGrants = (
   statements: ReadonlyArray<string>
 ): Effect.Effect<void, GrantMissing | DatabaseError, SqlClient.SqlClient> =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    dialectOf(sql) === "sqlite" ? Effect.void : Effect.forEach(
+    dialectOf(sql) === "sqlite" ? sqliteFileWritable(sql) : Effect.forEach(
       statements,
       (statement) =>
         sql.unsafe(`EXPLAIN ${statement}`).pipe(

@@ -247,10 +247,17 @@ export class SchemaMismatch extends Data.TaggedError("SchemaMismatch")<{
 }
 
 /** The database user may not make a write the command makes (found before it writes anything). */
-export class GrantMissing extends Data.TaggedError("GrantMissing")<{ readonly detail: string }> {
+export class GrantMissing extends Data.TaggedError("GrantMissing")<{
+  readonly detail: string
+  /** A SQLite file (or its folder) this user may not write, where the server would have a grant. */
+  readonly file?: string
+}> {
   override get message() {
-    return `the database user lacks a privilege this command needs: ${this.detail}. Grant it (see "Privileges" ` +
-      `in the README) and rerun; nothing was changed.`
+    return this.file === undefined
+      ? `the database user lacks a privilege this command needs: ${this.detail}. Grant it (see "Privileges" ` +
+        `in the README) and rerun; nothing was changed.`
+      : `the database file ${this.file} may not be written by this user (${this.detail}): let this user write ` +
+        `it and its folder (where SQLite keeps its journal), and rerun; nothing was changed.`
   }
 }
 

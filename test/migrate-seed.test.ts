@@ -4,6 +4,7 @@
  * flags): right exit code, one clean line, no secret, nothing written.
  */
 import type * as mysql from "mysql2/promise"
+import { spawnSync } from "node:child_process"
 import { createHash } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
@@ -13,7 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Scope } from "../src/Domain.js"
 import { keysetPage } from "../src/TicketRepo.js"
-import { type CliResult, runCli, spawnCli } from "./support/cli.js"
+import { type CliResult, mainJs, runCli, spawnCli } from "./support/cli.js"
 import { missingTools, startPrivateMariadb } from "./support/privateMariadb.js"
 import { adminConnection, createDatabase, createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
 import { Sqlite } from "./support/sqlite.js"
@@ -186,6 +187,74 @@ describe("migrate and seed on the embedded SQLite database", () => {
     expect(await plan(`sqlite:${copy}`)).toEqual([expect.stringMatching(/^ticket\.token has no unique index/)])
   })
 })
+
+// A database file this user may not write
+
+/**
+ * How the test gets a user that may not write a file: itself unless it is root (who may write anything),
+ * else `nobody` through runuser, who must be able to run the CLI from where it lies. Undefined with the
+ * reason when neither works.
+ */
+const unprivileged = (): { readonly asUser: string | undefined } | { readonly reason: string } => {
+  if (process.getuid?.() !== 0) return { asUser: undefined }
+  const probe = spawnSync("runuser", [
+    "-u",
+    "nobody",
+    "--",
+    process.execPath,
+    "-e",
+    `require("fs").accessSync(${JSON.stringify(mainJs)}, 4)`
+  ])
+  return probe.status === 0
+    ? { asUser: "nobody" }
+    : {
+      reason: `running as root, and nobody cannot run ${mainJs} (${
+        probe.error?.message ?? probe.stderr.toString().trim()
+      })`
+    }
+}
+const withoutWrite = unprivileged()
+
+describe.skipIf("reason" in withoutWrite)(
+  `a SQLite file this user may not write${"reason" in withoutWrite ? ` (skipped: ${withoutWrite.reason})` : ""}`,
+  () => {
+    it("regenerate and its dry run say so in one line (exit 2), before anything is written; status still reads it", async () => {
+      const asUser = "asUser" in withoutWrite ? withoutWrite.asUser : undefined
+      const cwd = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-readonly-"))
+      try {
+        const env = { DATABASE_URL: undefined, REDIS_URL: undefined }
+        for (
+          const args of [["migrate"], ["seed", "users", "--count", "3"], ["seed", "orders", "--count", "3"], [
+            "seed",
+            "tickets",
+            "--count",
+            "30"
+          ]]
+        ) {
+          await expectExit(runCli(args, { cwd, env }), 0)
+        }
+        const file = Path.join(cwd, "data", "tickets.sqlite")
+        // The folder stays writable (SQLite's shared-memory files go there); the file is not.
+        Fs.chmodSync(cwd, 0o777)
+        Fs.chmodSync(Path.join(cwd, "data"), 0o777)
+        Fs.chmodSync(file, 0o444)
+        const before = Fs.readFileSync(file)
+        for (const args of [["regenerate", "--dry-run"], ["regenerate"], ["regenerate", "--json"]]) {
+          const r = await expectExit(runCli(args, { cwd, env, asUser }), 2)
+          expect(r.stderr.trim().split("\n"), describeResult(r)).toEqual([
+            `error: the database file ${Fs.realpathSync(file)} may not be written by this user (EACCES): let this ` +
+            "user write it and its folder (where SQLite keeps its journal), and rerun; nothing was changed."
+          ])
+        }
+        expect(Fs.readFileSync(file).equals(before)).toBe(true)
+        const status = await expectExit(runCli(["status"], { cwd, env, asUser }), 0)
+        expect(status.stdout).toContain("no run is recorded")
+      } finally {
+        Fs.rmSync(cwd, { recursive: true, force: true })
+      }
+    })
+  }
+)
 
 // Signals before the program has loaded
 

@@ -19,6 +19,8 @@ export interface CliOptions {
   readonly env?: Record<string, string | undefined>
   readonly cwd?: string
   readonly timeoutMs?: number
+  /** Runs it as this user (through runuser: the test runs as root). */
+  readonly asUser?: string | undefined
 }
 
 /** Environment for the CLI: the test's variables only (no DATABASE_URL/REDIS_URL leaking from the shell). */
@@ -36,7 +38,9 @@ const childEnv = (env: Record<string, string | undefined> = {}) => {
 
 /** Starts the CLI; the caller decides when to signal it. */
 export const spawnCli = (args: ReadonlyArray<string>, options: CliOptions = {}) => {
-  const child: ChildProcess = spawn(process.execPath, [mainJs, ...args], {
+  const command = [process.execPath, mainJs, ...args]
+  const [file, ...rest] = options.asUser === undefined ? command : ["runuser", "-u", options.asUser, "--", ...command]
+  const child: ChildProcess = spawn(file!, rest, {
     cwd: options.cwd ?? root,
     env: childEnv(options.env),
     stdio: ["ignore", "pipe", "pipe"]
