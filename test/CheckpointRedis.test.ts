@@ -14,6 +14,7 @@ import { makeRedisStore, redisClient, storeWarnings } from "../src/Checkpoint/Re
 import { runCli, spawnCli } from "./support/cli.js"
 import { privateRedis, removePrivateRedisDirs } from "./support/privateRedis.js"
 import { createRedisPrefix, redisUrl, servicesAvailable } from "./support/services.js"
+import { seedFixture } from "./support/tickets.js"
 
 afterAll(removePrivateRedisDirs)
 
@@ -106,16 +107,7 @@ describe.skipIf(!servicesAvailable)("the Redis store's warnings", () => {
     const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-warn-"))
     try {
       const env = { DATABASE_URL: `sqlite:${Path.join(dir, "t.db")}`, REDIS_URL: redis, REDIS_PREFIX: prefix.name }
-      for (
-        const args of [["migrate"], ["seed", "users", "--count", "5"], ["seed", "orders", "--count", "5"], [
-          "seed",
-          "tickets",
-          "--count",
-          "50"
-        ]]
-      ) {
-        expect((await runCli(args, { env })).code).toBe(0)
-      }
+      await seedFixture({ env }, { users: 5, orders: 5, tickets: 50 })
       return await f(env)
     } finally {
       Fs.rmSync(dir, { recursive: true, force: true })

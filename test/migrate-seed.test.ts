@@ -223,16 +223,7 @@ describe.skipIf("reason" in withoutWrite)(
       const cwd = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-readonly-"))
       try {
         const env = { DATABASE_URL: undefined, REDIS_URL: undefined }
-        for (
-          const args of [["migrate"], ["seed", "users", "--count", "3"], ["seed", "orders", "--count", "3"], [
-            "seed",
-            "tickets",
-            "--count",
-            "30"
-          ]]
-        ) {
-          await expectExit(runCli(args, { cwd, env }), 0)
-        }
+        await seedFixture({ cwd, env }, { users: 3, orders: 3, tickets: 30 })
         const file = Path.join(cwd, "data", "tickets.sqlite")
         // The folder stays writable (SQLite's shared-memory files go there); the file is not.
         Fs.chmodSync(cwd, 0o777)
