@@ -89,7 +89,8 @@ const migrateCommand = Command.make("migrate", {}, () =>
       ? "every table was there already, kept as it is"
       : `created ${created.join(", ")}` +
         (created.length < Db.migratedTableNames.length ? "; the other tables were there already, kept as they are" : "")
-    yield* Console.error(
+    // The outcome on stdout, as seed's and regenerate's.
+    yield* Console.log(
       ran.length === 0
         ? `schema of ${db.display} is up to date`
         : `migrated ${db.display}: ${outcome} (migrations ${ran.join(", ")})`

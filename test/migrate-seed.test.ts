@@ -62,13 +62,13 @@ describe("migrate and seed on the embedded SQLite database", () => {
 
   it("migrates, and a second migrate says the schema is up to date", async () => {
     const first = await expectExit(cli(["migrate"]), 0)
-    expect(first.stderr.trim()).toBe(
+    expect(first.stdout.trim()).toBe(
       "migrated sqlite:data/tickets.sqlite: created user, order, ticket, ticket_tokens_state (migrations " +
         "0001_create_tables, 0002_checkpoint_table)"
     )
     const second = await expectExit(cli(["migrate"]), 0)
-    expect(second.stderr).toContain("up to date")
-    expect(second.stderr).not.toContain("0001_create_tables")
+    expect(second.stdout).toContain("up to date")
+    expect(second.stdout).not.toContain("0001_create_tables")
     expect(Fs.existsSync(Path.join(cwd, "data", "tickets.sqlite"))).toBe(true)
   })
 
@@ -313,10 +313,10 @@ describe.skipIf(!servicesAvailable)("migrate and seed on MariaDB", () => {
 
   it("migrates, and a second migrate says the schema is up to date", async () => {
     const first = await expectExit(cli(["migrate"]), 0)
-    expect(first.stderr).toContain("0001_create_tables")
-    expect(first.stderr).toContain("0002_checkpoint_table")
+    expect(first.stdout).toContain("0001_create_tables")
+    expect(first.stdout).toContain("0002_checkpoint_table")
     const second = await expectExit(cli(["migrate"]), 0)
-    expect(second.stderr).toContain("up to date")
+    expect(second.stdout).toContain("up to date")
   })
 
   it("creates the Django schema: types, nullability, unique keys, foreign keys and indexes", async () => {
@@ -612,7 +612,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       expect(recorded).toEqual([])
       await db.query("DROP TABLE `user`")
       const again = await expectExit(runCli(["migrate"], { env }), 0)
-      expect(again.stderr).toContain("0001_create_tables")
+      expect(again.stdout).toContain("0001_create_tables")
       await expectExit(runCli(["seed", "users", "--count", "3"], { env }), 0)
     } finally {
       await db.end()
@@ -637,16 +637,16 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       await expectExit(runCli(["migrate"], { env }), 0)
       await db.query("DROP TABLE `ticket`, `order`, `user`")
       const again = await expectExit(runCli(["migrate"], { env }), 0)
-      expect(again.stderr).toContain("0001_create_tables")
+      expect(again.stdout).toContain("0001_create_tables")
       expect(await tables()).toEqual(["order", "ticket", "ticket_tokens_migrations", "ticket_tokens_state", "user"])
       await expectExit(runCli(["seed", "users", "--count", "3"], { env }), 0)
-      expect((await expectExit(runCli(["migrate"], { env }), 0)).stderr).toContain("is up to date")
+      expect((await expectExit(runCli(["migrate"], { env }), 0)).stdout).toContain("is up to date")
       // The checkpoint table alone: a run without Redis points to migrate, which creates it again.
       await db.query("DROP TABLE `ticket_tokens_state`")
       const pointed = await expectExit(runCli(["status"], { env }), 2)
       expect(linesOf(pointed)).toEqual([expect.stringMatching(/^error: table ticket_tokens_state .*run `migrate`/)])
       const recreated = await expectExit(runCli(["migrate"], { env }), 0)
-      expect(recreated.stderr).toMatch(
+      expect(recreated.stdout).toMatch(
         /: created ticket_tokens_state; the other tables were there already, kept as they are \(migrations /
       )
       expect(await tables()).toContain("ticket_tokens_state")
@@ -676,7 +676,7 @@ describe.skipIf(!servicesAvailable)("errors before a regeneration starts", () =>
       const [unchanged] = await db.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
       expect(unchanged).toEqual(before)
       const migrated = await expectExit(runCli(["migrate"], { env }), 0)
-      expect(migrated.stderr).toMatch(/: created ticket_tokens_state; the other tables were there already, kept as /)
+      expect(migrated.stdout).toMatch(/: created ticket_tokens_state; the other tables were there already, kept as /)
       const [ticketsAfterMigrate] = await db.query("SELECT `id`, `token`, `updated_at` FROM `ticket` ORDER BY `id`")
       expect(ticketsAfterMigrate).toEqual(before)
       const first = await expectExit(runCli(["regenerate", "--json"], { env }), 0)
