@@ -160,6 +160,12 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     return text === null ? undefined : toRunView(text)
   }
 
+  /** A run of its own: a fresh key prefix, the CLI's environment for it, and a read of its run record. */
+  const freshRun = () => {
+    const prefix = freshPrefix()
+    return { prefix, env: envFor(prefix.name), read: () => readRun(prefix.name) }
+  }
+
   /** The pid in the run lock of this prefix (the lock value is the holder as JSON), if any. */
   const lockHolderPid = async (prefix: string): Promise<number | undefined> => {
     const keys = await redis.keys(`${prefix}:lock:*`)
@@ -200,9 +206,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
   })
 
   it("survives kill -9 at random moments and resumes to a complete, exact rotation", { timeout: 300_000 }, async () => {
-    const prefix = freshPrefix()
-    const env = envFor(prefix.name)
-    const read = () => readRun(prefix.name)
+    const { prefix, env, read } = freshRun()
     // Throttled so that the table outlasts every kill below: unthrottled, 200,000 tickets take about 3 s here.
     const base = [
       "regenerate",
@@ -312,9 +316,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     "adaptive batches (--target-batch-ms): kill -9 redoes at most concurrency × the largest batch, and the resume completes exactly",
     { timeout: 180_000 },
     async () => {
-      const prefix = freshPrefix()
-      const env = envFor(prefix.name)
-      const read = () => readRun(prefix.name)
+      const { env, read } = freshRun()
       // From 100 tickets a batch, sized to take about 100 ms each: batches grow far past 100 here. Throttled
       // so that the table outlasts the kills.
       const base = [
@@ -361,9 +363,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
       timeout: 180_000
     },
     async () => {
-      const prefix = freshPrefix()
-      const env = envFor(prefix.name)
-      const read = () => readRun(prefix.name)
+      const { env, read } = freshRun()
       const before = await snapshot()
       const ids = [...before.keys()].sort()
       // A site transaction holds one row of the third batch: that batch waits while later ones commit.
@@ -406,9 +406,7 @@ describe.skipIf(!servicesAvailable)("regenerate on MariaDB with a Redis checkpoi
     "stops gracefully on %s (exit %i, resume hint) and --resume completes",
     { timeout: 120_000 },
     async (signal, exitCode) => {
-      const prefix = freshPrefix()
-      const env = envFor(prefix.name)
-      const read = () => readRun(prefix.name)
+      const { env, read } = freshRun()
       const before = await snapshot()
 
       const started = spawnCli(["regenerate", "--batch-size", "500"], { env })
