@@ -155,7 +155,7 @@ export const checkSchemaWithin = (timeout: Duration.Duration) =>
  * `date` cut to a column that keeps `digits` fractional digits of a second: what a batch wrote at or after
  * `date` then compares at or after it, whether the server truncated or rounded the value.
  */
-export const atPrecision = (date: Date, digits: number): Date => {
+const atPrecision = (date: Date, digits: number): Date => {
   const unit = 10 ** Math.max(0, 3 - digits)
   return new Date(Math.floor(date.getTime() / unit) * unit)
 }
