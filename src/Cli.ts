@@ -51,10 +51,6 @@ const stopping = (inFlight: string) =>
       )
     ))
 
-/**
- * What a command says when a signal ends it outside a graceful section (while it connects, say): one line
- * on stderr, and under --json its one object on stdout, as a failure's is.
- */
 let jsonPrinted = false
 
 /**
@@ -66,6 +62,10 @@ const printJson = (value: unknown) =>
 
 export const printedJson = (): boolean => jsonPrinted
 
+/**
+ * What a command says when a signal ends it outside a graceful section (while it connects, say): one line
+ * on stderr, and under --json its one object on stdout, as a failure's is.
+ */
 const sayingInterrupted = (message: string, json = false) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.onInterrupt(effect, () =>
     json
