@@ -384,9 +384,11 @@ export const make = (store: Store, host: Host = systemHost): CheckpointService =
             // Pids only say something within one PID namespace of one boot of one host: another container with
             // the same host name has its own (and its own pid 1), another machine with that name (or this one
             // before a reboot) its own boot id, so its lock lasts its lease. Our own pid there is an earlier
-            // process that had it: nothing running holds it.
+            // process that had it: nothing running holds it. (A lock of an earlier version names no boot: the
+            // host name and PID namespace decide, as they did then.)
             stale: damage === null && holder.host === host.hostname && holder.pidNamespace === host.pidNamespace &&
-              holder.bootId === host.bootId && (holder.pid === host.pid || !host.isAlive(holder.pid)),
+              (holder.bootId === null || holder.bootId === host.bootId) &&
+              (holder.pid === host.pid || !host.isAlive(holder.pid)),
             damage,
             location: store.locate(lockKey)
           } satisfies HeldLock

@@ -210,7 +210,9 @@ export const parseRedisUrl = (raw: string): Either.Either<RedisTarget, BadRedisU
     return Either.left(new BadRedisUrl({ reason: `it gives two database numbers, /${path} and ?db=${query}` }))
   }
   const db = query ?? path
-  if (db !== "" && !/^\d+$/.test(db)) return Either.left(new BadRedisUrl({ reason: "the database is not a number" }))
+  if ((db !== "" || query !== null) && !/^\d+$/.test(db)) {
+    return Either.left(new BadRedisUrl({ reason: "the database is not a number" }))
+  }
   // What ioredis is given: the database as the path, no parameters.
   url.search = ""
   if (db !== "") url.pathname = `/${db}`

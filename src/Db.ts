@@ -510,8 +510,10 @@ export const probe = <E>(operation: string, failure: (error: SqlError) => E, why
 const grantErrnos = new Set([1142, 1143])
 
 /**
- * On SQLite, that this user may write the database file and its folder (for the journal), asked of the file
- * system: SQLite opens a file it may not write read-only, and would fail at the first write.
+ * On SQLite, that this user may write the database file, asked of the file system: SQLite opens a file it
+ * may not write read-only, and would fail at the first write. (Its write-ahead log, the `-wal` and `-shm`
+ * files beside it, was opened with the connection: where this user may not write those, or the folder that
+ * gets them, it did not connect.)
  */
 const sqliteFileWritable = (sql: SqlClient.SqlClient): Effect.Effect<void, GrantMissing | DatabaseError> =>
   sql.unsafe<{ file: unknown }>("SELECT file FROM pragma_database_list WHERE name = 'main'").pipe(
@@ -519,15 +521,15 @@ const sqliteFileWritable = (sql: SqlClient.SqlClient): Effect.Effect<void, Grant
     Effect.flatMap(([row]) => {
       const file = String(row?.file ?? "")
       if (file === "") return Effect.void
-      for (const path of [file, Path.dirname(file)]) {
-        try {
-          Fs.accessSync(path, Fs.constants.W_OK)
-        } catch (error) {
-          const code = Predicate.hasProperty(error, "code") ? String(error.code) : String(error)
-          return new GrantMissing({ file, detail: path === file ? code : `its folder: ${code}` })
-        }
+      try {
+        Fs.accessSync(file, Fs.constants.W_OK)
+        return Effect.void
+      } catch (error) {
+        return new GrantMissing({
+          file,
+          detail: Predicate.hasProperty(error, "code") ? String(error.code) : String(error)
+        })
       }
-      return Effect.void
     })
   )
 
@@ -686,7 +688,8 @@ export const schemaWarnings: Effect.Effect<ReadonlyArray<string>, DatabaseError,
       Effect.map(([row]) =>
         toCount(row?.n) > 0 ? [] : [
           "ticket.token has no unique index (the app creates one): the database would not refuse a duplicate " +
-          "token; the new tokens are 128 random bits each, and `verify` checks that they are unique"
+          "token; the new tokens are random (the 122 random bits of a v4 UUID each), and `verify` checks that " +
+          "they are unique"
         ]
       )
     ))

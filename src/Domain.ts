@@ -136,7 +136,7 @@ export class BadDatabaseUrl extends Data.TaggedError("BadDatabaseUrl")<{ readonl
 
 export class BadRedisUrl extends Data.TaggedError("BadRedisUrl")<{ readonly reason: string }> {
   override get message() {
-    return `REDIS_URL is malformed: ${this.reason}. Use redis://[:password@]host:6379[/db].`
+    return `REDIS_URL is malformed: ${this.reason}. Use redis://[user:password@]host:6379[/db].`
   }
 }
 
@@ -257,7 +257,7 @@ export class GrantMissing extends Data.TaggedError("GrantMissing")<{
       ? `the database user lacks a privilege this command needs: ${this.detail}. Grant it (see "Privileges" ` +
         `in the README) and rerun; nothing was changed.`
       : `the database file ${this.file} may not be written by this user (${this.detail}): let this user write ` +
-        `it and its folder (where SQLite keeps its journal), and rerun; nothing was changed.`
+        `it and its folder (where SQLite keeps its write-ahead log), and rerun; nothing was changed.`
   }
 }
 

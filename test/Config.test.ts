@@ -144,6 +144,7 @@ describe("REDIS_URL", () => {
     ["redis://:s3cret@h:6379/?db=1&db=2", "the parameter db is given twice"],
     ["redis://:s3cret@h:6379/1?db=2", "it gives two database numbers, /1 and ?db=2"],
     ["redis://:s3cret@h:6379/?db=x", "the database is not a number"],
+    ["redis://:s3cret@h:6379/?db=", "the database is not a number"],
     ["http://x", "unsupported scheme"],
     ["redis://", "no host"],
     ["redis://h:0", "the port is not a number in 1-65535"],

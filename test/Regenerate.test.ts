@@ -1178,8 +1178,7 @@ describe("locks", () => {
       const others = [
         [testHost.pid, "pid:[4026532999]", testHost.bootId],
         [999_999, null, testHost.bootId],
-        [999_999, testHost.pidNamespace, "9d1e6f0a-0c3b-4d7a-8f21-5b6c7d8e9f00"],
-        [testHost.pid, testHost.pidNamespace, null]
+        [999_999, testHost.pidNamespace, "9d1e6f0a-0c3b-4d7a-8f21-5b6c7d8e9f00"]
       ] as const
       for (const [pid, pidNamespace, bootId] of others) {
         const world = new World(makeTickets(20))
@@ -1191,6 +1190,16 @@ describe("locks", () => {
         expect(error._tag, `pid ${pid} in ${pidNamespace}, boot ${bootId}`).toBe("LockHeld")
         expect(world.table.rotations.length).toBe(0)
       }
+    }))
+
+  it.effect("a lock of an earlier version (no boot id) of a dead process on this host is stale, as it was then", () =>
+    Effect.gen(function*() {
+      const world = new World(makeTickets(20))
+      world.store.data.set(lockKey, {
+        value: holderValue(testHost.hostname, 999_999, testHost.pidNamespace, null),
+        expiresAt: 30_000
+      })
+      expect((yield* runIn(world)).rotated).toBe(20)
     }))
 
   it.effect("a live process on this host keeps its lock", () =>

@@ -218,13 +218,22 @@ const withoutWrite = unprivileged()
 describe.skipIf("reason" in withoutWrite)(
   `a SQLite file this user may not write${"reason" in withoutWrite ? ` (skipped: ${withoutWrite.reason})` : ""}`,
   () => {
-    it("regenerate and its dry run say so in one line (exit 2), before anything is written; status still reads it", async () => {
-      const asUser = "asUser" in withoutWrite ? withoutWrite.asUser : undefined
+    const asUser = "asUser" in withoutWrite ? withoutWrite.asUser : undefined
+    const env = { DATABASE_URL: undefined, REDIS_URL: undefined }
+    /** A seeded embedded database in a folder of its own, for `f`; gone afterwards. */
+    const withSeeded = async (f: (cwd: string, file: string) => Promise<void>) => {
       const cwd = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tt-readonly-"))
       try {
-        const env = { DATABASE_URL: undefined, REDIS_URL: undefined }
         await seedFixture({ cwd, env }, { users: 3, orders: 3, tickets: 30 })
-        const file = Path.join(cwd, "data", "tickets.sqlite")
+        await f(cwd, Path.join(cwd, "data", "tickets.sqlite"))
+      } finally {
+        Fs.chmodSync(Path.join(cwd, "data"), 0o755)
+        Fs.rmSync(cwd, { recursive: true, force: true })
+      }
+    }
+
+    it("regenerate and its dry run say so in one line (exit 2), before anything is written; status still reads it", () =>
+      withSeeded(async (cwd, file) => {
         // The folder stays writable (SQLite's shared-memory files go there); the file is not.
         Fs.chmodSync(cwd, 0o777)
         Fs.chmodSync(Path.join(cwd, "data"), 0o777)
@@ -234,16 +243,30 @@ describe.skipIf("reason" in withoutWrite)(
           const r = await expectExit(runCli(args, { cwd, env, asUser }), 2)
           expect(r.stderr.trim().split("\n"), describeResult(r)).toEqual([
             `error: the database file ${Fs.realpathSync(file)} may not be written by this user (EACCES): let this ` +
-            "user write it and its folder (where SQLite keeps its journal), and rerun; nothing was changed."
+            "user write it and its folder (where SQLite keeps its write-ahead log), and rerun; nothing was changed."
           ])
         }
         expect(Fs.readFileSync(file).equals(before)).toBe(true)
         const status = await expectExit(runCli(["status"], { cwd, env, asUser }), 0)
         expect(status.stdout).toContain("no run is recorded")
-      } finally {
-        Fs.rmSync(cwd, { recursive: true, force: true })
-      }
-    })
+      }))
+
+    it("a folder it may not write is no obstacle while the write-ahead log it may write is there (the site has the file open)", () =>
+      withSeeded(async (cwd, file) => {
+        // Held open in WAL mode, as by the site: its -wal and -shm files stay.
+        const site = new Sqlite(file, { fileMustExist: true })
+        try {
+          site.prepare("PRAGMA journal_mode = WAL").get()
+          site.prepare("SELECT COUNT(*) FROM ticket").get()
+          for (const path of [file, `${file}-wal`, `${file}-shm`]) Fs.chmodSync(path, 0o666)
+          Fs.chmodSync(cwd, 0o755)
+          Fs.chmodSync(Path.join(cwd, "data"), 0o555)
+          const run = await expectExit(runCli(["regenerate", "--json"], { cwd, env, asUser }), 0)
+          expect(JSON.parse(run.stdout)).toMatchObject({ status: "completed", rotated: 30 })
+        } finally {
+          site.close()
+        }
+      }))
   }
 )
 
