@@ -428,9 +428,7 @@ const printPlan = (plan: Regenerate.Plan, options: Regenerate.RegenerateOptions,
       if (slowThrottle !== undefined) yield* out(slowThrottle)
     }
     yield* out(`checkpoint store: ${plan.store}`)
-    for (const line of Regenerate.warningLines([...plan.schemaWarnings, ...plan.storeWarnings], plan.unreadable)) {
-      yield* out(line)
-    }
+    for (const line of Regenerate.warningLines(plan)) yield* out(line)
     const replicas = yield* Replicas.Replicas
     const holding = yield* replicas.holding
     if (replicas.watched.length > 0) {

@@ -292,8 +292,12 @@ export const throttleNote = (options: Pick<RegenerateOptions, "batchSize" | "max
 }
 
 /** What a run (or its plan) warns of before it starts: the schema, the store's setup, records it cannot read. */
-export const warningLines = (warnings: ReadonlyArray<string>, unreadable: ReadonlyArray<CheckpointCorrupt>) =>
-  [...warnings, ...unreadable.map((error) => error.otherRunNote)].map((warning) => `warning: ${warning}`)
+export const warningLines = (
+  { schemaWarnings, storeWarnings, unreadable }: Pick<Plan, "schemaWarnings" | "storeWarnings" | "unreadable">
+) =>
+  [...schemaWarnings, ...storeWarnings, ...unreadable.map((error) => error.otherRunNote)].map((warning) =>
+    `warning: ${warning}`
+  )
 
 /**
  * Before a run or its plan: the schema, then whether the user may make the run's writes, asked without
@@ -450,7 +454,7 @@ export const regenerate = (options: RegenerateOptions, stopRequested: Effect.Eff
           `resumably)`
       }))
     }
-    for (const text of warningLines([...schemaWarnings, ...checkpoint.storeWarnings], unreadable)) {
+    for (const text of warningLines({ schemaWarnings, storeWarnings: checkpoint.storeWarnings, unreadable })) {
       yield* progress.emit(ProgressEvent.Notice({ text }))
     }
     const slowThrottle = throttleNote(options)

@@ -257,7 +257,7 @@ describe("an unfinished run of another scope", () => {
       const planned = yield* plan(options()).pipe(Effect.provide(world.layer()))
       expect(planned.action).toBe("start")
       expect(planned.unreadable.map((error) => error.otherRunNote)).toEqual([expect.stringMatching(note)])
-      expect(warningLines(planned.storeWarnings, planned.unreadable)).toEqual([expect.stringMatching(/^warning: /)])
+      expect(warningLines(planned)).toEqual([expect.stringMatching(/^warning: /)])
       yield* regenerate(options(), Effect.succeed(false)).pipe(Effect.provide(world.layer()))
       const notices = world.progress.flatMap((e) => e._tag === "Notice" ? [e.text] : [])
       expect(notices.filter((text) => text.startsWith("warning: "))).toEqual([
